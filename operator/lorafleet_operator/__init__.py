@@ -1,0 +1,1 @@
+"""lorafleet operator: CRD models, kopf handlers, Kubernetes object builders, CLI."""

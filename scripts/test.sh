@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the tests need (virtual environment, Go-built control plane) and runs
+# them: lint, fast unit tests first, integration tests after. Extra args go to pytest.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+venv=$("$here/scripts/venv.sh")
+export PATH="$venv/bin:$PATH"
+export PYTHONDONTWRITEBYTECODE=1
+# Never reach a real hub from tests; fixtures point HF_ENDPOINT at the local mirror.
+export HF_HUB_DISABLE_TELEMETRY=1
+export RAY_USAGE_STATS_ENABLED=0
+export TOKENIZERS_PARALLELISM=false
+
+echo "== ruff"
+ruff check .
+ruff format --check . || { echo "ruff format: run 'ruff format .'"; exit 1; }
+
+if [ -x "$here/scripts/cluster.sh" ]; then
+  echo "== building the test control plane (cached after the first build)"
+  "$here/scripts/cluster.sh" build
+fi
+
+if [ "$#" -gt 0 ]; then
+  exec python -m pytest "$@"
+fi
+run_phase() {  # pytest exits 5 when a phase selects no test; that is not a failure here
+  local rc=0
+  python -m pytest -q -m "$1" || rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then exit "$rc"; fi
+}
+echo "== unit tests"
+run_phase "not integration"
+echo "== integration tests"
+run_phase "integration"

@@ -1,0 +1,1 @@
+"""lorafleet serving: installer and Ray Serve app (engine, adapter cache, batching, HTTP API)."""
