@@ -28,6 +28,9 @@ PY
 )
 root=${LORAFLEET_VENV_ROOT:-$HOME/.cache/lorafleet/venv}
 venv=$root/$key
+mkdir -p "$root"
+exec 9>"$root/.$key.lock"
+flock 9  # one creator at a time; others wait, then reuse
 if [ ! -f "$venv/.complete" ]; then
   echo "lorafleet: creating virtual environment $venv (first run downloads torch, ray, ...)" >&2
   rm -rf "$venv"
