@@ -1,0 +1,205 @@
+"""Operator settings: one place for every knob, read from environment variables or CLI flags.
+
+The Helm chart maps its values onto these environment variables (names in the ``ENV_*``
+constants). ``lorafleet operator`` flags override the environment.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| ``LORAFLEET_INSTALLER_IMAGE`` | ``ghcr.io/lorafleet/lorafleet:0.1.0`` | image of install/cleanup Jobs |
+| ``LORAFLEET_SERVING_IMAGE`` | installer image | image of the Ray pods (spec.serving.image wins) |
+| ``LORAFLEET_IMAGE_PULL_POLICY`` | ``IfNotPresent`` | pull policy of Jobs and Ray pods |
+| ``LORAFLEET_RAY_VERSION`` | ``2.60.0`` | RayService ``rayVersion`` (spec.serving.rayVersion wins) |
+| ``LORAFLEET_DEFAULT_CLAIM`` | ``lorafleet-models`` | RWX claim used when a BaseModel has no spec.storage |
+| ``LORAFLEET_MODELS_MOUNT`` | ``/models`` | where the volume is mounted in Jobs and Ray pods |
+| ``LORAFLEET_HF_ENDPOINT`` | unset | ``HF_ENDPOINT`` given to install Jobs (a Hub mirror) |
+| ``LORAFLEET_AWS_ENDPOINT_URL`` | unset | ``AWS_ENDPOINT_URL`` given to install Jobs |
+| ``LORAFLEET_JOB_BACKOFF_LIMIT`` | ``2`` | Job ``backoffLimit`` (retries after the first failure) |
+| ``LORAFLEET_JOB_DEADLINE_S`` | ``3600`` | Job ``activeDeadlineSeconds`` |
+| ``LORAFLEET_JOB_TTL_S`` | ``3600`` | Job ``ttlSecondsAfterFinished`` |
+| ``LORAFLEET_RUN_AS_USER`` | ``1000`` | uid (and gid/fsGroup) of Job and Ray pods |
+| ``LORAFLEET_READY_TIMEOUT_S`` | ``900`` | seconds a RayService may take to become ready before ``Degraded`` |
+| ``LORAFLEET_POLL_INTERVAL_S`` | ``2`` | seconds between checks of running Jobs / RayServices |
+| ``LORAFLEET_DEBOUNCE_S`` | ``1.0`` | coalescing window of serve-config writes, in seconds |
+| ``LORAFLEET_MODELS_LOCAL_ROOT`` | unset | where the operator itself sees the volume (to read progress files) |
+| ``LORAFLEET_SERVE_PORT`` | ``8000`` | Ray Serve HTTP port, used in ``status.endpoint`` |
+| ``LORAFLEET_METRICS_PORT`` | ``9090`` | Prometheus metrics port (0 disables) |
+| ``LORAFLEET_HEALTH_PORT`` | ``8080`` | liveness endpoint port (0 disables) |
+| ``LORAFLEET_NAMESPACES`` | all | comma-separated namespaces to watch |
+| ``LORAFLEET_PEERING`` | standalone | kopf peering name (several replicas, one active) |
+| ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+
+ENV_INSTALLER_IMAGE = "LORAFLEET_INSTALLER_IMAGE"
+ENV_SERVING_IMAGE = "LORAFLEET_SERVING_IMAGE"
+ENV_IMAGE_PULL_POLICY = "LORAFLEET_IMAGE_PULL_POLICY"
+ENV_RAY_VERSION = "LORAFLEET_RAY_VERSION"
+ENV_DEFAULT_CLAIM = "LORAFLEET_DEFAULT_CLAIM"
+ENV_MODELS_MOUNT = "LORAFLEET_MODELS_MOUNT"
+ENV_HF_ENDPOINT = "LORAFLEET_HF_ENDPOINT"
+ENV_AWS_ENDPOINT_URL = "LORAFLEET_AWS_ENDPOINT_URL"
+ENV_JOB_BACKOFF_LIMIT = "LORAFLEET_JOB_BACKOFF_LIMIT"
+ENV_JOB_DEADLINE_S = "LORAFLEET_JOB_DEADLINE_S"
+ENV_JOB_TTL_S = "LORAFLEET_JOB_TTL_S"
+ENV_RUN_AS_USER = "LORAFLEET_RUN_AS_USER"
+ENV_READY_TIMEOUT_S = "LORAFLEET_READY_TIMEOUT_S"
+ENV_POLL_INTERVAL_S = "LORAFLEET_POLL_INTERVAL_S"
+ENV_DEBOUNCE_S = "LORAFLEET_DEBOUNCE_S"
+ENV_MODELS_LOCAL_ROOT = "LORAFLEET_MODELS_LOCAL_ROOT"
+ENV_SERVE_PORT = "LORAFLEET_SERVE_PORT"
+ENV_METRICS_PORT = "LORAFLEET_METRICS_PORT"
+ENV_HEALTH_PORT = "LORAFLEET_HEALTH_PORT"
+ENV_NAMESPACES = "LORAFLEET_NAMESPACES"
+ENV_PEERING = "LORAFLEET_PEERING"
+ENV_LOG_FORMAT = "LORAFLEET_LOG_FORMAT"
+
+DEFAULT_IMAGE = "ghcr.io/lorafleet/lorafleet:0.1.0"
+
+
+class SettingsError(ValueError):
+    """An environment variable or flag has a value of the wrong kind."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator's reconcile logic can be tuned with.
+
+    Attributes:
+        installer_image: Image of install and cleanup Jobs.
+        serving_image: Image of Ray head/worker pods (``None``: the installer image).
+        image_pull_policy: ``Always``, ``IfNotPresent`` or ``Never``.
+        ray_version: RayService ``rayVersion``.
+        default_claim: RWX PersistentVolumeClaim used when ``spec.storage`` is not set.
+        models_mount: Mount path of the volume in Jobs and Ray pods.
+        hf_endpoint: ``HF_ENDPOINT`` for install Jobs, or ``None``.
+        aws_endpoint_url: ``AWS_ENDPOINT_URL`` for install Jobs, or ``None``.
+        job_backoff_limit: Job ``backoffLimit``.
+        job_deadline_s: Job ``activeDeadlineSeconds`` (seconds).
+        job_ttl_s: Job ``ttlSecondsAfterFinished`` (seconds).
+        run_as_user: uid/gid/fsGroup of pods (non-root).
+        ready_timeout_s: Seconds a RayService may take to become ready before ``Degraded``.
+        poll_interval_s: Seconds between checks of running Jobs and RayServices.
+        debounce_s: Coalescing window of serve config writes (seconds).
+        models_local_root: Where the operator sees the volume (to read progress files), or None.
+        serve_port: Ray Serve HTTP port (for ``status.endpoint``).
+        metrics_port: Prometheus port, 0 disables.
+        health_port: Liveness port, 0 disables.
+        namespaces: Namespaces to watch; empty means all.
+        peering: kopf peering name, or ``None`` for standalone.
+        log_format: ``json`` or ``plain``.
+    """
+
+    installer_image: str = DEFAULT_IMAGE
+    serving_image: str | None = None
+    image_pull_policy: str = "IfNotPresent"
+    ray_version: str = "2.60.0"
+    default_claim: str = "lorafleet-models"
+    models_mount: str = "/models"
+    hf_endpoint: str | None = None
+    aws_endpoint_url: str | None = None
+    job_backoff_limit: int = 2
+    job_deadline_s: int = 3600
+    job_ttl_s: int = 3600
+    run_as_user: int = 1000
+    ready_timeout_s: float = 900.0
+    poll_interval_s: float = 2.0
+    debounce_s: float = 1.0
+    models_local_root: str | None = None
+    serve_port: int = 8000
+    metrics_port: int = 9090
+    health_port: int = 8080
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+    peering: str | None = None
+    log_format: str = "json"
+
+    @property
+    def ray_image(self) -> str:
+        """Image of the Ray pods when the BaseModel does not name one."""
+        return self.serving_image or self.installer_image
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        """Return a copy with the given (non-``None``) fields replaced.
+
+        Args:
+            **overrides: Field name -> value; ``None`` values are ignored.
+
+        Returns:
+            The new settings.
+        """
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_ENV_FIELDS: dict[str, str] = {
+    "installer_image": ENV_INSTALLER_IMAGE,
+    "serving_image": ENV_SERVING_IMAGE,
+    "image_pull_policy": ENV_IMAGE_PULL_POLICY,
+    "ray_version": ENV_RAY_VERSION,
+    "default_claim": ENV_DEFAULT_CLAIM,
+    "models_mount": ENV_MODELS_MOUNT,
+    "hf_endpoint": ENV_HF_ENDPOINT,
+    "aws_endpoint_url": ENV_AWS_ENDPOINT_URL,
+    "job_backoff_limit": ENV_JOB_BACKOFF_LIMIT,
+    "job_deadline_s": ENV_JOB_DEADLINE_S,
+    "job_ttl_s": ENV_JOB_TTL_S,
+    "run_as_user": ENV_RUN_AS_USER,
+    "ready_timeout_s": ENV_READY_TIMEOUT_S,
+    "poll_interval_s": ENV_POLL_INTERVAL_S,
+    "debounce_s": ENV_DEBOUNCE_S,
+    "models_local_root": ENV_MODELS_LOCAL_ROOT,
+    "serve_port": ENV_SERVE_PORT,
+    "metrics_port": ENV_METRICS_PORT,
+    "health_port": ENV_HEALTH_PORT,
+    "namespaces": ENV_NAMESPACES,
+    "peering": ENV_PEERING,
+    "log_format": ENV_LOG_FORMAT,
+}
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read :class:`Settings` from environment variables (unset or empty: the default).
+
+    Args:
+        environ: The environment (default ``os.environ``).
+
+    Returns:
+        The settings.
+
+    Raises:
+        SettingsError: naming the variable whose value is not of the expected type or range.
+    """
+    env = os.environ if environ is None else environ
+    types = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, object] = {}
+    for name, var in _ENV_FIELDS.items():
+        raw = env.get(var, "").strip()
+        if not raw:
+            continue
+        kind = types[name]
+        try:
+            if kind == "int":
+                value: object = int(raw)
+                if value < 0:  # type: ignore[operator]
+                    raise ValueError("must not be negative")
+            elif kind == "float":
+                value = float(raw)
+                if value < 0:  # type: ignore[operator]
+                    raise ValueError("must not be negative")
+            elif name == "namespaces":
+                value = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+            else:
+                value = raw
+        except ValueError as exc:
+            raise SettingsError(f"environment variable {var}={raw!r}: {exc}") from exc
+        values[name] = value
+    if values.get("log_format", "json") not in ("json", "plain"):
+        raise SettingsError(f"environment variable {ENV_LOG_FORMAT} must be json or plain")
+    if values.get("image_pull_policy", "IfNotPresent") not in ("Always", "IfNotPresent", "Never"):
+        raise SettingsError(
+            f"environment variable {ENV_IMAGE_PULL_POLICY} must be Always, IfNotPresent or Never"
+        )
+    return Settings(**values)  # type: ignore[arg-type]
