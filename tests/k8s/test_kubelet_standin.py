@@ -10,8 +10,6 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.support.kubelet_standin import expand_vars
-
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
 # The container writes its report where the installer does: the last line of the termination
@@ -63,11 +61,6 @@ def _job(
             },
         },
     }
-
-
-def test_expand_vars_follows_kubelet_rules() -> None:
-    env = {"A": "1", "B": "x y"}
-    assert expand_vars("$(A)-$(B)-$(C)-$$(A)", env) == "1-x y-$(C)-$(A)"
 
 
 def test_job_runs_and_completes_with_termination_message(
