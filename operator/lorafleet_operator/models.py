@@ -491,6 +491,9 @@ class _CommonStatus(_StatusWire):
         default=None, description="Name of the Job installing the current revision."
     )
     message: str | None = Field(default=None, description="Summary of the latest problem, if any.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="Label names (id -> name) of the installed classification head."
+    )
 
 
 class BaseModelStatus(_CommonStatus):
@@ -510,6 +513,9 @@ class BaseModelStatus(_CommonStatus):
         default=None, description="Install folder the RayService currently serves."
     )
     ray_service: str | None = Field(default=None, description="Name of the owned RayService.")
+    claim_name: str | None = Field(
+        default=None, description="PersistentVolumeClaim holding the files (and its adapters')."
+    )
     blocked_by: list[str] | None = Field(
         default=None, description="LoraAdapters that keep this BaseModel from being deleted."
     )

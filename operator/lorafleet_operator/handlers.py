@@ -1,0 +1,1024 @@
+"""kopf handlers: BaseModel and LoraAdapter reconciled into Jobs, a RayService and status.
+
+Shape of the control loop:
+
+- one kopf **daemon** per BaseModel and per LoraAdapter runs a level-triggered reconcile pass
+  (:class:`Reconciler`), then sleeps until woken (a spec change, its Job changed, its base got
+  installed, an adapter changed) or until a poll interval passes while something is in flight;
+- kopf **indexes** hold BaseModel -> {name: facts} and (namespace, baseModel) -> adapters, so
+  no handler lists all adapters on an event;
+- the adapter registry of a BaseModel is written only by that BaseModel's daemon, which waits
+  ``debounce_s`` after a wake-up before writing, so many adapter changes become one
+  ``serveConfigV2`` update;
+- **deletion** handlers (kopf finalizers) remove an adapter from the registry, then its files
+  (cleanup Job, ``deletionPolicy: Delete``), within ``DELETE_BOUND_S``; a BaseModel waits for
+  its adapters and says which in ``status.blockedBy``.
+
+Every failure ends in a condition with a CamelCase reason and a Kubernetes Event; secrets
+never leave the Secret (the Jobs reference them with ``secretKeyRef``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from lorafleet_operator import conditions as cond
+from lorafleet_operator import metrics
+from lorafleet_operator.jobs import (
+    CONTAINER_NAME,
+    KIND_LABEL,
+    NAME_LABEL,
+    ROLE_LABEL,
+    build_adapter_install_job,
+    build_base_install_job,
+    build_cleanup_job,
+    progress_file,
+)
+from lorafleet_operator.models import (
+    BASEMODEL_KIND,
+    BASEMODEL_PLURAL,
+    GROUP,
+    LORAADAPTER_KIND,
+    LORAADAPTER_PLURAL,
+    VERSION,
+    BaseModelSpec,
+    LoraAdapterSpec,
+    Phase,
+)
+from lorafleet_operator.rayservice import (
+    RAY_GROUP,
+    RAY_VERSION,
+    RAYSERVICE_PLURAL,
+    build_rayservice,
+    rayservice_name,
+    rayservice_readiness,
+    serve_endpoint,
+)
+from lorafleet_operator.report import InstallReport, format_progress, parse_report
+from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config, registry_of
+from lorafleet_operator.settings import Settings, settings_from_env
+from lorafleet_operator.volumes import build_claim, claim_name_for
+
+log = logging.getLogger("lorafleet.operator")
+
+#: Seconds a deletion may take before the finalizer is removed regardless (with a Warning).
+DELETE_BOUND_S = 25.0
+#: Seconds an idle daemon sleeps before a safety re-check when nobody wakes it.
+IDLE_RECHECK_S = 120.0
+CLUSTER_HASH_ANNOTATION = "lorafleet.io/cluster-config-hash"
+
+
+class _State:
+    """Process-wide operator state: settings, API clients, wake-up events, caches."""
+
+    def __init__(self) -> None:
+        self.settings: Settings = Settings()
+        self.api_client: client.ApiClient | None = None
+        self.wakeups: dict[tuple[str, str, str], asyncio.Event] = {}
+        self.statuses: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.generations: dict[tuple[str, str, str], int] = {}
+        # Registry hints written by adapter daemons before the index catches up:
+        # (namespace, base) -> served name -> entry (None: removed).
+        self.hints: dict[tuple[str, str], dict[str, dict[str, Any] | None]] = defaultdict(dict)
+        self.deploy_started: dict[tuple[str, str], float] = {}
+        self.job_created: dict[str, float] = {}
+        self.base_index: Any = None
+        self.adapter_index: Any = None
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api_client)
+
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api_client)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api_client)
+
+    def event_for(self, key: tuple[str, str, str]) -> asyncio.Event:
+        if key not in self.wakeups:
+            self.wakeups[key] = asyncio.Event()
+        return self.wakeups[key]
+
+    def wake(self, kind: str, namespace: str, name: str) -> None:
+        event = self.wakeups.get((kind, namespace, name))
+        if event is not None:
+            event.set()
+
+
+STATE = _State()
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking kubernetes-client call in a worker thread."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def _get_or_none(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await _call(fn, *args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+async def _create_ignoring_conflict(fn: Any, namespace: str, body: dict[str, Any]) -> bool:
+    """Create an object; return False when it already exists (adopted, not duplicated)."""
+    try:
+        await _call(fn, namespace, body)
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj
+    return (STATE.api_client or client.ApiClient()).sanitize_for_serialization(obj)
+
+
+# --------------------------------------------------------------------------------- startup
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Read lorafleet settings, load the kube config, and tune kopf (annotation storage)."""
+    STATE.settings = settings_from_env()
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        kube_config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32
+    STATE.api_client = client.ApiClient(configuration)
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    STATE.wakeups.clear()
+    STATE.statuses.clear()
+
+
+# --------------------------------------------------------------------------------- indexes
+
+
+@kopf.index(GROUP, VERSION, BASEMODEL_PLURAL)
+def basemodels_by_name(namespace: str, name: str, spec: Any, status: Any, meta: Any, **_: Any):
+    """Index BaseModel -> the facts adapters need (installed path, claim, max rank)."""
+    status = dict(status or {})
+    installed = cond.is_true(status.get("conditions"), cond.INSTALLED) and bool(status.get("path"))
+    return {
+        (namespace, name): {
+            "installed": installed,
+            "path": status.get("path"),
+            "phase": status.get("phase"),
+            "claim": status.get("claimName"),
+            "maxRank": ((spec or {}).get("serving") or {}).get("maxRank", 64),
+            "sourceUri": ((spec or {}).get("source") or {}).get("uri"),
+            "deleting": bool(meta.get("deletionTimestamp")),
+        }
+    }
+
+
+@kopf.index(GROUP, VERSION, LORAADAPTER_PLURAL)
+def adapters_by_base(namespace: str, name: str, spec: Any, status: Any, meta: Any, **_: Any):
+    """Index (namespace, baseModel) -> each adapter's registry entry and phase."""
+    status = dict(status or {})
+    spec = dict(spec or {})
+    entry = None
+    if cond.is_true(status.get("conditions"), cond.INSTALLED) and status.get("path"):
+        entry = {"path": status["path"]}
+        if status.get("rank"):
+            entry["rank"] = int(status["rank"])
+        labels = spec.get("labels") or status.get("labels")
+        if labels:
+            entry["labels"] = dict(labels)
+    return {
+        (namespace, spec.get("baseModel")): {
+            "name": name,
+            "servedName": spec.get("servedName") or name,
+            "entry": entry,
+            "phase": status.get("phase"),
+            "deleting": bool(meta.get("deletionTimestamp")),
+            "created": meta.get("creationTimestamp") or "",
+            "uid": meta.get("uid"),
+            "generation": meta.get("generation"),
+            "status": status,
+        }
+    }
+
+
+def _base_facts(namespace: str, name: str) -> dict[str, Any] | None:
+    index = STATE.base_index
+    if index is None or (namespace, name) not in index:
+        return None
+    for facts in index[(namespace, name)]:
+        return dict(facts)
+    return None
+
+
+def _adapters_of(namespace: str, base: str) -> list[dict[str, Any]]:
+    index = STATE.adapter_index
+    if index is None or (namespace, base) not in index:
+        return []
+    return [dict(a) for a in index[(namespace, base)]]
+
+
+def _remember_indexes(kwargs: Mapping[str, Any]) -> None:
+    if "basemodels_by_name" in kwargs:
+        STATE.base_index = kwargs["basemodels_by_name"]
+    if "adapters_by_base" in kwargs:
+        STATE.adapter_index = kwargs["adapters_by_base"]
+
+
+def desired_registry(namespace: str, base: str) -> dict[str, dict[str, Any]]:
+    """The adapter registry a BaseModel should serve: installed, not-deleting adapters.
+
+    The index (adapters' status) is overlaid with hints adapter daemons left before the index
+    caught up. A served name claimed by two adapters goes to the older one.
+
+    Args:
+        namespace: The namespace.
+        base: The BaseModel's name.
+
+    Returns:
+        Served name -> registry entry.
+    """
+    registry: dict[str, dict[str, Any]] = {}
+    for adapter in sorted(_adapters_of(namespace, base), key=lambda a: (a["created"], a["name"])):
+        if adapter["deleting"] or not adapter["entry"]:
+            continue
+        registry.setdefault(adapter["servedName"], adapter["entry"])
+    for served, entry in STATE.hints.get((namespace, base), {}).items():
+        if entry is None:
+            registry.pop(served, None)
+        else:
+            registry[served] = entry
+    return registry
+
+
+# ------------------------------------------------------------------------------ reconciler
+
+
+class Reconciler:
+    """One reconcile pass over one object; holds the status it last wrote.
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        body: The object (kopf body or dict).
+        logger: kopf's per-object logger.
+    """
+
+    def __init__(self, kind: str, body: Mapping[str, Any], logger: logging.Logger) -> None:
+        self.kind = kind
+        self.body = json.loads(json.dumps(dict(body), default=str))
+        self.meta = self.body["metadata"]
+        self.name = self.meta["name"]
+        self.namespace = self.meta["namespace"]
+        self.key = (kind, self.namespace, self.name)
+        self.logger = logger
+        self.settings = STATE.settings
+        self.plural = BASEMODEL_PLURAL if kind == BASEMODEL_KIND else LORAADAPTER_PLURAL
+        self.generation = self.meta.get("generation")
+        cached = STATE.statuses.get(self.key)
+        self.status: dict[str, Any] = dict(
+            cached if cached is not None else (self.body.get("status") or {})
+        )
+
+    # ----------------------------------------------------------------- status and events
+
+    async def write_status(self, **fields: Any) -> None:
+        """Patch ``status`` with ``fields`` (only what changed); Event on a phase change."""
+        fields.setdefault("observedGeneration", self.generation)
+        changes = cond.status_changes(self.status, fields)
+        if not changes:
+            return
+        old_phase = self.status.get("phase")
+        try:
+            await _call(
+                STATE.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                self.namespace,
+                self.plural,
+                self.name,
+                {"status": changes},
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        self.status.update(changes)
+        STATE.statuses[self.key] = dict(self.status)
+        new_phase = self.status.get("phase")
+        if "phase" in changes and new_phase != old_phase:
+            failed = new_phase == Phase.FAILED or "Degraded" in str(changes.get("message", ""))
+            message = f"phase {old_phase or '-'} -> {new_phase}"
+            if self.status.get("message"):
+                message += f": {self.status['message']}"
+            kopf.event(
+                self.body,
+                type="Warning" if failed else "Normal",
+                reason=str(new_phase),
+                message=message[:1000],
+            )
+            self.logger.info("phase %s -> %s", old_phase, new_phase)
+
+    def conditions(self, *updates: tuple[str, bool | str, str, str]) -> list[dict[str, Any]]:
+        """Apply ``(type, status, reason, message)`` updates to the current conditions."""
+        result = self.status.get("conditions") or []
+        for ctype, status, reason, message in updates:
+            result = cond.set_condition(result, ctype, status, reason, message, self.generation)
+        return result
+
+    async def fail(
+        self, reason: str, message: str, phase: Phase = Phase.FAILED, ctype: str = cond.INSTALLED
+    ) -> None:
+        """Record a failure: condition ``ctype`` False with ``reason``, Ready False, phase."""
+        metrics.FAILURES.labels(self.kind, reason).inc()
+        updates = [(ctype, False, reason, message)]
+        if ctype != cond.READY:
+            updates.append((cond.READY, False, reason, message))
+        await self.write_status(
+            phase=str(phase), message=f"{reason}: {message}", conditions=self.conditions(*updates)
+        )
+
+    # --------------------------------------------------------------------- install Job
+
+    async def run_install_job(
+        self, job_manifest: dict[str, Any]
+    ) -> tuple[str, InstallReport | None, str]:
+        """Ensure the install Job exists and read its state.
+
+        Args:
+            job_manifest: The Job to create if missing (deterministic name).
+
+        Returns:
+            ``(state, report, detail)`` with state ``running``, ``succeeded`` or ``failed``;
+            the report from the pod's termination message once finished; a detail message.
+        """
+        name = job_manifest["metadata"]["name"]
+        job = await _get_or_none(STATE.batch.read_namespaced_job, name, self.namespace)
+        if job is None:
+            created = await _create_ignoring_conflict(
+                STATE.batch.create_namespaced_job, self.namespace, job_manifest
+            )
+            STATE.job_created.setdefault(name, time.monotonic())
+            if created:
+                self.logger.info("created install Job %s", name)
+            return "running", None, f"install Job {name} created"
+        job = _plain(job)
+        STATE.job_created.setdefault(name, time.monotonic())
+        job_status = job.get("status") or {}
+        finished = None
+        for c in job_status.get("conditions") or []:
+            if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+                finished = c
+        if finished is None:
+            failed = job_status.get("failed") or 0
+            detail = f"install Job {name} running"
+            if failed:
+                detail += f" (attempt {failed + 1}; earlier attempts failed)"
+            return "running", None, detail
+        report = await self.termination_report(name)
+        if finished["type"] == "Complete":
+            return "succeeded", report, f"install Job {name} completed"
+        attempts = job_status.get("failed") or 0
+        detail = (
+            f"install Job {name} failed ({finished.get('reason') or 'Failed'} after "
+            f"{attempts} attempt(s))"
+        )
+        return "failed", report, detail
+
+    async def termination_report(self, job_name: str) -> InstallReport | None:
+        """Read the installer report from the newest finished pod of a Job."""
+        pods = await _call(
+            STATE.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=f"batch.kubernetes.io/job-name={job_name}",
+        )
+        best: tuple[str, str] | None = None
+        for pod in pods.items:
+            for cs in (pod.status.container_statuses or []) if pod.status else []:
+                if cs.name != CONTAINER_NAME or cs.state is None or cs.state.terminated is None:
+                    continue
+                finished = str(cs.state.terminated.finished_at or "")
+                if best is None or finished >= best[0]:
+                    best = (finished, cs.state.terminated.message or "")
+        return parse_report(best[1]) if best else None
+
+    def read_progress(self) -> str | None:
+        """Read the installer's progress file when the operator sees the volume."""
+        root = self.settings.models_local_root
+        if not root:
+            return None
+        path = progress_file(self.settings, self.namespace, self.kind, self.name)
+        local = Path(root) / path[len(self.settings.models_mount) :].lstrip("/")
+        try:
+            return format_progress(json.loads(local.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def observe_install_duration(self, job_name: str) -> None:
+        started = STATE.job_created.pop(job_name, None)
+        if started is not None:
+            metrics.INSTALL_SECONDS.labels(self.kind).observe(time.monotonic() - started)
+
+    # --------------------------------------------------------------------- BaseModel
+
+    async def reconcile_base(self) -> float | None:
+        """One pass over a BaseModel. Returns seconds until the next poll, or None to idle."""
+        metrics.RECONCILES.labels(self.kind).inc()
+        try:
+            spec = BaseModelSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            await self.fail(
+                "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            )
+            return None
+        poll = self.settings.poll_interval_s
+        claim = claim_name_for(self.name, spec, self.settings)
+        manifest = build_claim(self.body, spec, self.settings)
+        if manifest is not None:
+            await _create_ignoring_conflict(
+                STATE.core.create_namespaced_persistent_volume_claim, self.namespace, manifest
+            )
+        elif (
+            await _get_or_none(
+                STATE.core.read_namespaced_persistent_volume_claim, claim, self.namespace
+            )
+            is None
+        ):
+            await self.fail(
+                "VolumeNotFound",
+                f"PersistentVolumeClaim {claim!r} does not exist in namespace {self.namespace}",
+                phase=Phase.PENDING,
+            )
+            return poll * 5
+        job_manifest = build_base_install_job(self.body, spec, claim, self.settings)
+        job_name = job_manifest["metadata"]["name"]
+        installed = (
+            self.status.get("installJob") == job_name
+            and cond.is_true(self.status.get("conditions"), cond.INSTALLED)
+            and bool(self.status.get("path"))
+        )
+        if not installed:
+            state, report, detail = await self.run_install_job(job_manifest)
+            if state == "running":
+                # While a new revision installs, a model that already serves stays Ready.
+                serving_old = bool(self.status.get("servedPath")) and (
+                    self.status.get("phase") == Phase.READY
+                )
+                conditions = self.status.get("conditions")
+                if not serving_old:
+                    conditions = self.conditions((cond.INSTALLED, False, "Installing", detail))
+                await self.write_status(
+                    phase=str(Phase.READY if serving_old else Phase.INSTALLING),
+                    installJob=job_name,
+                    claimName=claim,
+                    progress=self.read_progress() or self.status.get("progress") or "0%",
+                    message=detail,
+                    conditions=conditions,
+                )
+                return poll
+            if state == "failed" or report is None or not report.ok:
+                self.observe_install_duration(job_name)
+                reason = report.reason if report else "InstallFailed"
+                message = report.message if report else detail
+                await self.write_status(installJob=job_name, claimName=claim)
+                await self.fail(reason, f"{message} [{detail}]")
+                return None
+            self.observe_install_duration(job_name)
+            await self.write_status(
+                phase=str(Phase.INSTALLED),
+                installJob=job_name,
+                claimName=claim,
+                path=report.path,
+                resolvedRevision=report.resolved_revision,
+                sizeBytes=report.size_bytes,
+                architecture=report.architecture,
+                progress="100%",
+                message=report.message or "installed",
+                labels=report.labels,
+                conditions=self.conditions(
+                    (
+                        cond.INSTALLED,
+                        True,
+                        report.reason or "Installed",
+                        report.message or "installed",
+                    )
+                ),
+            )
+            for adapter in _adapters_of(self.namespace, self.name):
+                STATE.wake(LORAADAPTER_KIND, self.namespace, adapter["name"])
+        return await self.deploy_base(spec, claim)
+
+    async def deploy_base(self, spec: BaseModelSpec, claim: str) -> float | None:
+        """Create or update the RayService and mirror its readiness into the status."""
+        poll = self.settings.poll_interval_s
+        path = self.status["path"]
+        registry = desired_registry(self.namespace, self.name)
+        config = build_serve_config(
+            self.name, path, spec, registry, labels=self.status.get("labels") or None
+        )
+        config_yaml = dump_serve_config(config)
+        desired = build_rayservice(
+            self.body, spec, serve_config_yaml=config_yaml, claim_name=claim, settings=self.settings
+        )
+        cluster_hash = str(hash(json.dumps(desired["spec"]["rayClusterConfig"], sort_keys=True)))
+        desired["metadata"]["annotations"] = {CLUSTER_HASH_ANNOTATION: cluster_hash}
+        rs_name = rayservice_name(self.name)
+        rs = await _get_or_none(
+            STATE.custom.get_namespaced_custom_object,
+            RAY_GROUP,
+            RAY_VERSION,
+            self.namespace,
+            RAYSERVICE_PLURAL,
+            rs_name,
+        )
+        bm_key = (self.namespace, self.name)
+        if rs is None:
+            rs = await _call(
+                STATE.custom.create_namespaced_custom_object,
+                RAY_GROUP,
+                RAY_VERSION,
+                self.namespace,
+                RAYSERVICE_PLURAL,
+                desired,
+            )
+            metrics.SERVE_CONFIG_WRITES.labels(self.namespace, self.name).inc()
+            STATE.deploy_started[bm_key] = time.monotonic()
+            self.logger.info("created RayService %s", rs_name)
+        else:
+            patch: dict[str, Any] = {}
+            if (rs.get("spec") or {}).get("serveConfigV2") != config_yaml:
+                patch.setdefault("spec", {})["serveConfigV2"] = config_yaml
+                if registry_of((rs.get("spec") or {}).get("serveConfigV2")) == registry:
+                    STATE.deploy_started[bm_key] = time.monotonic()  # args changed: a roll
+            annotations = (rs.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(CLUSTER_HASH_ANNOTATION) != cluster_hash:
+                patch.setdefault("spec", {})["rayClusterConfig"] = desired["spec"][
+                    "rayClusterConfig"
+                ]
+                patch["metadata"] = {"annotations": {CLUSTER_HASH_ANNOTATION: cluster_hash}}
+                STATE.deploy_started[bm_key] = time.monotonic()
+            if patch:
+                rs = await _call(
+                    STATE.custom.patch_namespaced_custom_object,
+                    RAY_GROUP,
+                    RAY_VERSION,
+                    self.namespace,
+                    RAYSERVICE_PLURAL,
+                    rs_name,
+                    patch,
+                )
+                if "serveConfigV2" in patch.get("spec", {}):
+                    metrics.SERVE_CONFIG_WRITES.labels(self.namespace, self.name).inc()
+        metrics.ADAPTERS_SERVED.labels(self.namespace, self.name).set(len(registry))
+        STATE.deploy_started.setdefault(bm_key, time.monotonic())
+        ready, reason, message = rayservice_readiness(rs)
+        generation = (rs.get("metadata") or {}).get("generation")
+        observed = (rs.get("status") or {}).get("observedGeneration")
+        if ready and generation is not None and observed is not None and observed < generation:
+            ready, reason, message = (
+                False,
+                "UpdatePending",
+                "KubeRay has not applied the latest serve config yet",
+            )
+        endpoint = serve_endpoint(self.name, self.namespace, self.settings)
+        if ready:
+            STATE.deploy_started.pop(bm_key, None)
+            await self.write_status(
+                phase=str(Phase.READY),
+                endpoint=endpoint,
+                adapters=len(registry),
+                servedPath=path,
+                servedRevision=self.status.get("resolvedRevision"),
+                rayService=rs_name,
+                message="serving",
+                conditions=self.conditions(
+                    (
+                        cond.SERVING,
+                        True,
+                        "RayServiceReady",
+                        f"RayService {rs_name} serves {len(registry)} adapter(s)",
+                    ),
+                    (cond.READY, True, "Ready", "installed and serving"),
+                    (cond.DEGRADED, False, "RayServiceReady", "serving"),
+                ),
+            )
+            await self.mark_adapters_ready(registry)
+            return None
+        waited = time.monotonic() - STATE.deploy_started[bm_key]
+        updates = [(cond.SERVING, False, reason, message)]
+        phase = Phase.DEPLOYING
+        if waited > self.settings.ready_timeout_s:
+            updates.append(
+                (
+                    cond.DEGRADED,
+                    True,
+                    "ReadyTimeout",
+                    f"RayService {rs_name} not ready after {waited:.0f}s: {reason}: {message}",
+                )
+            )
+            updates.append((cond.READY, False, "Degraded", f"RayService not ready: {reason}"))
+            metrics.FAILURES.labels(self.kind, "ReadyTimeout").inc()
+        else:
+            updates.append((cond.READY, False, reason, message))
+        await self.write_status(
+            phase=str(phase),
+            endpoint=endpoint,
+            rayService=rs_name,
+            adapters=len(registry),
+            message=f"{reason}: {message}",
+            conditions=self.conditions(*updates),
+        )
+        return poll
+
+    async def mark_adapters_ready(self, registry: Mapping[str, Any]) -> None:
+        """Set Serving/Ready on adapters the (ready) RayService's registry now holds."""
+        for adapter in _adapters_of(self.namespace, self.name):
+            if adapter["deleting"] or adapter["servedName"] not in registry:
+                continue
+            if registry[adapter["servedName"]] != adapter["entry"] and adapter["entry"] is not None:
+                continue
+            key = (LORAADAPTER_KIND, self.namespace, adapter["name"])
+            current = STATE.statuses.get(key) or {}
+            if adapter["phase"] == Phase.READY and current.get("phase") in (None, Phase.READY):
+                continue
+            body = {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": LORAADAPTER_KIND,
+                "metadata": {
+                    "name": adapter["name"],
+                    "namespace": self.namespace,
+                    "uid": adapter.get("uid") or "",
+                    "generation": adapter.get("generation"),
+                },
+                "status": current or adapter.get("status") or {},
+            }
+            other = Reconciler(LORAADAPTER_KIND, body, self.logger)
+            await other.write_status(
+                phase=str(Phase.READY),
+                message="serving",
+                conditions=other.conditions(
+                    (cond.SERVING, True, "InRegistry", f"served by BaseModel {self.name}"),
+                    (cond.READY, True, "Ready", "installed and serving"),
+                ),
+            )
+
+    # --------------------------------------------------------------------- LoraAdapter
+
+    async def reconcile_adapter(self) -> float | None:
+        """One pass over a LoraAdapter. Returns seconds until the next poll, or None to idle."""
+        metrics.RECONCILES.labels(self.kind).inc()
+        try:
+            spec = LoraAdapterSpec.model_validate(self.body.get("spec") or {})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            await self.fail(
+                "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
+            )
+            return None
+        served = spec.served_name or self.name
+        base = _base_facts(self.namespace, spec.base_model)
+        if base is None or not base["installed"] or base["deleting"] or not base.get("claim"):
+            why = (
+                f"BaseModel {spec.base_model!r} does not exist"
+                if base is None
+                else f"BaseModel {spec.base_model!r} is not installed yet (phase {base['phase'] or 'Pending'})"
+            )
+            await self.write_status(
+                phase=str(Phase.PENDING),
+                servedName=served,
+                message=f"BaseModelNotReady: {why}",
+                conditions=self.conditions(
+                    (cond.INSTALLED, False, "BaseModelNotReady", why),
+                    (cond.READY, False, "BaseModelNotReady", why),
+                ),
+            )
+            return None
+        job_manifest = build_adapter_install_job(
+            self.body,
+            spec,
+            claim_name=base["claim"],
+            base_path=base["path"],
+            base_source=base.get("sourceUri"),
+            max_rank=int(base.get("maxRank") or 64),
+            settings=self.settings,
+        )
+        job_name = job_manifest["metadata"]["name"]
+        installed = (
+            self.status.get("installJob") == job_name
+            and cond.is_true(self.status.get("conditions"), cond.INSTALLED)
+            and bool(self.status.get("path"))
+        )
+        if installed:
+            return None
+        state, report, detail = await self.run_install_job(job_manifest)
+        if state == "running":
+            await self.write_status(
+                phase=str(Phase.INSTALLING),
+                installJob=job_name,
+                servedName=served,
+                progress=self.read_progress() or "0%",
+                message=detail,
+                conditions=self.conditions((cond.INSTALLED, False, "Installing", detail)),
+            )
+            return self.settings.poll_interval_s
+        self.observe_install_duration(job_name)
+        if state == "failed" or report is None or not report.ok:
+            reason = report.reason if report else "InstallFailed"
+            message = report.message if report else detail
+            await self.write_status(installJob=job_name, servedName=served)
+            await self.fail(reason, f"{message} [{detail}]")
+            return None
+        labels = spec.labels or report.labels
+        await self.write_status(
+            phase=str(Phase.DEPLOYING),
+            installJob=job_name,
+            servedName=served,
+            path=report.path,
+            resolvedRevision=report.resolved_revision,
+            sizeBytes=report.size_bytes,
+            progress="100%",
+            rank=report.rank,
+            loraAlpha=report.lora_alpha,
+            targetModules=report.target_modules,
+            modulesToSave=report.modules_to_save,
+            labels=report.labels,
+            compatible=True,
+            basePath=base["path"],
+            message="installed; waiting for the serve config update",
+            conditions=self.conditions(
+                (cond.INSTALLED, True, report.reason or "Installed", report.message or "installed"),
+                (
+                    cond.SERVING,
+                    False,
+                    "RegistryUpdatePending",
+                    "waiting for the serve config update",
+                ),
+                (cond.READY, False, "RegistryUpdatePending", "waiting for the serve config update"),
+            ),
+        )
+        entry: dict[str, Any] = {"path": report.path}
+        if report.rank:
+            entry["rank"] = report.rank
+        if labels:
+            entry["labels"] = dict(labels)
+        STATE.hints[(self.namespace, spec.base_model)][served] = entry
+        STATE.wake(BASEMODEL_KIND, self.namespace, spec.base_model)
+        return None
+
+
+# -------------------------------------------------------------------------------- daemons
+
+
+async def _sleep_until_woken(
+    key: tuple[str, str, str], stopped: Any, timeout: float, debounce: float = 0.0
+) -> None:
+    event = STATE.event_for(key)
+    waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+    if event.is_set() and debounce and not stopped:
+        await asyncio.sleep(debounce)  # coalesce a burst of wake-ups into one pass
+    event.clear()
+
+
+async def _daemon_loop(kind: str, body: Any, stopped: Any, logger: Any, **kwargs: Any) -> None:
+    _remember_indexes(kwargs)
+    key = (kind, body["metadata"]["namespace"], body["metadata"]["name"])
+    STATE.event_for(key)
+    debounce = STATE.settings.debounce_s if kind == BASEMODEL_KIND else 0.0
+    failures = 0
+    while not stopped:
+        reconciler = Reconciler(kind, body, logger)
+        if reconciler.meta.get("deletionTimestamp"):
+            return
+        try:
+            if kind == BASEMODEL_KIND:
+                delay = await reconciler.reconcile_base()
+            else:
+                delay = await reconciler.reconcile_adapter()
+            failures = 0
+        except ApiException as exc:
+            failures += 1
+            reason = "Forbidden" if exc.status == 403 else "KubernetesApiError"
+            logger.warning("reconcile failed: %s %s", exc.status, exc.reason)
+            # The API is failing: if this write fails too, the next pass sets the condition.
+            with contextlib.suppress(Exception):
+                await reconciler.fail(
+                    reason,
+                    f"Kubernetes API error {exc.status} {exc.reason}",
+                    phase=Phase.PENDING,
+                    ctype=cond.READY,
+                )
+            delay = min(60.0, 2.0 * failures)
+        except Exception as exc:  # every error path ends in a condition, not only a log
+            failures += 1
+            logger.exception("reconcile failed")
+            with contextlib.suppress(Exception):
+                await reconciler.fail(
+                    "InternalError", f"{type(exc).__name__}: {exc}", ctype=cond.READY
+                )
+            delay = min(60.0, 2.0 * failures)
+        await _sleep_until_woken(key, stopped, delay or IDLE_RECHECK_S, debounce)
+
+
+@kopf.daemon(GROUP, VERSION, BASEMODEL_PLURAL, cancellation_timeout=5.0)
+async def basemodel_daemon(body: Any, stopped: Any, logger: Any, **kwargs: Any) -> None:
+    """Keep a BaseModel reconciled: volume, install Job, RayService, status."""
+    await _daemon_loop(BASEMODEL_KIND, body, stopped, logger, **kwargs)
+
+
+@kopf.daemon(GROUP, VERSION, LORAADAPTER_PLURAL, cancellation_timeout=5.0)
+async def adapter_daemon(body: Any, stopped: Any, logger: Any, **kwargs: Any) -> None:
+    """Keep a LoraAdapter reconciled: wait for its base, install Job, registry hint."""
+    await _daemon_loop(LORAADAPTER_KIND, body, stopped, logger, **kwargs)
+
+
+# ------------------------------------------------------------------------ wake-up events
+
+
+@kopf.on.event(GROUP, VERSION, BASEMODEL_PLURAL)
+def basemodel_event(namespace: str, name: str, meta: Any, **kwargs: Any) -> None:
+    """Wake a BaseModel's daemon when its spec changed (new generation)."""
+    _remember_indexes(kwargs)
+    key = (BASEMODEL_KIND, namespace, name)
+    if STATE.generations.get(key) != meta.get("generation"):
+        STATE.generations[key] = meta.get("generation")
+        STATE.wake(*key)
+
+
+@kopf.on.event(GROUP, VERSION, LORAADAPTER_PLURAL)
+def adapter_event(
+    namespace: str, name: str, spec: Any, meta: Any, status: Any, **kwargs: Any
+) -> None:
+    """Wake an adapter's daemon on a spec change; wake its base when its entry may change."""
+    _remember_indexes(kwargs)
+    key = (LORAADAPTER_KIND, namespace, name)
+    if STATE.generations.get(key) != meta.get("generation"):
+        STATE.generations[key] = meta.get("generation")
+        STATE.wake(*key)
+    if (status or {}).get("phase") == Phase.DEPLOYING or meta.get("deletionTimestamp"):
+        STATE.wake(BASEMODEL_KIND, namespace, (spec or {}).get("baseModel", ""))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": "lorafleet"})
+def job_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+    """Wake the owner of an install Job when the Job changes."""
+    kind = {"basemodel": BASEMODEL_KIND, "loraadapter": LORAADAPTER_KIND}.get(
+        labels.get(KIND_LABEL, "")
+    )
+    if kind and labels.get(NAME_LABEL):
+        STATE.wake(kind, namespace, labels[NAME_LABEL])
+
+
+@kopf.on.event(
+    RAY_GROUP, RAY_VERSION, RAYSERVICE_PLURAL, labels={"app.kubernetes.io/managed-by": "lorafleet"}
+)
+def rayservice_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+    """Wake the owning BaseModel when KubeRay updates its RayService (readiness)."""
+    if labels.get(NAME_LABEL):
+        STATE.wake(BASEMODEL_KIND, namespace, labels[NAME_LABEL])
+
+
+# ------------------------------------------------------------------------------ deletion
+
+
+async def _delete_jobs(namespace: str, kind: str, name: str, role: str) -> None:
+    selector = f"{KIND_LABEL}={kind.lower()},{NAME_LABEL}={name},{ROLE_LABEL}={role}"
+    jobs = await _call(STATE.batch.list_namespaced_job, namespace, label_selector=selector)
+    for job in jobs.items:
+        try:
+            await _call(
+                STATE.batch.delete_namespaced_job,
+                job.metadata.name,
+                namespace,
+                propagation_policy="Background",
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+
+@kopf.on.delete(GROUP, VERSION, LORAADAPTER_PLURAL)
+async def adapter_deleted(
+    body: Any, spec: Any, status: Any, runtime: Any, logger: Any, **kwargs: Any
+) -> None:
+    """Remove the adapter from the registry, then its files (per deletionPolicy), then go."""
+    _remember_indexes(kwargs)
+    reconciler = Reconciler(LORAADAPTER_KIND, body, logger)
+    namespace, name = reconciler.namespace, reconciler.name
+    base = (spec or {}).get("baseModel", "")
+    served = (spec or {}).get("servedName") or name
+    over_bound = runtime.total_seconds() > DELETE_BOUND_S
+    STATE.hints[(namespace, base)][served] = None
+    STATE.wake(BASEMODEL_KIND, namespace, base)
+    await _delete_jobs(namespace, LORAADAPTER_KIND, name, "install")
+    rs = await _get_or_none(
+        STATE.custom.get_namespaced_custom_object,
+        RAY_GROUP,
+        RAY_VERSION,
+        namespace,
+        RAYSERVICE_PLURAL,
+        rayservice_name(base),
+    )
+    if rs is not None and served in registry_of((rs.get("spec") or {}).get("serveConfigV2")):
+        if not over_bound:
+            await reconciler.write_status(
+                phase=str(Phase.DELETING),
+                conditions=reconciler.conditions(
+                    (cond.DELETING, True, "RemovingFromRegistry", f"removing from BaseModel {base}")
+                ),
+            )
+            raise kopf.TemporaryError("waiting for the serve config update", delay=1)
+        kopf.warn(body, reason="DeletionTimeout", message="still in the serve config registry")
+    path = (status or {}).get("path")
+    policy = (spec or {}).get("deletionPolicy", "Delete")
+    facts = _base_facts(namespace, base) or {}
+    claim = facts.get("claim")
+    if path and policy == "Delete" and claim and not over_bound:
+        job = build_cleanup_job(
+            LORAADAPTER_KIND, body, path=path, claim_name=claim, settings=STATE.settings
+        )
+        state, report, detail = await reconciler.run_install_job(job)
+        if state == "running":
+            await reconciler.write_status(
+                phase=str(Phase.DELETING),
+                conditions=reconciler.conditions((cond.DELETING, True, "RemovingFiles", detail)),
+            )
+            raise kopf.TemporaryError(detail, delay=1)
+        if state == "failed" or (report is not None and not report.ok):
+            kopf.warn(
+                body, reason="CleanupFailed", message=(report.message if report else detail)[:1000]
+            )
+    elif path and policy == "Delete" and over_bound:
+        kopf.warn(body, reason="DeletionTimeout", message=f"files at {path} were not removed")
+    STATE.hints[(namespace, base)].pop(served, None)
+    STATE.statuses.pop(reconciler.key, None)
+    STATE.wakeups.pop(reconciler.key, None)
+    logger.info("adapter %s removed", name)
+
+
+@kopf.on.delete(GROUP, VERSION, BASEMODEL_PLURAL)
+async def basemodel_deleted(body: Any, logger: Any, **kwargs: Any) -> None:
+    """Wait until no LoraAdapter points at the BaseModel, then delete its RayService."""
+    _remember_indexes(kwargs)
+    reconciler = Reconciler(BASEMODEL_KIND, body, logger)
+    adapters = sorted(a["name"] for a in _adapters_of(reconciler.namespace, reconciler.name))
+    if adapters:
+        message = (
+            f"waiting for {len(adapters)} LoraAdapter(s) to be deleted: {', '.join(adapters[:20])}"
+        )
+        await reconciler.write_status(
+            phase=str(Phase.DELETING),
+            blockedBy=adapters,
+            message=message,
+            conditions=reconciler.conditions((cond.DELETING, False, "AdaptersRemain", message)),
+        )
+        raise kopf.TemporaryError(message, delay=2)
+    try:
+        await _call(
+            STATE.custom.delete_namespaced_custom_object,
+            RAY_GROUP,
+            RAY_VERSION,
+            reconciler.namespace,
+            RAYSERVICE_PLURAL,
+            rayservice_name(reconciler.name),
+        )
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+    await _delete_jobs(reconciler.namespace, BASEMODEL_KIND, reconciler.name, "install")
+    STATE.statuses.pop(reconciler.key, None)
+    STATE.wakeups.pop(reconciler.key, None)
+    metrics.ADAPTERS_SERVED.labels(reconciler.namespace, reconciler.name).set(0)

@@ -1,0 +1,425 @@
+"""Builders of the install and cleanup Jobs (pure functions: dicts in, manifests out).
+
+The Job runs the installer's command line (docs/interfaces.md section 1). Its name is
+derived from a hash of the owner's uid and everything that determines the install result, so
+an operator that restarts finds the Job it created before instead of creating a second one.
+Secrets reach the installer only as ``secretKeyRef`` environment variables; their values never
+appear in the Job, the custom resource, events or logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from lorafleet_operator.models import (
+    API_VERSION,
+    BASEMODEL_KIND,
+    LORAADAPTER_KIND,
+    BaseModelSpec,
+    LoraAdapterSpec,
+    Source,
+)
+from lorafleet_operator.settings import Settings
+
+#: Environment variables the installer reads secrets from (each optional in the Secret).
+SECRET_ENV_KEYS: tuple[str, ...] = (
+    "HF_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "HTTPS_BEARER_TOKEN",
+)
+#: Labels on every object the operator creates.
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "lorafleet"
+KIND_LABEL = "lorafleet.io/kind"
+NAME_LABEL = "lorafleet.io/name"
+ROLE_LABEL = "lorafleet.io/role"
+#: Where the kubelet writes the container's termination message.
+TERMINATION_LOG = "/dev/termination-log"
+VOLUME_NAME = "models"
+CONTAINER_NAME = "installer"
+_MAX_NAME = 63
+
+
+def owner_reference(body: Mapping[str, Any], *, controller: bool = True) -> dict[str, Any]:
+    """Return an ownerReference to a custom object.
+
+    Args:
+        body: The owner object (needs ``apiVersion``, ``kind``, ``metadata.name/uid``).
+        controller: Whether the owner is the managing controller.
+
+    Returns:
+        A ``metav1.OwnerReference`` dict with ``blockOwnerDeletion`` set.
+    """
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion", API_VERSION),
+        "kind": body["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _short_kind(kind: str) -> str:
+    return {BASEMODEL_KIND: "bm", LORAADAPTER_KIND: "lora"}.get(kind, kind.lower()[:4])
+
+
+def deterministic_name(prefix: str, name: str, *parts: Any) -> str:
+    """Build a DNS-1123 label ``<prefix>-<name>-<hash>`` of at most 63 characters.
+
+    Args:
+        prefix: Short prefix, e.g. ``install-bm``.
+        name: The owner's name (truncated to fit).
+        *parts: JSON-serialisable values hashed (sha256, 10 hex digits) into the suffix.
+
+    Returns:
+        The name; equal inputs give equal names.
+    """
+    digest = hashlib.sha256(
+        json.dumps(parts, sort_keys=True, default=str).encode("utf-8")
+    ).hexdigest()[:10]
+    room = _MAX_NAME - len(prefix) - len(digest) - 2
+    stem = re.sub(r"[^a-z0-9-]", "-", name.lower())[:room].strip("-")
+    return f"{prefix}-{stem}-{digest}" if stem else f"{prefix}-{digest}"
+
+
+def install_job_name(
+    kind: str,
+    body: Mapping[str, Any],
+    spec: BaseModelSpec | LoraAdapterSpec,
+    base_path: str | None = None,
+) -> str:
+    """The install Job's name for an object's current source and revision.
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        body: The object (for ``metadata.name`` and ``metadata.uid``).
+        spec: Its parsed spec; the source (and for a base, checkpoint/task/labels) is hashed.
+        base_path: For an adapter: the install folder of the base it is validated against.
+
+    Returns:
+        A deterministic DNS-1123 name.
+    """
+    meta = body["metadata"]
+    if isinstance(spec, BaseModelSpec):
+        inputs: dict[str, Any] = {
+            "source": spec.source.to_wire(),
+            "checkpoint": spec.checkpoint.to_wire() if spec.checkpoint else None,
+            "task": str(spec.task),
+            "numLabels": spec.num_labels,
+            "maxRank": spec.serving.max_rank,
+        }
+    else:
+        inputs = {"source": spec.source.to_wire(), "basePath": base_path}
+    return deterministic_name(f"install-{_short_kind(kind)}", meta["name"], meta["uid"], inputs)
+
+
+def cleanup_job_name(kind: str, body: Mapping[str, Any], path: str) -> str:
+    """The cleanup Job's name for removing ``path`` of an object.
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        body: The object (for ``metadata.name``/``uid``).
+        path: The folder removed.
+
+    Returns:
+        A deterministic DNS-1123 name.
+    """
+    meta = body["metadata"]
+    return deterministic_name(f"remove-{_short_kind(kind)}", meta["name"], meta["uid"], path)
+
+
+def progress_file(settings: Settings, namespace: str, kind: str, name: str) -> str:
+    """Path (inside the Job's mount) of the installer's progress file for one object.
+
+    Args:
+        settings: Operator settings (for the mount path).
+        namespace: The object's namespace.
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        name: The object's name.
+
+    Returns:
+        ``<mount>/.progress/<namespace>/<kind plural>/<name>.json``.
+    """
+    plural = "basemodels" if kind == BASEMODEL_KIND else "adapters"
+    return f"{settings.models_mount}/.progress/{namespace}/{plural}/{name}.json"
+
+
+def _labels(kind: str, name: str, role: str) -> dict[str, str]:
+    return {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        KIND_LABEL: kind.lower(),
+        NAME_LABEL: name,
+        ROLE_LABEL: role,
+    }
+
+
+def _secret_env(source: Source) -> list[dict[str, Any]]:
+    if source.secret_ref is None:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {
+                "secretKeyRef": {"name": source.secret_ref.name, "key": key, "optional": True}
+            },
+        }
+        for key in SECRET_ENV_KEYS
+    ]
+
+
+def _source_args(source: Source) -> list[str]:
+    args = ["--source", source.uri]
+    if source.revision:
+        args += ["--revision", source.revision]
+    for pattern in source.allow_patterns or []:
+        args += ["--allow-pattern", pattern]
+    for pattern in source.ignore_patterns or []:
+        args += ["--ignore-pattern", pattern]
+    if source.sha256:
+        args += ["--sha256", source.sha256]
+    return args
+
+
+def _job(
+    *,
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    owner: dict[str, Any],
+    command: list[str],
+    env: list[dict[str, Any]],
+    claim_name: str,
+    settings: Settings,
+    backoff_limit: int,
+) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": settings.job_deadline_s,
+            "ttlSecondsAfterFinished": settings.job_ttl_s,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": uid,
+                        "runAsGroup": uid,
+                        "fsGroup": uid,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": CONTAINER_NAME,
+                            "image": settings.installer_image,
+                            "imagePullPolicy": settings.image_pull_policy,
+                            "command": command,
+                            "env": env,
+                            "volumeMounts": [
+                                {"name": VOLUME_NAME, "mountPath": settings.models_mount}
+                            ],
+                            "terminationMessagePath": TERMINATION_LOG,
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                    "volumes": [
+                        {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}}
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _common_env(settings: Settings, source: Source) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
+    if settings.hf_endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": settings.hf_endpoint})
+    if settings.aws_endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": settings.aws_endpoint_url})
+    env.append({"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"})
+    return env + _secret_env(source)
+
+
+def build_base_install_job(
+    body: Mapping[str, Any], spec: BaseModelSpec, claim_name: str, settings: Settings
+) -> dict[str, Any]:
+    """Build the install Job of a BaseModel.
+
+    Args:
+        body: The BaseModel object (``metadata.name/namespace/uid``).
+        spec: Its parsed spec.
+        claim_name: The PersistentVolumeClaim the files go to.
+        settings: Operator settings (image, mount, backoff, deadline, TTL, uid).
+
+    Returns:
+        A ``batch/v1`` Job manifest running ``lorafleet-install base ...``.
+    """
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    command = [
+        "lorafleet-install",
+        "base",
+        "--namespace",
+        namespace,
+        "--name",
+        name,
+        *_source_args(spec.source),
+        "--dest",
+        settings.models_mount,
+        "--task",
+        str(spec.task),
+        "--max-rank",
+        str(spec.serving.max_rank),
+    ]
+    if spec.num_labels is not None:
+        command += ["--num-labels", str(spec.num_labels)]
+    if spec.checkpoint is not None:
+        command += ["--checkpoint", spec.checkpoint.uri]
+        if not spec.checkpoint.strict:
+            command.append("--no-strict")
+    command += [
+        "--report-file",
+        TERMINATION_LOG,
+        "--progress-file",
+        progress_file(settings, namespace, BASEMODEL_KIND, name),
+        "--timeout",
+        str(settings.job_deadline_s),
+    ]
+    return _job(
+        name=install_job_name(BASEMODEL_KIND, body, spec),
+        namespace=namespace,
+        labels=_labels(BASEMODEL_KIND, name, "install"),
+        owner=owner_reference(body),
+        command=command,
+        env=_common_env(settings, spec.source),
+        claim_name=claim_name,
+        settings=settings,
+        backoff_limit=settings.job_backoff_limit,
+    )
+
+
+def build_adapter_install_job(
+    body: Mapping[str, Any],
+    spec: LoraAdapterSpec,
+    *,
+    claim_name: str,
+    base_path: str,
+    base_source: str | None,
+    max_rank: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Build the install Job of a LoraAdapter, validated against its installed base.
+
+    Args:
+        body: The LoraAdapter object.
+        spec: Its parsed spec.
+        claim_name: The base model's PersistentVolumeClaim (adapters live beside the base).
+        base_path: Install folder of the base (``status.path`` of the BaseModel).
+        base_source: The base's ``source.uri`` (the installer compares the adapter's base).
+        max_rank: ``spec.serving.maxRank`` of the base.
+        settings: Operator settings.
+
+    Returns:
+        A ``batch/v1`` Job manifest running ``lorafleet-install adapter ...``.
+    """
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    command = [
+        "lorafleet-install",
+        "adapter",
+        "--namespace",
+        namespace,
+        "--name",
+        name,
+        *_source_args(spec.source),
+        "--dest",
+        settings.models_mount,
+        "--base-path",
+        base_path,
+    ]
+    if base_source:
+        command += ["--base-source", base_source]
+    command += [
+        "--max-rank",
+        str(max_rank),
+        "--report-file",
+        TERMINATION_LOG,
+        "--progress-file",
+        progress_file(settings, namespace, LORAADAPTER_KIND, name),
+        "--timeout",
+        str(settings.job_deadline_s),
+    ]
+    return _job(
+        name=install_job_name(LORAADAPTER_KIND, body, spec, base_path),
+        namespace=namespace,
+        labels=_labels(LORAADAPTER_KIND, name, "install"),
+        owner=owner_reference(body),
+        command=command,
+        env=_common_env(settings, spec.source),
+        claim_name=claim_name,
+        settings=settings,
+        backoff_limit=settings.job_backoff_limit,
+    )
+
+
+def build_cleanup_job(
+    kind: str,
+    body: Mapping[str, Any],
+    *,
+    path: str,
+    claim_name: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Build the Job that removes an installed folder (``lorafleet-install remove``).
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        body: The object whose files are removed (it owns the Job).
+        path: The folder to remove, as seen inside the Job (under the mount).
+        claim_name: The PersistentVolumeClaim holding it.
+        settings: Operator settings.
+
+    Returns:
+        A ``batch/v1`` Job manifest.
+
+    Raises:
+        ValueError: If ``path`` is not inside the volume mount.
+    """
+    mount = settings.models_mount.rstrip("/") + "/"
+    if not path.startswith(mount) or ".." in path.split("/"):
+        raise ValueError(f"refusing to remove {path!r}: not inside the volume mount {mount}")
+    meta = body["metadata"]
+    return _job(
+        name=cleanup_job_name(kind, body, path),
+        namespace=meta["namespace"],
+        labels=_labels(kind, meta["name"], "cleanup"),
+        owner=owner_reference(body),
+        command=["lorafleet-install", "remove", "--path", path, "--report-file", TERMINATION_LOG],
+        env=[],
+        claim_name=claim_name,
+        settings=settings,
+        backoff_limit=min(settings.job_backoff_limit, 2),
+    )

@@ -1,0 +1,237 @@
+"""Builder of a BaseModel's KubeRay ``RayService`` and readers of its status.
+
+One RayService per BaseModel (same name, owned by it). Its ``serveConfigV2`` is the YAML of
+:func:`lorafleet_operator.serveconfig.build_serve_config`; its Ray cluster has a head pod that
+runs no model replicas (``num-cpus: 0``) and one worker group whose pods request the GPUs, CPU
+and memory of ``spec.serving`` (one model replica per worker pod) and mount the model volume
+read-only. KubeRay v1 API: ``ray.io/v1`` (``ray-operator/apis/ray/v1/rayservice_types.go``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from lorafleet_operator.jobs import (
+    KIND_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    VOLUME_NAME,
+    owner_reference,
+)
+from lorafleet_operator.models import BaseModelSpec
+from lorafleet_operator.settings import Settings
+
+RAY_GROUP = "ray.io"
+RAY_VERSION = "v1"
+RAYSERVICE_PLURAL = "rayservices"
+WORKER_GROUP = "models"
+#: Resources of the head pod (GCS, dashboard, Serve controller and HTTP proxy).
+HEAD_RESOURCES = {"cpu": "1", "memory": "4Gi"}
+DEFAULT_WORKER_CPU = "2"
+DEFAULT_WORKER_MEMORY = "8Gi"
+
+
+def rayservice_name(basemodel_name: str) -> str:
+    """The RayService of a BaseModel has the BaseModel's name."""
+    return basemodel_name
+
+
+def serve_endpoint(basemodel_name: str, namespace: str, settings: Settings) -> str:
+    """The in-cluster URL of the Serve service KubeRay creates (``<name>-serve-svc``).
+
+    Args:
+        basemodel_name: The BaseModel's name.
+        namespace: Its namespace.
+        settings: Operator settings (Serve HTTP port).
+
+    Returns:
+        ``http://<name>-serve-svc.<namespace>.svc:<port>``.
+    """
+    return (
+        f"http://{rayservice_name(basemodel_name)}-serve-svc.{namespace}.svc:{settings.serve_port}"
+    )
+
+
+def _pod_template(
+    *,
+    container_name: str,
+    image: str,
+    resources: dict[str, Any],
+    claim_name: str,
+    settings: Settings,
+    ports: list[dict[str, Any]],
+    node_selector: Mapping[str, str] | None = None,
+    tolerations: list[dict[str, Any]] | None = None,
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    uid = settings.run_as_user
+    spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+        },
+        "containers": [
+            {
+                "name": container_name,
+                "image": image,
+                "imagePullPolicy": settings.image_pull_policy,
+                "resources": resources,
+                "ports": ports,
+                "volumeMounts": [
+                    {"name": VOLUME_NAME, "mountPath": settings.models_mount, "readOnly": True}
+                ],
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+            }
+        ],
+        "volumes": [
+            {
+                "name": VOLUME_NAME,
+                "persistentVolumeClaim": {"claimName": claim_name, "readOnly": True},
+            }
+        ],
+    }
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = tolerations
+    return {"metadata": {"labels": labels}, "spec": spec}
+
+
+def build_rayservice(
+    body: Mapping[str, Any],
+    spec: BaseModelSpec,
+    *,
+    serve_config_yaml: str,
+    claim_name: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Build the RayService of a BaseModel.
+
+    Args:
+        body: The BaseModel object (owner).
+        spec: Its parsed spec (``serving``: replicas/autoscaling, gpus, cpu, memory,
+            nodeSelector, tolerations, image, rayVersion).
+        serve_config_yaml: ``serveConfigV2`` text (see :func:`serveconfig.dump_serve_config`).
+        claim_name: The model volume's claim, mounted read-only at the models mount.
+        settings: Operator settings (default image, Ray version, uid).
+
+    Returns:
+        A ``ray.io/v1`` RayService manifest.
+    """
+    meta = body["metadata"]
+    serving = spec.serving
+    image = serving.image or settings.ray_image
+    labels = {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: "basemodel", NAME_LABEL: meta["name"]}
+    cpu = serving.cpu or DEFAULT_WORKER_CPU
+    memory = serving.memory or DEFAULT_WORKER_MEMORY
+    worker_resources: dict[str, Any] = {
+        "requests": {"cpu": cpu, "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
+    if serving.gpus:
+        worker_resources["requests"]["nvidia.com/gpu"] = str(serving.gpus)
+        worker_resources["limits"]["nvidia.com/gpu"] = str(serving.gpus)
+    if serving.autoscaling is not None:
+        replicas = serving.autoscaling.min_replicas
+        min_replicas, max_replicas = (
+            serving.autoscaling.min_replicas,
+            serving.autoscaling.max_replicas,
+        )
+    else:
+        replicas = 1 if serving.replicas is None else serving.replicas
+        min_replicas = max_replicas = replicas
+    tolerations = [t.to_wire() for t in serving.tolerations or []]
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayService",
+        "metadata": {
+            "name": rayservice_name(meta["name"]),
+            "namespace": meta["namespace"],
+            "labels": labels,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "serveConfigV2": serve_config_yaml,
+            "rayClusterConfig": {
+                "rayVersion": serving.ray_version or settings.ray_version,
+                "enableInTreeAutoscaling": serving.autoscaling is not None,
+                "headGroupSpec": {
+                    "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                    "template": _pod_template(
+                        container_name="ray-head",
+                        image=image,
+                        resources={"requests": HEAD_RESOURCES, "limits": HEAD_RESOURCES},
+                        claim_name=claim_name,
+                        settings=settings,
+                        ports=[
+                            {"containerPort": 6379, "name": "gcs-server"},
+                            {"containerPort": 8265, "name": "dashboard"},
+                            {"containerPort": 10001, "name": "client"},
+                            {"containerPort": settings.serve_port, "name": "serve"},
+                        ],
+                        labels=labels,
+                    ),
+                },
+                "workerGroupSpecs": [
+                    {
+                        "groupName": WORKER_GROUP,
+                        "replicas": replicas,
+                        "minReplicas": min_replicas,
+                        "maxReplicas": max_replicas,
+                        "rayStartParams": {},
+                        "template": _pod_template(
+                            container_name="ray-worker",
+                            image=image,
+                            resources=worker_resources,
+                            claim_name=claim_name,
+                            settings=settings,
+                            ports=[{"containerPort": settings.serve_port, "name": "serve"}],
+                            node_selector=serving.node_selector,
+                            tolerations=tolerations,
+                            labels=labels,
+                        ),
+                    }
+                ],
+            },
+        },
+    }
+
+
+def rayservice_readiness(rayservice: Mapping[str, Any] | None) -> tuple[bool, str, str]:
+    """Read whether a RayService serves, from the status KubeRay writes.
+
+    Args:
+        rayservice: The RayService object, or ``None`` when it does not exist.
+
+    Returns:
+        ``(ready, reason, message)``: ready when the ``Ready`` condition is True (KubeRay >= 1.3)
+        or, for older KubeRay, ``serviceStatus`` is ``Running``; otherwise the reason and message
+        of the ``Ready`` condition or of the first application that is not ``RUNNING``.
+    """
+    if rayservice is None:
+        return False, "RayServiceMissing", "the RayService does not exist yet"
+    status = rayservice.get("status") or {}
+    ready_cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready_cond is not None and ready_cond.get("status") == "True":
+        return True, ready_cond.get("reason") or "Ready", ready_cond.get("message") or ""
+    if ready_cond is None and status.get("serviceStatus") == "Running":
+        return True, "Running", "RayService is running"
+    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
+    for name, app in apps.items():
+        if app.get("status") not in ("RUNNING", None):
+            message = app.get("message") or ""
+            return (
+                False,
+                "ApplicationNotRunning",
+                f"application {name}: {app.get('status')} {message}".strip(),
+            )
+    if ready_cond is not None:
+        return False, ready_cond.get("reason") or "NotReady", ready_cond.get("message") or ""
+    return False, "Initializing", "KubeRay has not reported the RayService's status yet"
