@@ -1,0 +1,480 @@
+"""``install()``: fetch, verify, validate and atomically place one base model or adapter.
+
+Pipeline: resolve the source (revision -> commit, file list with sizes and digests) ->
+quick no-op if ``ROOT/<ns>/<kind>/<name>/<revision>/lorafleet.json`` exists -> lock the
+target -> space check -> download into ``ROOT/.staging/...`` (resumable) with progress ->
+verify sizes/digests -> validate -> write ``lorafleet.json`` -> one ``rename`` to the final
+path. Failures never leave anything at the final path.
+
+Revision folder names: the resolved commit for ``hf://``; otherwise the ``revision`` given by
+the user, else the content digest of :func:`lorafleet_serving.installer.sources.content_digest`
+(``sha256-<16 hex>``). When a checkpoint is applied over a base, ``-ckpt-<12 hex>`` is
+appended (a digest of the checkpoint's identity, ``strict``, ``task`` and ``num_labels``),
+since the installed weights then differ from the source's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import TextIO
+
+from .architecture import TASKS
+from .deadline import Deadline
+from .errors import (
+    CHECKSUM_MISMATCH,
+    INSTALLED,
+    INTERNAL_ERROR,
+    INVALID_BASE_MODEL,
+    INVALID_SOURCE,
+    REMOVED,
+    TIMEOUT,
+    InstallError,
+    redact,
+)
+from .manifest import MANIFEST_NAME, now_rfc3339, read_manifest, write_manifest
+from .progress import ProgressReporter, folder_bytes
+from .sources import Listing, content_digest, open_source
+from .space import check_space
+from .staging import Target, check_revision_dirname, promote
+from .verify import Digests, file_digests, verify_file
+
+KINDS = ("base", "adapter")
+# Failures after which the staged bytes are kept for a resuming re-run.
+RESUMABLE = frozenset({TIMEOUT, INTERNAL_ERROR})
+
+
+def _fail(reason: str, message: str, kind: str) -> dict:
+    return {"ok": False, "reason": reason, "message": redact(message), "kind": kind}
+
+
+def install(
+    kind: str,
+    *,
+    namespace: str,
+    name: str,
+    source: str,
+    dest: str | os.PathLike,
+    revision: str | None = None,
+    allow_patterns: list[str] | None = None,
+    ignore_patterns: list[str] | None = None,
+    checkpoint: str | None = None,
+    strict: bool = True,
+    task: str | None = None,
+    num_labels: int | None = None,
+    max_rank: int | None = None,
+    sha256: str | None = None,
+    base_path: str | os.PathLike | None = None,
+    base_source: str | None = None,
+    progress_file: str | os.PathLike | None = None,
+    timeout: float | None = None,
+    progress_stream: TextIO | None = None,
+) -> dict:
+    """Install a base model (``kind="base"``) or a LoRA adapter (``kind="adapter"``).
+
+    Args:
+        kind: ``"base"`` or ``"adapter"``.
+        namespace: Kubernetes namespace (folder under ``dest``).
+        name: Resource name (folder under ``<namespace>/<basemodels|adapters>``).
+        source: ``hf://``, ``s3://``, ``https://``, ``file://`` or ``pvc://`` URI.
+        dest: Volume root (``--dest``).
+        revision: hf branch/tag/commit; for other schemes the folder name to use.
+        allow_patterns / ignore_patterns: Globs over relative paths.
+        checkpoint: URI of a state_dict applied over a base (single file).
+        strict: Checkpoint keys/shapes must match exactly.
+        task: ``text-generation`` or ``text-classification`` (base).
+        num_labels: Classification head size (base).
+        max_rank: Largest LoRA ``r`` accepted (adapter; also accepted for base, unused).
+        sha256: Expected sha256 of an https download.
+        base_path: Installed base folder (adapter, required).
+        base_source: The base's source URI, compared with the adapter's
+            ``base_model_name_or_path``.
+        progress_file: Where to keep ``{"bytesDone", "bytesTotal", "updatedAt"}``.
+        timeout: Seconds for the whole install (``Timeout`` after that).
+        progress_stream: Human-readable progress output (default stderr).
+
+    Returns:
+        The report dict (docs/interfaces.md section 2); ``ok`` is False on failure, with
+        ``reason`` and ``message``. Never raises for install failures.
+    """
+    if kind not in KINDS:
+        return _fail(INVALID_SOURCE, f"kind must be one of {KINDS}, got {kind!r}", str(kind))
+    try:
+        deadline = Deadline(timeout)
+    except ValueError as exc:
+        return _fail(INVALID_SOURCE, str(exc), kind)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["report"] = _install(
+                kind,
+                namespace=namespace,
+                name=name,
+                source=source,
+                dest=Path(dest),
+                revision=revision,
+                allow_patterns=list(allow_patterns or []) or None,
+                ignore_patterns=list(ignore_patterns or []) or None,
+                checkpoint=checkpoint,
+                strict=strict,
+                task=task,
+                num_labels=num_labels,
+                max_rank=max_rank,
+                sha256=sha256,
+                base_path=Path(base_path) if base_path else None,
+                base_source=base_source,
+                progress_file=Path(progress_file) if progress_file else None,
+                deadline=deadline,
+                progress_stream=progress_stream,
+            )
+        except InstallError as exc:
+            result["report"] = _fail(exc.reason, exc.message, kind)
+        except Exception as exc:  # report, never crash without a reason
+            traceback.print_exc(file=sys.stderr)
+            result["report"] = _fail(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", kind)
+
+    if timeout is None:
+        run()
+        return result["report"]
+    worker = threading.Thread(target=run, name="lorafleet-install", daemon=True)
+    worker.start()
+    worker.join(timeout + 1.0)
+    if worker.is_alive():
+        return _fail(TIMEOUT, f"the install did not finish within {timeout:g} s", kind)
+    return result["report"]
+
+
+def _suffix_for_checkpoint(ckpt_listing: Listing, strict: bool, task, num_labels) -> str:
+    ident = json.dumps([content_digest(ckpt_listing.files), strict, task, num_labels])
+    return "-ckpt-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
+
+
+def _install(
+    kind: str,
+    *,
+    namespace: str,
+    name: str,
+    source: str,
+    dest: Path,
+    revision: str | None,
+    allow_patterns,
+    ignore_patterns,
+    checkpoint: str | None,
+    strict: bool,
+    task: str | None,
+    num_labels: int | None,
+    max_rank: int | None,
+    sha256: str | None,
+    base_path: Path | None,
+    base_source: str | None,
+    progress_file: Path | None,
+    deadline: Deadline,
+    progress_stream: TextIO | None,
+) -> dict:
+    if task is not None and task not in TASKS:
+        raise InstallError(
+            INVALID_SOURCE, f"--task must be one of {', '.join(TASKS)}, got {task!r}"
+        )
+    if num_labels is not None and num_labels < 1:
+        raise InstallError(INVALID_SOURCE, f"--num-labels must be at least 1, got {num_labels}")
+    if max_rank is not None and max_rank < 1:
+        raise InstallError(INVALID_SOURCE, f"--max-rank must be at least 1, got {max_rank}")
+    if kind == "adapter":
+        if base_path is None:
+            raise InstallError(
+                INVALID_SOURCE, "an adapter install needs --base-path (the installed base folder)"
+            )
+        if not (base_path / "config.json").is_file():
+            raise InstallError(
+                INVALID_BASE_MODEL, f"no installed base model at {base_path} (config.json missing)"
+            )
+    if checkpoint and kind != "base":
+        raise InstallError(INVALID_SOURCE, "--checkpoint applies to a base model only")
+    if not dest.is_dir():
+        raise InstallError(INVALID_SOURCE, f"--dest {dest} is not an existing folder")
+
+    target = Target(dest, namespace, kind, name)
+    src = open_source(
+        source,
+        revision=revision,
+        allow_patterns=allow_patterns,
+        ignore_patterns=ignore_patterns,
+        sha256=sha256,
+    )
+    listing = src.list(deadline)
+    if listing.resolved_revision:
+        resolved = listing.resolved_revision
+    elif revision:
+        resolved = check_revision_dirname(revision)
+    else:
+        resolved = content_digest(listing.files)
+    dirname = resolved
+    ckpt_src = ckpt_listing = None
+    if checkpoint:
+        ckpt_src = open_source(checkpoint)
+        ckpt_listing = ckpt_src.list(deadline)
+        if len(ckpt_listing.files) != 1 or ckpt_listing.archive:
+            raise InstallError(INVALID_SOURCE, f"--checkpoint {checkpoint!r} must name one file")
+        dirname += _suffix_for_checkpoint(ckpt_listing, strict, task, num_labels)
+    final = target.final_path(dirname)
+
+    done = read_manifest(final)
+    if done is not None:
+        return _already(done, final)
+    with target.lock(deadline):
+        done = read_manifest(final)
+        if done is not None:
+            return _already(done, final)
+        if final.exists():  # no manifest: not ours or a broken leftover; never overwrite
+            raise InstallError(
+                INTERNAL_ERROR,
+                f"{final} exists without a complete {MANIFEST_NAME}; remove it first",
+            )
+        staging = target.staging_path(
+            {
+                "source": source,
+                "dir": dirname,
+                "allow": allow_patterns,
+                "ignore": ignore_patterns,
+                "sha256": sha256,
+            }
+        )
+        files_dir = staging / "files"
+        files_dir.mkdir(parents=True, exist_ok=True)
+        _prune_unlisted(files_dir, listing)
+        try:
+            report = _stage_and_promote(
+                kind,
+                src,
+                listing,
+                staging,
+                files_dir,
+                final,
+                target=target,
+                resolved=resolved,
+                ckpt_src=ckpt_src,
+                ckpt_listing=ckpt_listing,
+                strict=strict,
+                task=task,
+                num_labels=num_labels,
+                max_rank=max_rank,
+                base_path=base_path,
+                base_source=base_source,
+                progress_file=progress_file,
+                deadline=deadline,
+                progress_stream=progress_stream,
+            )
+        except InstallError as exc:
+            if exc.reason not in RESUMABLE:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return report
+
+
+def _already(manifest: dict, final: Path) -> dict:
+    report = dict(manifest["report"])
+    report["message"] = f"already installed at {final}"
+    report["path"] = str(final)
+    return report
+
+
+def _prune_unlisted(files_dir: Path, listing: Listing) -> None:
+    """Delete staged files a previous run produced that the listing does not name."""
+    if listing.archive:
+        return
+    wanted = {f.path for f in listing.files}
+    for path in sorted(files_dir.rglob("*"), reverse=True):
+        rel = path.relative_to(files_dir).as_posix()
+        if rel == ".cache" or rel.startswith(".cache/"):
+            continue
+        if path.is_file() and rel not in wanted:
+            path.unlink()
+
+
+def _stage_and_promote(
+    kind,
+    src,
+    listing: Listing,
+    staging: Path,
+    files_dir: Path,
+    final: Path,
+    *,
+    target: Target,
+    resolved: str,
+    ckpt_src,
+    ckpt_listing,
+    strict,
+    task,
+    num_labels,
+    max_rank,
+    base_path,
+    base_source,
+    progress_file,
+    deadline: Deadline,
+    progress_stream,
+) -> dict:
+    total = listing.total_bytes
+    if ckpt_listing is not None and total is not None:
+        ckpt_total = ckpt_listing.total_bytes
+        total = None if ckpt_total is None else total + ckpt_total
+    if total is not None:
+        check_space(
+            target.root,
+            max(0, total - folder_bytes(staging)),
+            what=f"{target.namespace}/{target.name}",
+        )
+
+    label = f"{target.namespace}/{target.name}"
+    with ProgressReporter(
+        lambda: folder_bytes(staging),
+        total,
+        progress_file=progress_file,
+        stream=progress_stream,
+        label=label,
+    ):
+        src.download(listing, files_dir, deadline)
+        ckpt_file = None
+        if ckpt_src is not None:
+            ckpt_dir = staging / "checkpoint"
+            ckpt_src.download(ckpt_listing, ckpt_dir, deadline)
+            ckpt_file = ckpt_dir / ckpt_listing.files[0].path
+    shutil.rmtree(files_dir / ".cache", ignore_errors=True)
+    deadline.check("verifying")
+
+    digests: dict[str, tuple[Digests, int]] = {}
+    checked = [] if listing.archive else listing.files
+    for f in checked:
+        path = files_dir / f.path
+        if not path.is_file():
+            raise InstallError(CHECKSUM_MISMATCH, f"{f.path}: missing after download")
+        try:
+            d = verify_file(path, f.expected, name=f.path)
+        except InstallError:
+            path.unlink(missing_ok=True)  # never promoted, never resumed from
+            raise
+        digests[f.path] = (d, path.stat().st_mtime_ns)
+    if ckpt_file is not None:
+        try:
+            ckpt_digest = verify_file(
+                ckpt_file, ckpt_listing.files[0].expected, name=ckpt_listing.files[0].path
+            )
+        except InstallError:
+            ckpt_file.unlink(missing_ok=True)
+            raise
+
+    deadline.check("validating")
+    report: dict = {"ok": True, "reason": INSTALLED, "kind": kind, "resolvedRevision": resolved}
+    if kind == "base":
+        from .validate_base import validate_base
+
+        facts = validate_base(
+            files_dir,
+            task=task,
+            num_labels=num_labels,
+            checkpoint_file=ckpt_file,
+            checkpoint_name=ckpt_listing.files[0].path if ckpt_listing else None,
+            strict=strict,
+        )
+        findings = facts.findings
+        report.update(
+            task=facts.task,
+            numLabels=facts.num_labels,
+            architecture=facts.architecture,
+            labels=facts.labels,
+        )
+    else:
+        from .validate_adapter import validate_adapter
+
+        facts = validate_adapter(
+            files_dir, base_path=base_path, base_source=base_source, max_rank=max_rank
+        )
+        findings = facts.findings
+        report.update(
+            rank=facts.rank,
+            loraAlpha=facts.lora_alpha,
+            targetModules=facts.target_modules,
+            modulesToSave=facts.modules_to_save,
+            numLabels=facts.num_labels,
+            labels=facts.labels,
+            baseMatches=facts.base_matches,
+        )
+
+    entries = []
+    for path in sorted(p for p in files_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(files_dir).as_posix()
+        known = digests.get(rel)
+        d = known[0] if known and known[1] == path.stat().st_mtime_ns else file_digests(path)
+        entries.append({"path": rel, "size": d.size, "sha256": d.sha256})
+    size = sum(e["size"] for e in entries)
+    report.update(
+        sizeBytes=size,
+        path=str(final),
+        message=f"installed {len(entries)} files ({size} bytes) at {final}",
+    )
+    report = {k: v for k, v in report.items() if v is not None}
+    manifest = {
+        "apiVersion": "lorafleet.io/v1alpha1",
+        "kind": "BaseModel" if kind == "base" else "LoraAdapter",
+        "namespace": target.namespace,
+        "name": target.name,
+        "installedAt": now_rfc3339(),
+        "source": src.describe(),
+        "resolvedRevision": resolved,
+        "checkpoint": (
+            {**ckpt_src.describe(), "sha256": ckpt_digest.sha256, "strict": strict}
+            if ckpt_src is not None
+            else None
+        ),
+        "files": entries,
+        "sizeBytes": size,
+        "findings": findings,
+        "report": report,
+    }
+    if kind == "adapter":
+        manifest["base"] = {
+            "path": str(base_path),
+            "source": base_source,
+            "declared": facts.base_model,
+        }
+    write_manifest(files_dir, manifest)
+    deadline.check("promoting the install")
+    promote(files_dir, final)
+    return report
+
+
+def remove(path: str | os.PathLike) -> dict:
+    """Remove an installed revision folder (must hold ``lorafleet.json``), atomically.
+
+    Args:
+        path: ``ROOT/<ns>/<kind>/<name>/<revision>``.
+
+    Returns:
+        A report with reason ``Removed`` (also when nothing was there), or a failure.
+    """
+    from .staging import remove_tree_atomically
+
+    target = Path(path)
+    if not target.exists():
+        return {
+            "ok": True,
+            "reason": REMOVED,
+            "message": f"nothing at {target}",
+            "path": str(target),
+        }
+    if not (target / MANIFEST_NAME).is_file():
+        return _fail(
+            INVALID_SOURCE, f"{target} holds no {MANIFEST_NAME}; refusing to delete it", "remove"
+        )
+    try:
+        remove_tree_atomically(target)
+    except OSError as exc:
+        return _fail(INTERNAL_ERROR, f"cannot remove {target}: {exc}", "remove")
+    return {"ok": True, "reason": REMOVED, "message": f"removed {target}", "path": str(target)}

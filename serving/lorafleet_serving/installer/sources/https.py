@@ -1,0 +1,223 @@
+"""``https://`` (and ``http://`` for loopback mirrors): one file or a .tar/.tar.gz/.tgz/.zip.
+
+The download goes to ``<staging>/download/<name>.part`` and resumes with ``Range: bytes=N-``
+(a 200 answer to a Range request restarts from zero). The optional ``--sha256`` is checked
+before an archive is unpacked. Archives are unpacked member by member: absolute names, ``..``,
+symbolic/hard links and device files are refused (``InvalidSource``). ``HTTPS_BEARER_TOKEN``
+from the environment is sent as ``Authorization: Bearer``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from ..deadline import Deadline, with_retries
+from ..errors import CHECKSUM_MISMATCH, INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
+from ..pathsafety import inside, safe_relpath
+from ..verify import Expected, verify_file
+from .common import Listing, RemoteFile, is_transient
+
+CHUNK_BYTES = 1 << 20
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def archive_kind(name: str) -> str | None:
+    """Return ``"tar"`` or ``"zip"`` for archive file names, else None."""
+    lower = name.lower()
+    if lower.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    if lower.endswith(".zip"):
+        return "zip"
+    return None
+
+
+def unpack_archive(archive: Path, dest: Path, *, where: str) -> list[str]:
+    """Unpack a tar/zip archive into ``dest`` safely.
+
+    Args:
+        archive: The verified archive file.
+        dest: Empty target folder.
+        where: Source description for messages.
+
+    Returns:
+        Relative paths of the files written.
+
+    Raises:
+        InstallError: ``InvalidSource`` for unsafe members (absolute, ``..``, links, devices).
+    """
+    written = []
+    if archive_kind(archive.name) == "tar":
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                rel = safe_relpath(m.name, where=where)
+                if m.issym() or m.islnk():
+                    raise InstallError(
+                        INVALID_SOURCE,
+                        f"{where}: archive member {m.name!r} is a link; links are refused",
+                    )
+                if not (m.isfile() or m.isdir()):
+                    raise InstallError(
+                        INVALID_SOURCE, f"{where}: archive member {m.name!r} is not a regular file"
+                    )
+                if m.isdir():
+                    continue
+                target = inside(dest, rel, where=where)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                with src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK_BYTES)
+                written.append(rel)
+    else:
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                rel = safe_relpath(info.filename, where=where)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise InstallError(
+                        INVALID_SOURCE,
+                        f"{where}: archive member {info.filename!r} is a link; links are refused",
+                    )
+                if info.is_dir():
+                    continue
+                target = inside(dest, rel, where=where)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK_BYTES)
+                written.append(rel)
+    if not written:
+        raise InstallError(INVALID_SOURCE, f"{where}: the archive holds no files")
+    return written
+
+
+class HttpsSource:
+    """A single file or archive at an HTTP(S) URL.
+
+    Args:
+        uri: The URL.
+        sha256: Optional hex sha256 of the downloaded file (archive or single file).
+    """
+
+    def __init__(self, uri: str, sha256: str | None = None) -> None:
+        parsed = urlparse(uri)
+        if parsed.scheme not in ("https", "http") or not parsed.netloc:
+            raise InstallError(INVALID_SOURCE, f"source {uri!r}: expected an https:// URL")
+        name = posixpath.basename(unquote(parsed.path))
+        if not name:
+            raise InstallError(INVALID_SOURCE, f"source {uri!r}: the URL names no file")
+        self.uri = uri
+        self.name = safe_relpath(name, where=uri)
+        self.sha256 = sha256.lower() if sha256 else None
+        if self.sha256 is not None and (
+            len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256)
+        ):
+            raise InstallError(INVALID_SOURCE, "--sha256 must be 64 hex digits")
+        self.kind = archive_kind(name)
+        self._session = requests.Session()
+        token = os.environ.get("HTTPS_BEARER_TOKEN")
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def describe(self) -> dict:
+        """The source for lorafleet.json (URL without query string or user-info)."""
+        p = urlparse(self.uri)
+        return {
+            "uri": f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path}",
+            "sha256": self.sha256,
+        }
+
+    def _raise_for(self, resp: requests.Response) -> None:
+        if resp.status_code in (401, 403):
+            raise InstallError(UNAUTHORIZED, f"{self.describe()['uri']}: HTTP {resp.status_code}")
+        if resp.status_code in (404, 410):
+            raise InstallError(
+                SOURCE_NOT_FOUND, f"{self.describe()['uri']}: HTTP {resp.status_code}"
+            )
+        resp.raise_for_status()
+
+    def list(self, deadline: Deadline) -> Listing:
+        """HEAD the URL for size and ETag (falls back to unknown size when HEAD is refused)."""
+
+        def head():
+            resp = self._session.head(self.uri, allow_redirects=True, timeout=30)
+            if resp.status_code in (405, 501):
+                return None
+            self._raise_for(resp)
+            return resp
+
+        resp = with_retries(
+            head, is_transient=is_transient, deadline=deadline, what=f"reading {self.name}"
+        )
+        size = None
+        etag = ""
+        if resp is not None:
+            if resp.headers.get("Content-Length") and "gzip" not in resp.headers.get(
+                "Content-Encoding", ""
+            ):
+                size = int(resp.headers["Content-Length"])
+            etag = resp.headers.get("ETag", "") or resp.headers.get("Last-Modified", "")
+        fingerprint = self.sha256 or etag or self.uri
+        remote = RemoteFile(
+            path=self.name,
+            expected=Expected(size=size, sha256=self.sha256),
+            fingerprint=fingerprint,
+            remote=self.uri,
+        )
+        return Listing(files=[remote], archive=self.kind is not None)
+
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
+        """Download (resuming a ``.part`` file), verify, then place or unpack into ``dest``."""
+        f = listing.files[0]
+        work = dest.parent / "download"
+        work.mkdir(parents=True, exist_ok=True)
+        part = work / (f.path + ".part")
+        done = work / f.path
+        if not done.exists():
+            with_retries(
+                lambda: self._fetch(part, f.expected.size, deadline),
+                is_transient=is_transient,
+                deadline=deadline,
+                what=f"downloading {self.name}",
+            )
+            if self.kind is not None:  # single files are verified by the caller
+                try:
+                    verify_file(part, f.expected, name=self.name)
+                except InstallError as exc:
+                    if exc.reason == CHECKSUM_MISMATCH:
+                        part.unlink(missing_ok=True)  # never resume from corrupted bytes
+                    raise
+            os.replace(part, done)
+        if self.kind is None:
+            target = inside(dest, f.path, where=self.uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(done, target)
+        else:
+            if dest.exists():
+                shutil.rmtree(dest)
+            dest.mkdir(parents=True)
+            unpack_archive(done, dest, where=self.describe()["uri"])
+
+    def _fetch(self, part: Path, size: int | None, deadline: Deadline) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        if size is not None and have == size:
+            return
+        if size is not None and have > size:
+            part.unlink()
+            have = 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self._session.get(self.uri, headers=headers, stream=True, timeout=60) as resp:
+            self._raise_for(resp)
+            mode = "ab" if have and resp.status_code == 206 else "wb"
+            with part.open(mode) as out:
+                for chunk in resp.iter_content(CHUNK_BYTES):
+                    out.write(chunk)
+                    deadline.check(f"downloading {self.name}")

@@ -1,0 +1,211 @@
+"""``hf://org/name[/subfolder]`` through huggingface_hub (honours ``HF_ENDPOINT`` mirrors).
+
+The revision (branch, tag or commit; default ``main``) is resolved to its commit with
+``HfApi.model_info``; the file list, sizes, LFS sha256 and git blob ids come from
+``HfApi.list_repo_tree`` at that commit, so everything is known before the first byte is
+downloaded. Files are fetched with ``hf_hub_download(local_dir=...)`` into the staging folder,
+which resumes ``.incomplete`` files with HTTP Range and skips complete ones on a re-run.
+The token is ``HF_TOKEN`` from the environment and never appears in a message.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import filter_repo_objects
+
+from ..deadline import Deadline, with_retries
+from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
+from ..pathsafety import safe_relpath
+from ..verify import Expected
+from .common import Listing, RemoteFile, http_status_of, is_transient
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DOWNLOAD_WORKERS = 4
+
+
+def hub_endpoint() -> str:
+    """The Hub URL: ``HF_ENDPOINT`` from the environment at call time, else huggingface.co."""
+    return os.environ.get("HF_ENDPOINT", "").rstrip("/") or DEFAULT_ENDPOINT
+
+
+def map_hub_error(exc: BaseException, where: str) -> InstallError | None:
+    """Translate a huggingface_hub error into the install reason, or None if not a Hub error.
+
+    GatedRepoError and HTTP 401/403 become ``Unauthorized``; RepositoryNotFoundError,
+    RevisionNotFoundError, EntryNotFoundError and 404 become ``SourceNotFound``.
+    """
+    has_token = bool(os.environ.get("HF_TOKEN"))
+    if isinstance(exc, GatedRepoError):
+        hint = "the token in HF_TOKEN has no access" if has_token else "no HF_TOKEN is set"
+        return InstallError(UNAUTHORIZED, f"{where} is a gated repository and {hint}")
+    if isinstance(exc, RevisionNotFoundError):
+        return InstallError(SOURCE_NOT_FOUND, f"{where}: revision not found")
+    if isinstance(exc, RepositoryNotFoundError):
+        hint = "" if has_token else " (or it is private and no HF_TOKEN is set)"
+        return InstallError(SOURCE_NOT_FOUND, f"{where}: repository not found{hint}")
+    if isinstance(exc, EntryNotFoundError):
+        return InstallError(SOURCE_NOT_FOUND, f"{where}: file not found in the repository")
+    if isinstance(exc, HfHubHTTPError):
+        status = http_status_of(exc)
+        if status in (401, 403):
+            return InstallError(UNAUTHORIZED, f"{where}: HTTP {status} from the Hub")
+        if status == 404:
+            return InstallError(SOURCE_NOT_FOUND, f"{where}: HTTP 404 from the Hub")
+    return None
+
+
+class HubSource:
+    """A Hugging Face Hub model repository (or one folder/file in it).
+
+    Args:
+        uri: ``hf://org/name`` or ``hf://org/name/sub/path``.
+        revision: Branch, tag or commit; None means ``main``.
+        allow_patterns / ignore_patterns: Globs over paths in the repo (huggingface_hub's
+            ``filter_repo_objects`` semantics).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        revision: str | None = None,
+        allow_patterns: list[str] | None = None,
+        ignore_patterns: list[str] | None = None,
+    ) -> None:
+        rest = uri[len("hf://") :].strip("/")
+        parts = rest.split("/")
+        if len(parts) < 2 or not all(parts[:2]):
+            raise InstallError(INVALID_SOURCE, f"source {uri!r}: expected hf://<org>/<name>")
+        self.uri = uri
+        self.repo_id = "/".join(parts[:2])
+        self.subpath = safe_relpath("/".join(parts[2:]), where=uri) if len(parts) > 2 else ""
+        self.revision = revision or "main"
+        self.allow_patterns = allow_patterns or None
+        self.ignore_patterns = ignore_patterns or None
+        self.endpoint = hub_endpoint()
+        self._token = os.environ.get("HF_TOKEN") or False
+
+    def describe(self) -> dict:
+        """The source for lorafleet.json (endpoint, repo_id, revision; no token)."""
+        return {
+            "uri": self.uri,
+            "repoId": self.repo_id,
+            "revision": self.revision,
+            "endpoint": self.endpoint,
+            "allowPatterns": self.allow_patterns,
+            "ignorePatterns": self.ignore_patterns,
+        }
+
+    def _call(self, fn, what: str, deadline: Deadline):
+        try:
+            return with_retries(fn, is_transient=is_transient, deadline=deadline, what=what)
+        except InstallError:
+            raise
+        except Exception as exc:
+            mapped = map_hub_error(exc, f"{self.repo_id}@{self.revision} ({what})")
+            if mapped is not None:
+                raise mapped from exc
+            raise
+
+    def list(self, deadline: Deadline) -> Listing:
+        """Resolve the revision to a commit and list files with sizes and digests."""
+        api = HfApi(endpoint=self.endpoint, token=self._token)
+        info = self._call(
+            lambda: api.model_info(self.repo_id, revision=self.revision),
+            "resolving revision",
+            deadline,
+        )
+        sha = info.sha
+        entries = self._call(
+            lambda: [
+                e
+                for e in api.list_repo_tree(self.repo_id, revision=sha, recursive=True)
+                if isinstance(e, RepoFile)
+            ],
+            "listing files",
+            deadline,
+        )
+        if self.subpath:
+            sub = self.subpath
+            chosen = [(e, e.path[len(sub) + 1 :]) for e in entries if e.path.startswith(sub + "/")]
+            chosen += [(e, posixpath.basename(e.path)) for e in entries if e.path == sub]
+        else:
+            chosen = [(e, e.path) for e in entries]
+        chosen = list(
+            filter_repo_objects(
+                chosen,
+                allow_patterns=self.allow_patterns,
+                ignore_patterns=self.ignore_patterns,
+                key=lambda item: item[1],
+            )
+        )
+        if not chosen:
+            raise InstallError(
+                SOURCE_NOT_FOUND,
+                f"{self.repo_id}@{sha}: no files"
+                + (f" under {self.subpath!r}" if self.subpath else "")
+                + (
+                    " match the allow/ignore patterns"
+                    if self.allow_patterns or self.ignore_patterns
+                    else ""
+                ),
+            )
+        files = []
+        for entry, rel in chosen:
+            rel = safe_relpath(rel, where=f"hf://{self.repo_id}")
+            if entry.lfs is not None:
+                expected = Expected(size=entry.size, sha256=entry.lfs.sha256)
+                fingerprint = entry.lfs.sha256
+            else:
+                expected = Expected(size=entry.size, git_blob=entry.blob_id)
+                fingerprint = entry.blob_id
+            files.append(
+                RemoteFile(path=rel, expected=expected, fingerprint=fingerprint, remote=entry.path)
+            )
+        return Listing(files=files, resolved_revision=sha)
+
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
+        """Download the listed files at the resolved commit into ``dest`` (resumable)."""
+        sha = listing.resolved_revision
+        # hf_hub_download's local_dir keeps the repo's layout; with a subfolder the files land
+        # under dest/<subpath>/ and are moved up by the caller-visible rename below.
+        work = dest if not self.subpath else dest.parent / "hf-subfolder"
+        cache_dir = dest.parent / "hf-cache"
+
+        def fetch(f: RemoteFile) -> None:
+            deadline.check(f"downloading {f.remote}")
+            self._call(
+                lambda: hf_hub_download(
+                    self.repo_id,
+                    f.remote,
+                    revision=sha,
+                    local_dir=work,
+                    cache_dir=cache_dir,
+                    endpoint=self.endpoint,
+                    token=self._token,
+                ),
+                f"downloading {f.remote}",
+                deadline,
+            )
+
+        workers = min(DOWNLOAD_WORKERS, max(1, len(listing.files)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf-download") as pool:
+            for fut in [pool.submit(fetch, f) for f in listing.files]:
+                fut.result()
+        if self.subpath:
+            for f in listing.files:
+                target = dest / f.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(work / f.remote, target)

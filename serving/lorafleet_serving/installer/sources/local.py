@@ -1,0 +1,125 @@
+"""``file:///path`` and ``pvc://claim/path``: files already on a mounted volume.
+
+Files are hard-linked into the staging folder when on the same filesystem, else copied;
+the source is never moved or modified. ``pvc://claim/path`` resolves to
+``$LORAFLEET_PVC_ROOT/claim/path`` (default root ``/mnt/pvc``: install Jobs mount a source
+claim there read-only). Symbolic links inside a source folder are refused (they could point
+anywhere).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ..deadline import Deadline
+from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, InstallError
+from ..pathsafety import inside, safe_relpath
+from ..verify import Expected, file_digests
+from .common import Listing, RemoteFile
+
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
+def local_path_of(uri: str) -> Path:
+    """Map a ``file://`` or ``pvc://`` URI to a local path.
+
+    Raises:
+        InstallError: ``InvalidSource`` for other schemes or a pvc URI without a claim.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise InstallError(
+                INVALID_SOURCE, f"source {uri!r}: file:// URIs must be local (file:///path)"
+            )
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "pvc":
+        claim = parsed.netloc
+        if not claim:
+            raise InstallError(INVALID_SOURCE, f"source {uri!r}: expected pvc://<claim>/<path>")
+        rel = unquote(parsed.path).strip("/")
+        root = Path(os.environ.get("LORAFLEET_PVC_ROOT", DEFAULT_PVC_ROOT)) / claim
+        return root / safe_relpath(rel, where=uri) if rel else root
+    raise InstallError(INVALID_SOURCE, f"source {uri!r}: not a file:// or pvc:// URI")
+
+
+class LocalSource:
+    """A local file or folder.
+
+    Args:
+        uri: ``file:///abs/path`` or ``pvc://claim/path``.
+        allow_patterns / ignore_patterns: Globs over paths relative to the folder.
+    """
+
+    def __init__(self, uri: str, allow_patterns=None, ignore_patterns=None) -> None:
+        self.uri = uri
+        self.path = local_path_of(uri)
+        self.allow_patterns = allow_patterns or None
+        self.ignore_patterns = ignore_patterns or None
+
+    def describe(self) -> dict:
+        """The source for lorafleet.json."""
+        return {"uri": self.uri, "path": str(self.path)}
+
+    def list(self, deadline: Deadline) -> Listing:
+        """List the files with sizes and sha256 (the sha256 also names the revision)."""
+        from huggingface_hub.utils import filter_repo_objects
+
+        if not self.path.exists():
+            raise InstallError(SOURCE_NOT_FOUND, f"{self.uri}: {self.path} does not exist")
+        if self.path.is_file():
+            items = [(self.path.name, self.path)]
+        else:
+            items = []
+            for dirpath, dirs, names in os.walk(self.path):
+                for name in sorted(dirs + names):
+                    full = Path(dirpath) / name
+                    if full.is_symlink():
+                        raise InstallError(
+                            INVALID_SOURCE,
+                            f"{self.uri}: {full} is a symbolic link; links are refused",
+                        )
+                for name in names:
+                    full = Path(dirpath) / name
+                    items.append((full.relative_to(self.path).as_posix(), full))
+        items = list(
+            filter_repo_objects(
+                items,
+                allow_patterns=self.allow_patterns,
+                ignore_patterns=self.ignore_patterns,
+                key=lambda x: x[0],
+            )
+        )
+        if not items:
+            raise InstallError(SOURCE_NOT_FOUND, f"{self.uri}: no files")
+        files = []
+        for rel, full in sorted(items):
+            deadline.check(f"reading {full}")
+            digests = file_digests(full)
+            files.append(
+                RemoteFile(
+                    path=safe_relpath(rel, where=self.uri),
+                    expected=Expected(size=digests.size, sha256=digests.sha256),
+                    fingerprint=digests.sha256,
+                    remote=str(full),
+                )
+            )
+        return Listing(files=files)
+
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
+        """Hard-link (same filesystem) or copy each file into ``dest``."""
+        for f in listing.files:
+            deadline.check(f"copying {f.remote}")
+            target = inside(dest, f.path, where=self.uri)
+            if target.exists() and target.stat().st_size == f.expected.size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target.unlink()
+            try:
+                os.link(f.remote, target)
+            except OSError:
+                shutil.copyfile(f.remote, target)

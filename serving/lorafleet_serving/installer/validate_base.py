@@ -1,0 +1,236 @@
+"""Validation of a base model folder (and an optional checkpoint applied over it).
+
+Checks, in order: it is not a LoRA adapter (``NotABaseModel``); ``config.json`` loads with
+transformers; sharded indexes name only existing shards (``MissingShard``); ``.bin`` weights
+are converted to safetensors; the architecture instantiates on the meta device; the weight
+files cover it with the right shapes. A checkpoint (see :mod:`.checkpoint`) is then applied
+and the result saved as safetensors beside the config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .architecture import build_meta, load_config
+from .errors import (
+    INVALID_BASE_MODEL,
+    KEYS_MISMATCH,
+    NOT_A_BASE_MODEL,
+    SHAPE_MISMATCH,
+    InstallError,
+)
+from .weights import (
+    check_indexes,
+    header_shapes,
+    index_files,
+    pickle_weight_files,
+    safetensors_files,
+    save_state_dict,
+)
+
+
+@dataclass
+class BaseFacts:
+    """What the report records about a validated base model."""
+
+    architecture: str
+    task: str | None
+    num_labels: int | None = None
+    labels: dict[str, str] | None = None
+    findings: list[dict] = field(default_factory=list)
+
+
+def _finding(level: str, code: str, message: str) -> dict:
+    return {"level": level, "code": code, "message": message}
+
+
+def convert_pickles(folder: Path) -> list[str]:
+    """Replace ``*.bin`` weights (and their index) by safetensors; return the removed names."""
+    bins = pickle_weight_files(folder)
+    if not bins:
+        return []
+    state: dict = {}
+    for path in bins:
+        norm = ckpt.unwrap(ckpt.load_tensor_file(path), where=path.name)
+        state.update(norm.state)
+    save_state_dict(state, folder)
+    removed = [p.name for p in bins]
+    for path in bins:
+        path.unlink()
+    for index in index_files(folder):
+        if index.name.endswith(".bin.index.json"):
+            index.unlink()
+            removed.append(index.name)
+    return removed
+
+
+def _labels_for(config, n: int) -> dict[str, str]:
+    id2label = getattr(config, "id2label", None) or {}
+    if len(id2label) == n:
+        return {str(k): str(v) for k, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))}
+    return {str(i): f"LABEL_{i}" for i in range(n)}
+
+
+def _ignorable(model, key: str) -> bool:
+    patterns = getattr(model, "_keys_to_ignore_on_load_missing", None) or []
+    return any(re.search(p, key) for p in patterns)
+
+
+def validate_base(
+    folder: Path,
+    *,
+    task: str | None = None,
+    num_labels: int | None = None,
+    checkpoint_file: Path | None = None,
+    checkpoint_name: str | None = None,
+    strict: bool = True,
+) -> BaseFacts:
+    """Validate (and, for .bin weights or a checkpoint, rewrite) a staged base model folder.
+
+    Args:
+        folder: The staged files.
+        task: ``text-classification`` / ``text-generation`` / None (the declared class).
+        num_labels: Classification head size from the spec.
+        checkpoint_file: A downloaded state_dict file to apply, or None.
+        checkpoint_name: Its name in messages (default the file name).
+        strict: Fail on any key/shape difference of the checkpoint.
+
+    Returns:
+        The :class:`BaseFacts` for the report.
+
+    Raises:
+        InstallError: ``NotABaseModel``, ``InvalidBaseModel``, ``MissingShard``,
+            ``UnsafeCheckpoint``, ``KeysMismatch``, ``ShapeMismatch``.
+    """
+    findings: list[dict] = []
+    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        peft_type = ""
+        with contextlib.suppress(ValueError, AttributeError):
+            peft_type = json.loads((folder / "adapter_config.json").read_text()).get(
+                "peft_type", ""
+            )
+        raise InstallError(
+            NOT_A_BASE_MODEL,
+            f"the source holds adapter_config.json ({peft_type or 'PEFT'} adapter) and no config.json: "
+            "it is a LoRA adapter, not a base model; install it as a LoraAdapter whose baseModel names its base",
+        )
+    config = load_config(folder)
+    check_indexes(folder)
+    converted = convert_pickles(folder)
+    if converted:
+        findings.append(
+            _finding("info", "ConvertedToSafetensors", f"converted {', '.join(converted)}")
+        )
+    files = safetensors_files(folder)
+    if not files and checkpoint_file is None:
+        raise InstallError(
+            INVALID_BASE_MODEL, "no weight files (*.safetensors or *.bin) next to config.json"
+        )
+
+    declared = build_meta(config, use_declared=True)
+    if files:
+        shapes = header_shapes(files)
+        norm = ckpt.normalise(ckpt.Normalised(state=dict(shapes)), declared)
+        file_shapes = dict(norm.state)
+        missing = [
+            k
+            for k in declared.shapes
+            if k not in file_shapes
+            and not (declared.aliases.get(k, set()) & set(file_shapes))
+            and not _ignorable(declared.model, k)
+        ]
+        bad = [
+            f"{k}: file {file_shapes[k]} vs architecture {declared.shapes[k]}"
+            for k in sorted(set(file_shapes) & set(declared.shapes))
+            if tuple(file_shapes[k]) != declared.shapes[k]
+        ]
+        if bad:
+            raise InstallError(
+                SHAPE_MISMATCH, f"weights over {declared.name}: {ckpt._listing(bad)}"
+            )
+        if missing and checkpoint_file is None:
+            raise InstallError(
+                KEYS_MISMATCH,
+                f"the weight files do not cover {declared.name}: missing {ckpt._listing(missing)}",
+            )
+        extra = sorted(set(file_shapes) - set(declared.shapes))
+        if extra:
+            findings.append(
+                _finding(
+                    "warning",
+                    "UnusedWeights",
+                    f"not used by {declared.name}: {ckpt._listing(extra)}",
+                )
+            )
+
+    arch = build_meta(config, task=task, num_labels=num_labels) if task else declared
+    if checkpoint_file is not None:
+        where = checkpoint_name or checkpoint_file.name
+        norm = ckpt.normalise(
+            ckpt.unwrap(ckpt.load_tensor_file(checkpoint_file, where=where), where=where), arch
+        )
+        cmp = ckpt.compare(norm.state, arch)
+        notes = ckpt.judge(cmp, strict=strict, where=where, arch_name=arch.name)
+        if norm.wrapper:
+            findings.append(
+                _finding("info", "Unwrapped", f"{where}: state dict taken from {norm.wrapper!r}")
+            )
+        if norm.stripped_prefixes:
+            findings.append(
+                _finding(
+                    "info",
+                    "PrefixStripped",
+                    f"{where}: stripped {', '.join(norm.stripped_prefixes)}",
+                )
+            )
+        if norm.added_prefix:
+            findings.append(_finding("info", "PrefixAdded", f"{where}: added {norm.added_prefix}"))
+        if norm.dropped_keys:
+            findings.append(
+                _finding(
+                    "info",
+                    "DroppedKeys",
+                    f"{where}: not model weights, dropped: {ckpt._listing(norm.dropped_keys)}",
+                )
+            )
+        findings += [_finding("warning", "NonStrict", f"{where}: {n}") for n in notes]
+        merged = {}
+        for path in files:  # the base's own weights, in the task architecture's namespace
+            base = ckpt.normalise(ckpt.unwrap(ckpt.load_tensor_file(path), where=path.name), arch)
+            merged.update({k: v for k, v in base.state.items() if k in arch.shapes})
+        skip = {line.split(":", 1)[0] for line in cmp.shape_mismatches}
+        merged.update({k: v for k, v in norm.state.items() if k in arch.shapes and k not in skip})
+        for path in files:
+            path.unlink()
+        for index in index_files(folder):
+            index.unlink()
+        written = save_state_dict(merged, folder)
+        config.architectures = [arch.name]
+        config.save_pretrained(str(folder))
+        findings.append(
+            _finding(
+                "info",
+                "CheckpointApplied",
+                f"{where}: {len(cmp.matched)} tensors applied; wrote {', '.join(written)}",
+            )
+        )
+    if not any(
+        (folder / n).exists()
+        for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
+    ):
+        findings.append(
+            _finding("warning", "NoTokenizer", "no tokenizer files next to config.json")
+        )
+
+    facts = BaseFacts(architecture=arch.name, task=task, findings=findings)
+    if task == "text-classification" or arch.name.endswith("ForSequenceClassification"):
+        n = num_labels or getattr(config, "num_labels", None)
+        if n:
+            facts.num_labels = int(n)
+            facts.labels = _labels_for(config, int(n))
+    return facts

@@ -1,0 +1,93 @@
+"""Weight files in an install folder: discovery, shard indexes, header shapes, conversion.
+
+Serving must never unpickle, so ``.bin`` weights are converted to safetensors here (after a
+``weights_only=True`` load) and the pickles removed from the install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import INVALID_BASE_MODEL, MISSING_SHARD, InstallError
+
+INDEX_SUFFIX = ".index.json"
+
+
+def index_files(folder: Path) -> list[Path]:
+    """Sharded-checkpoint indexes (``*.safetensors.index.json``, ``*.bin.index.json``)."""
+    return sorted(p for p in folder.glob("*" + INDEX_SUFFIX) if p.is_file())
+
+
+def check_indexes(folder: Path) -> None:
+    """Every shard an index's ``weight_map`` names must exist beside it.
+
+    Raises:
+        InstallError: ``MissingShard`` naming the index and the missing file(s);
+            ``InvalidBaseModel`` for an unreadable index.
+    """
+    for index in index_files(folder):
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InstallError(
+                INVALID_BASE_MODEL, f"{index.name}: not a shard index ({exc})"
+            ) from exc
+        missing = sorted({s for s in weight_map.values() if not (folder / s).is_file()})
+        if missing:
+            raise InstallError(
+                MISSING_SHARD,
+                f"{index.name} references shard(s) that do not exist: {', '.join(missing)}",
+            )
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """Top-level ``*.safetensors`` files."""
+    return sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+
+
+def pickle_weight_files(folder: Path) -> list[Path]:
+    """Top-level ``*.bin`` weight files (``pytorch_model*.bin``, ``adapter_model.bin``, ...)."""
+    return sorted(p for p in folder.glob("*.bin") if p.is_file() and p.name != "training_args.bin")
+
+
+def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """key -> shape from safetensors headers (no tensor data is read).
+
+    Raises:
+        InstallError: ``InvalidBaseModel`` naming an unreadable file.
+    """
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                for key in fh.keys():  # noqa: SIM118 - safe_open is not a dict
+                    shapes[key] = tuple(fh.get_slice(key).get_shape())
+        except Exception as exc:
+            raise InstallError(
+                INVALID_BASE_MODEL, f"{path.name}: not a readable safetensors file: {exc}"
+            ) from exc
+    return shapes
+
+
+def save_state_dict(
+    state: dict, folder: Path, *, filename_pattern: str = "model{suffix}.safetensors"
+) -> list[str]:
+    """Write ``state`` as safetensors (sharded above 5 GB, with an index) via huggingface_hub.
+
+    Returns:
+        The file names written.
+    """
+    from huggingface_hub import save_torch_state_dict
+
+    before = {p.name for p in folder.iterdir()}
+    save_torch_state_dict(
+        {k: v.contiguous() for k, v in state.items()},
+        folder,
+        filename_pattern=filename_pattern,
+        max_shard_size="5GB",
+        safe_serialization=True,
+    )
+    return sorted({p.name for p in folder.iterdir()} - before)
