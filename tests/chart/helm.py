@@ -8,6 +8,7 @@ end-to-end test through :mod:`tests.chart.operator_identity`.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,23 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "lorafleet"
 #: The API the chart's prerequisite check looks for (``helm template`` has no cluster).
 RAYSERVICE_API = "ray.io/v1/RayService"
+
+
+def _cluster_kube_version() -> str:
+    """The test control plane's Kubernetes version (``K8S_VERSION`` in scripts/cluster.sh).
+
+    ``helm template``/``lint`` have no cluster to ask, and a helm built from Go modules
+    without helm's Makefile ldflags defaults to v1.20, below the chart's kubeVersion; the
+    tests render for the version they test against.
+    """
+    text = (ROOT / "scripts" / "cluster.sh").read_text()
+    match = re.search(r"^K8S_VERSION=(v[0-9.]+)$", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("scripts/cluster.sh does not pin K8S_VERSION")
+    return match.group(1)
+
+
+KUBE_VERSION = _cluster_kube_version()
 
 
 class HelmError(RuntimeError):
@@ -140,6 +158,7 @@ def template(
         HelmError: rendering failed (schema validation, a template's ``fail``).
     """
     args = ["template", release, str(CHART), "--namespace", namespace]
+    args += ["--kube-version", KUBE_VERSION]
     for api in api_versions:
         args += ["--api-versions", api]
     if include_crds:

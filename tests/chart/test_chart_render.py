@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.helm import CHART, HelmError, by_kind, one, run_helm, template
+from tests.chart.helm import CHART, KUBE_VERSION, HelmError, by_kind, one, run_helm, template
 
 HERE = Path(__file__).parent
 FULL = HERE / "values-full.yaml"
@@ -74,6 +74,7 @@ def test_every_value_is_described_and_typed_in_the_schema() -> None:
 @pytest.mark.parametrize("values", [[], [FULL]], ids=["defaults", "full"])
 def test_helm_lint_passes(helm_bin: Path, values: list[Path]) -> None:
     args = ["lint", "--strict", str(CHART), "--set", "kuberay.checkCRD=false"]
+    args += ["--kube-version", KUBE_VERSION]
     for path in values:
         args += ["-f", str(path)]
     out = run_helm(helm_bin, args)
@@ -98,10 +99,14 @@ def test_default_render(helm_bin: Path) -> None:
     assert pod["securityContext"]["runAsUser"] == 10001
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = pod["containers"]
-    assert container["image"] == "lorafleet/lorafleet:0.1.0"
+    assert container["image"] == "ghcr.io/lorafleet/lorafleet:0.1.0"
     assert container["command"] == ["lorafleet", "operator"]
-    assert "--peering=lorafleet" in container["args"]
-    assert not any(arg.startswith("--namespace") for arg in container["args"])
+    env = env_of(objects)
+    assert env["LORAFLEET_PEERING"] == "lorafleet"
+    assert "LORAFLEET_NAMESPACES" not in env  # every namespace
+    assert env["LORAFLEET_RUN_AS_USER"] == "10001"
+    assert env["LORAFLEET_DEFAULT_CLAIM"] == "lorafleet-models"
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
@@ -138,9 +143,6 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     (container,) = pod["containers"]
     assert container["image"] == "registry.example.internal/ml/lorafleet:0.1.0-test"
     assert container["imagePullPolicy"] == "Always"
-    assert container["args"][:2] == ["--namespace=team-a", "--namespace=team-b"]
-    assert "--peering=ml-lorafleet" in container["args"]
-    assert "--log-level=debug" in container["args"]
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
     assert container["livenessProbe"]["failureThreshold"] == 5
     assert {p["containerPort"] for p in container["ports"]} == {8081, 9191}
@@ -154,23 +156,30 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert deploy["spec"]["template"]["metadata"]["annotations"] == {"example.com/audit": "true"}
 
     env = env_of(objects)
+    assert env["LORAFLEET_NAMESPACES"] == "team-a,team-b"
+    assert env["LORAFLEET_PEERING"] == "ml-lorafleet"
+    assert env["LORAFLEET_LOG_FORMAT"] == "plain"
+    assert env["LORAFLEET_HEALTH_PORT"] == "8081"
+    assert env["LORAFLEET_METRICS_PORT"] == "9191"
+    assert env["LORAFLEET_RUN_AS_USER"] == "20001"
+    assert pod["securityContext"]["runAsUser"] == 20001
+    assert env["LORAFLEET_SERVE_PORT"] == "8001"
+    assert env["LORAFLEET_READY_TIMEOUT_S"] == "600"
+    assert env["LORAFLEET_POLL_INTERVAL_S"] == "5"
+    assert env["LORAFLEET_DEBOUNCE_S"] == "0.5"
+    assert env["LORAFLEET_AWS_ENDPOINT_URL"] == "http://minio.ml.svc.cluster.local:9000"
     assert env["LORAFLEET_INSTALLER_IMAGE"] == (
         "registry.example.internal/ml/lorafleet-installer:0.1.0-slim"
     )
     assert env["LORAFLEET_SERVING_IMAGE"] == (
         "registry.example.internal/ml/lorafleet-cuda:0.1.0-cu124"
     )
-    assert env["LORAFLEET_GPU_RESOURCE"] == "amd.com/gpu"
     assert env["LORAFLEET_RAY_VERSION"] == "2.60.0"
     assert env["LORAFLEET_HF_ENDPOINT"] == "http://hf-mirror.ml.svc.cluster.local:8090"
     assert env["LORAFLEET_DEFAULT_CLAIM"] == "ml-models"
-    assert env["LORAFLEET_DEFAULT_STORAGE_CLASS"] == "nfs-client"
-    assert env["LORAFLEET_DEFAULT_STORAGE_SIZE"] == "500Gi"
     assert env["LORAFLEET_JOB_BACKOFF_LIMIT"] == "5"
-    assert env["LORAFLEET_JOB_ACTIVE_DEADLINE_SECONDS"] == "7200"
-    assert env["LORAFLEET_JOB_TTL_SECONDS_AFTER_FINISHED"] == "3600"
-    assert env["LORAFLEET_IMAGE_PULL_SECRETS"] == "regcred"
-    assert yaml.safe_load(env["LORAFLEET_INSTALLER_RESOURCES"])["limits"]["memory"] == "8Gi"
+    assert env["LORAFLEET_JOB_DEADLINE_S"] == "7200"
+    assert env["LORAFLEET_JOB_TTL_S"] == "3600"
 
     # Namespaced mode: no ClusterRole beyond CRD reads, a Role + RoleBinding per namespace.
     roles = by_kind(objects, "Role")
@@ -208,7 +217,6 @@ def test_existing_claim_is_passed_and_no_claim_is_made(helm_bin: Path) -> None:
     objects = template(helm_bin, sets={"sharedVolume.existingClaim": '"shared-models"'})
     env = env_of(objects)
     assert env["LORAFLEET_DEFAULT_CLAIM"] == "shared-models"
-    assert "LORAFLEET_DEFAULT_STORAGE_SIZE" not in env
     assert not by_kind(objects, "PersistentVolumeClaim")
 
 

@@ -1,56 +1,58 @@
 {{/*
-Environment of the operator container: the chart's defaults mapped onto the operator's
-settings (lorafleet_operator/settings.py names every variable). Secrets never pass through
-here: install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyRef.
+Environment of the operator container: the chart's values mapped onto the operator's
+settings (lorafleet_operator/settings.py, the ENV_* names). Secrets never pass through here:
+install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyRef.
 */}}
 {{- define "lorafleet.operatorEnv" -}}
+# kopf peering identity: the Pod's name.
 - name: POD_ID
   valueFrom:
     fieldRef:
       fieldPath: metadata.name
-- name: POD_NAMESPACE
-  valueFrom:
-    fieldRef:
-      fieldPath: metadata.namespace
+{{- with .Values.watchNamespaces }}
+- name: LORAFLEET_NAMESPACES
+  value: {{ join "," . | quote }}
+{{- end }}
+- name: LORAFLEET_PEERING
+  value: {{ .Values.peering.name | quote }}
+- name: LORAFLEET_HEALTH_PORT
+  value: {{ .Values.operator.livenessPort | quote }}
+- name: LORAFLEET_METRICS_PORT
+  value: {{ .Values.metrics.port | quote }}
+- name: LORAFLEET_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
 - name: LORAFLEET_INSTALLER_IMAGE
   value: {{ include "lorafleet.imageRef" (list . .Values.installer.image) | quote }}
 - name: LORAFLEET_SERVING_IMAGE
   value: {{ include "lorafleet.imageRef" (list . .Values.serving.image) | quote }}
 - name: LORAFLEET_IMAGE_PULL_POLICY
   value: {{ .Values.image.pullPolicy | quote }}
-{{- with .Values.imagePullSecrets }}
-- name: LORAFLEET_IMAGE_PULL_SECRETS
-  value: {{ join "," (pluck "name" .) | quote }}
-{{- end }}
 - name: LORAFLEET_RAY_VERSION
   value: {{ .Values.serving.rayVersion | quote }}
-- name: LORAFLEET_GPU_RESOURCE
-  value: {{ .Values.serving.gpuResourceName | quote }}
-{{- if .Values.sharedVolume.existingClaim }}
+- name: LORAFLEET_SERVE_PORT
+  value: {{ .Values.serving.port | quote }}
+- name: LORAFLEET_READY_TIMEOUT_S
+  value: {{ .Values.serving.readyTimeoutSeconds | quote }}
 - name: LORAFLEET_DEFAULT_CLAIM
-  value: {{ .Values.sharedVolume.existingClaim | quote }}
-{{- else }}
-- name: LORAFLEET_DEFAULT_CLAIM
-  value: {{ .Values.sharedVolume.claimName | quote }}
-- name: LORAFLEET_DEFAULT_STORAGE_SIZE
-  value: {{ .Values.sharedVolume.size | quote }}
-{{- with .Values.sharedVolume.storageClass }}
-- name: LORAFLEET_DEFAULT_STORAGE_CLASS
-  value: {{ . | quote }}
-{{- end }}
-- name: LORAFLEET_DEFAULT_ACCESS_MODES
-  value: {{ join "," .Values.sharedVolume.accessModes | quote }}
-{{- end }}
-- name: LORAFLEET_INSTALLER_RESOURCES
-  value: {{ toJson .Values.installer.resources | quote }}
+  value: {{ .Values.sharedVolume.existingClaim | default .Values.sharedVolume.claimName | quote }}
+- name: LORAFLEET_RUN_AS_USER
+  value: {{ .Values.runAsUser | quote }}
 - name: LORAFLEET_JOB_BACKOFF_LIMIT
   value: {{ .Values.installer.job.backoffLimit | quote }}
-- name: LORAFLEET_JOB_ACTIVE_DEADLINE_SECONDS
+- name: LORAFLEET_JOB_DEADLINE_S
   value: {{ .Values.installer.job.activeDeadlineSeconds | quote }}
-- name: LORAFLEET_JOB_TTL_SECONDS_AFTER_FINISHED
+- name: LORAFLEET_JOB_TTL_S
   value: {{ .Values.installer.job.ttlSecondsAfterFinished | quote }}
+- name: LORAFLEET_POLL_INTERVAL_S
+  value: {{ .Values.operator.pollIntervalSeconds | quote }}
+- name: LORAFLEET_DEBOUNCE_S
+  value: {{ .Values.operator.debounceSeconds | quote }}
 {{- with .Values.hfEndpoint }}
 - name: LORAFLEET_HF_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.awsEndpointUrl }}
+- name: LORAFLEET_AWS_ENDPOINT_URL
   value: {{ . | quote }}
 {{- end }}
 {{- end }}
