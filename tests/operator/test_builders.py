@@ -1,0 +1,280 @@
+"""Unit tests of the Job, PVC and RayService builders and the install report reader."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from lorafleet_operator import conditions as cond
+from lorafleet_operator.jobs import (
+    build_adapter_install_job,
+    build_base_install_job,
+    build_cleanup_job,
+    deterministic_name,
+    install_job_name,
+)
+from lorafleet_operator.models import BaseModelSpec, LoraAdapterSpec
+from lorafleet_operator.rayservice import build_rayservice, rayservice_readiness, serve_endpoint
+from lorafleet_operator.report import format_progress, parse_report
+from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config
+from lorafleet_operator.settings import Settings
+from lorafleet_operator.volumes import build_claim, claim_name_for
+
+SETTINGS = Settings(installer_image="reg/lorafleet:1", hf_endpoint="http://127.0.0.1:9999")
+BM_BODY = {
+    "apiVersion": "lorafleet.io/v1alpha1",
+    "kind": "BaseModel",
+    "metadata": {"name": "minilm", "namespace": "ml", "uid": "uid-1"},
+}
+LORA_BODY = {
+    "apiVersion": "lorafleet.io/v1alpha1",
+    "kind": "LoraAdapter",
+    "metadata": {"name": "sentiment", "namespace": "ml", "uid": "uid-2"},
+}
+BM_SPEC = BaseModelSpec.model_validate(
+    {
+        "source": {
+            "uri": "hf://acme/gated",
+            "revision": "v1",
+            "secretRef": {"name": "hf-token"},
+            "allowPatterns": ["*.safetensors", "*.json"],
+        },
+        "task": "text-classification",
+        "numLabels": 2,
+        "serving": {
+            "gpus": 2,
+            "cpu": "8",
+            "memory": "32Gi",
+            "nodeSelector": {"gpu": "a100"},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 3},
+        },
+    }
+)
+
+
+def test_job_names_are_deterministic_and_valid():
+    a = install_job_name("BaseModel", BM_BODY, BM_SPEC)
+    assert a == install_job_name("BaseModel", BM_BODY, BM_SPEC)
+    changed = BM_SPEC.model_copy(
+        update={"source": BM_SPEC.source.model_copy(update={"revision": "v2"})}
+    )
+    assert install_job_name("BaseModel", BM_BODY, changed) != a
+    other_uid = {**BM_BODY, "metadata": {**BM_BODY["metadata"], "uid": "uid-9"}}
+    assert install_job_name("BaseModel", other_uid, BM_SPEC) != a
+    long = deterministic_name("install-lora", "x" * 300, 1)
+    assert len(long) <= 63 and long.startswith("install-lora-xxx")
+
+
+def test_base_install_job():
+    job = build_base_install_job(BM_BODY, BM_SPEC, "shared", SETTINGS)
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    spec = job["spec"]
+    assert spec["backoffLimit"] == SETTINGS.job_backoff_limit
+    assert spec["activeDeadlineSeconds"] == SETTINGS.job_deadline_s
+    assert spec["ttlSecondsAfterFinished"] == SETTINGS.job_ttl_s
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert (
+        pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    )
+    (container,) = pod["containers"]
+    assert container["image"] == "reg/lorafleet:1"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert container["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared"}
+    cmd = container["command"]
+    assert cmd[:2] == ["lorafleet-install", "base"]
+
+    def arg(flag):
+        return cmd[cmd.index(flag) + 1]
+
+    assert arg("--namespace") == "ml" and arg("--name") == "minilm"
+    assert arg("--source") == "hf://acme/gated" and arg("--revision") == "v1"
+    assert arg("--dest") == "/models" and arg("--task") == "text-classification"
+    assert arg("--num-labels") == "2" and arg("--report-file") == "/dev/termination-log"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--allow-pattern"] == [
+        "*.safetensors",
+        "*.json",
+    ]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_ENDPOINT"]["value"] == "http://127.0.0.1:9999"
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hf-token",
+        "key": "HF_TOKEN",
+        "optional": True,
+    }
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_adapter_and_cleanup_jobs():
+    spec = LoraAdapterSpec.model_validate({"baseModel": "minilm", "source": {"uri": "s3://b/lora"}})
+    job = build_adapter_install_job(
+        LORA_BODY,
+        spec,
+        claim_name="shared",
+        base_path="/models/ml/basemodels/minilm/abc",
+        base_source="hf://x/y",
+        max_rank=16,
+        settings=SETTINGS,
+    )
+    cmd = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:2] == ["lorafleet-install", "adapter"]
+    assert cmd[cmd.index("--base-path") + 1] == "/models/ml/basemodels/minilm/abc"
+    assert cmd[cmd.index("--max-rank") + 1] == "16"
+    assert cmd[cmd.index("--base-source") + 1] == "hf://x/y"
+    assert not [
+        e for e in job["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e
+    ]
+    other = build_adapter_install_job(
+        LORA_BODY,
+        spec,
+        claim_name="shared",
+        base_path="/models/ml/basemodels/minilm/def",
+        base_source=None,
+        max_rank=16,
+        settings=SETTINGS,
+    )
+    assert other["metadata"]["name"] != job["metadata"]["name"]
+    cleanup = build_cleanup_job(
+        "LoraAdapter",
+        LORA_BODY,
+        path="/models/ml/adapters/sentiment/abc",
+        claim_name="shared",
+        settings=SETTINGS,
+    )
+    assert cleanup["spec"]["template"]["spec"]["containers"][0]["command"][:4] == [
+        "lorafleet-install",
+        "remove",
+        "--path",
+        "/models/ml/adapters/sentiment/abc",
+    ]
+    with pytest.raises(ValueError, match="not inside the volume mount"):
+        build_cleanup_job("LoraAdapter", LORA_BODY, path="/etc", claim_name="s", settings=SETTINGS)
+    with pytest.raises(ValueError):
+        build_cleanup_job(
+            "LoraAdapter", LORA_BODY, path="/models/../etc", claim_name="s", settings=SETTINGS
+        )
+
+
+def test_claims():
+    assert claim_name_for("minilm", BM_SPEC, SETTINGS) == SETTINGS.default_claim
+    assert build_claim(BM_BODY, BM_SPEC, SETTINGS) is None
+    sized = BaseModelSpec.model_validate(
+        {**BM_SPEC.to_wire(), "storage": {"size": "20Gi", "storageClassName": "nfs"}}
+    )
+    claim = build_claim(BM_BODY, sized, SETTINGS)
+    assert claim["metadata"]["name"] == "minilm-models"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert claim["spec"]["storageClassName"] == "nfs"
+    named = BaseModelSpec.model_validate({**BM_SPEC.to_wire(), "storage": {"claimName": "mine"}})
+    assert claim_name_for("minilm", named, SETTINGS) == "mine"
+
+
+def test_rayservice():
+    text = dump_serve_config(build_serve_config("minilm", "/models/p", BM_SPEC, {}))
+    rs = build_rayservice(
+        BM_BODY, BM_SPEC, serve_config_yaml=text, claim_name="shared", settings=SETTINGS
+    )
+    assert rs["apiVersion"] == "ray.io/v1" and rs["kind"] == "RayService"
+    assert rs["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+    assert yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["name"] == "minilm"
+    cluster = rs["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (1, 3)
+    pod = group["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    assert pod["containers"][0]["volumeMounts"][0]["readOnly"] is True
+    assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared", "readOnly": True}
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    assert serve_endpoint("minilm", "ml", SETTINGS) == "http://minilm-serve-svc.ml.svc:8000"
+
+
+@pytest.mark.parametrize(
+    ("status", "ready", "reason"),
+    [
+        (
+            {
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"}
+                ]
+            },
+            True,
+            "NonZeroServeEndpoints",
+        ),
+        ({"serviceStatus": "Running"}, True, "Running"),
+        (
+            {"conditions": [{"type": "Ready", "status": "False", "reason": "Initializing"}]},
+            False,
+            "Initializing",
+        ),
+        (
+            {
+                "activeServiceStatus": {
+                    "applicationStatuses": {"m": {"status": "DEPLOY_FAILED", "message": "boom"}}
+                }
+            },
+            False,
+            "ApplicationNotRunning",
+        ),
+        ({}, False, "Initializing"),
+    ],
+)
+def test_rayservice_readiness(status, ready, reason):
+    assert rayservice_readiness({"status": status})[:2] == (ready, reason)
+    assert rayservice_readiness(None)[0] is False
+
+
+def test_report_parsing():
+    ok = {
+        "ok": True,
+        "reason": "Installed",
+        "message": "done",
+        "resolvedRevision": "abc",
+        "sizeBytes": 5,
+        "path": "/models/ml/adapters/a/abc",
+        "rank": 8,
+        "targetModules": ["query"],
+    }
+    report = parse_report("progress...\n" + json.dumps(ok) + "\n")
+    assert report.ok and report.rank == 8 and report.resolved_revision == "abc"
+    assert report.target_modules == ["query"]
+    bad = parse_report(
+        json.dumps({"ok": False, "reason": "SourceNotFound", "message": "no repo acme/x"})
+    )
+    assert not bad.ok and bad.reason == "SourceNotFound"
+    crash = parse_report("Traceback (most recent call last):\n  File x\nMemoryError")
+    assert not crash.ok and crash.reason == "InternalError" and "MemoryError" in crash.message
+    assert parse_report("") is None
+    assert format_progress({"bytesDone": 50, "bytesTotal": 200, "updatedAt": 1.0}) == "25%"
+    assert format_progress({"bytesDone": 3 * 1024 * 1024, "bytesTotal": None}) == "3.0 MiB"
+    assert format_progress({"bytesDone": "x"}) is None
+
+
+def test_conditions_keep_transition_time_and_diff():
+    first = cond.set_condition(None, "Ready", False, "Installing", "x", 1)
+    first[0]["lastTransitionTime"] = "2000-01-01T00:00:00Z"
+    same = cond.set_condition(first, "Ready", False, "Installing", "y", 2)
+    assert same[0]["lastTransitionTime"] == "2000-01-01T00:00:00Z" and same[0]["message"] == "y"
+    flipped = cond.set_condition(first, "Ready", True, "Ready", "ok", 2)
+    assert flipped[0]["lastTransitionTime"] != "2000-01-01T00:00:00Z"
+    assert cond.is_true(flipped, "Ready") and not cond.is_true(first, "Ready")
+    assert (
+        cond.status_changes(
+            {"conditions": first},
+            {"conditions": cond.set_condition(first, "Ready", False, "Installing", "x", 1)},
+        )
+        == {}
+    )
+    assert cond.status_changes({"phase": "Pending"}, {"phase": "Ready"}) == {"phase": "Ready"}
