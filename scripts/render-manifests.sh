@@ -50,8 +50,16 @@ metadata:
     app.kubernetes.io/part-of: lorafleet
 YAML
 
-{ echo "$header"; echo "# Apply these first and wait until they are Established."; "$helm" show crds "$chart"; } \
-  > "$tmp/01-crds.yaml"
+# The chart's crds/ files, one YAML document each (helm show crds joins files without a
+# document separator, which would merge a file's first document into the previous one).
+{
+  echo "$header"
+  echo "# Apply these first and wait until they are Established."
+  for f in "$chart"/crds/*.yaml; do
+    echo "---"
+    cat "$f"
+  done
+} > "$tmp/01-crds.yaml"
 
 # No cluster here: declare the KubeRay API the chart's prerequisite check looks for.
 { echo "$header"; "$helm" template "$release" "$chart" --namespace "$namespace" \

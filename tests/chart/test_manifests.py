@@ -36,12 +36,12 @@ def test_peering_crds_match_the_resources_kopf_uses() -> None:
     assert names == {
         (
             references.CLUSTER_PEERINGS_K.group,
-            references.CLUSTER_PEERINGS_K.plural,
+            references.CLUSTER_PEERINGS_K.any_name,
             "Cluster",
         ),
         (
             references.NAMESPACED_PEERINGS_K.group,
-            references.NAMESPACED_PEERINGS_K.plural,
+            references.NAMESPACED_PEERINGS_K.any_name,
             "Namespaced",
         ),
     }
