@@ -121,3 +121,17 @@ def test_status_keeps_unknown_fields_and_conditions():
         type="Ready", status="True", reason="Serving", message="ok"
     )
     assert status.model_dump(by_alias=True, exclude_none=True)["kopf"] == {"progress": {}}
+
+
+def test_examples_are_valid():
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[2]
+    folder = repo / "manifests" / "examples"
+    for name in ("basemodel.yaml", "lora-adapter.yaml"):
+        # examples/ (what the README points users at) is a copy of manifests/examples/.
+        assert (repo / "examples" / name).read_text() == (folder / name).read_text()
+        for doc in yaml.safe_load_all((folder / name).read_text()):
+            validate_manifest(doc, origin=name)
