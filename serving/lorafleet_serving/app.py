@@ -1,0 +1,438 @@
+"""The Ray Serve application: ``Ingress`` (FastAPI, OpenAI-style API) -> ``Model`` (one base model).
+
+``build_app(args)`` is the ``import_path`` target of the serve config
+(``lorafleet_serving.app:build_app``; ``args`` as in ``docs/interfaces.md`` section 3).
+
+- ``Model`` holds one :class:`~.model_server.ModelServer` (base model, adapter cache, mixed
+  batches). Adapter residency is announced to Serve with ``@serve.multiplexed``: its loader
+  calls :meth:`ModelServer.ensure_adapter` and returns a small token whose ``__del__`` - which
+  Serve calls when it drops the least recently used adapter (``ray/serve/multiplex.py``,
+  ``unload_model_lru``) - calls :meth:`ModelServer.evict`. Serve pushes the loaded ids to its
+  routers so requests for an adapter go to replicas that already hold it. The limit follows
+  ``user_config.max_adapters``.
+- ``reconfigure(user_config)`` (Serve calls it in place, no restart, when only ``user_config``
+  changes) applies the adapter registry: added adapters become routable at once; removed ones
+  (and ones whose path changed) are evicted, and a removed one then answers 404.
+- ``Ingress`` serves :func:`~.api.create_app` over :class:`RayModelBackend`, which calls the
+  ``Model`` handle with ``.options(multiplexed_model_id=<adapter>)``; requests for the base
+  model carry no multiplexed model id. Streaming uses ``handle.options(stream=True)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from .api import ModelServerBackend, ModelUnavailableError, create_app
+from .chat import render_chat_prompt
+from .errors import ServingError, UnknownModelError
+from .types import (
+    BASE_ADAPTER,
+    ClassifyRequest,
+    ClassifyResult,
+    GenerateRequest,
+    GenerateResult,
+    StreamDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Serve's multiplex limit before the first ``reconfigure`` sets it from ``max_adapters``.
+DEFAULT_MAX_ADAPTERS = 8
+#: Seconds ``/ready`` waits for a ``Model`` replica to answer.
+READY_TIMEOUT_S = 10.0
+_MULTIPLEX_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
+
+
+class AppArgs(BaseModel):
+    """The serve config's ``args`` (``docs/interfaces.md`` section 3).
+
+    Attributes:
+        served_name: Name of the base model in requests and ``/v1/models``.
+        base_path: Local folder of the installed base model.
+        task: ``text-generation`` or ``text-classification``.
+        dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
+        labels: Label names by id of a classification base (overrides its config).
+        max_batch_size: Largest mixed batch the model replica runs.
+        batch_wait_timeout_ms: Milliseconds a batch waits to fill.
+        max_tokens_limit: Largest ``max_tokens`` a request may ask for.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    served_name: str = Field(min_length=1)
+    base_path: str = Field(min_length=1)
+    task: Literal["text-generation", "text-classification"]
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    labels: dict[str, str] | None = None
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_timeout_ms: float = Field(5.0, ge=0)
+    max_tokens_limit: int = Field(2048, ge=1)
+
+    @classmethod
+    def parse(cls, args: Any) -> AppArgs:
+        """Validate ``args`` with an error that names the bad field.
+
+        Args:
+            args: The serve config's ``args`` mapping.
+
+        Returns:
+            The validated arguments.
+
+        Raises:
+            ValueError: Not a mapping, unknown keys, missing or ill-typed values (the message
+                lists ``args.<field>: <problem>`` for each).
+        """
+        if not isinstance(args, dict):
+            raise ValueError(f"build_app: args must be a mapping, got {type(args).__name__}")
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"args.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"build_app: invalid args: {problems}") from None
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The user exception inside Ray's wrappers (``RayTaskError.cause``), else ``exc``."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, RayTaskError) and isinstance(cause, BaseException):
+            exc = cause
+        else:
+            break
+    return exc
+
+
+def _as_serving_error(exc: BaseException) -> BaseException:
+    inner = _unwrap(exc)
+    if isinstance(inner, ServingError):
+        return inner
+    if isinstance(inner, RayActorError):
+        return ModelUnavailableError(f"the model replica became unavailable: {inner}")
+    if type(inner).__name__ in ("BackPressureError", "DeploymentUnavailableError"):
+        return ModelUnavailableError(f"the model deployment cannot take the request: {inner}")
+    return exc
+
+
+class _ResidentAdapter:
+    """Serve's multiplexed "model" for one adapter: a token whose ``__del__`` evicts it.
+
+    Serve's LRU calls ``__del__`` in a thread-pool thread when it drops the adapter; the
+    eviction runs on the replica's event loop and the thread waits for it. A later garbage
+    collection calls ``__del__`` again and finds the token released.
+    """
+
+    def __init__(self, server: Any, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.server = server
+        self.name = name
+        self.loop = loop
+        self.released = False
+
+    def __del__(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:  # garbage collected on the loop thread: do not block it
+            self.loop.create_task(self.server.evict(self.name))
+            return
+        future = asyncio.run_coroutine_threadsafe(self.server.evict(self.name), self.loop)
+        try:
+            future.result(timeout=300)
+        except Exception:
+            logger.exception("evicting adapter %s failed", self.name)
+
+
+@serve.deployment(name="Model", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+class Model:
+    """Serve deployment holding one base model and its adapters (see module docstring).
+
+    Args:
+        args: The serve config's ``args`` (validated by :class:`AppArgs`).
+    """
+
+    def __init__(self, args: dict[str, Any]) -> None:
+        from .model_server import ModelServer
+
+        cfg = AppArgs.parse(args)
+        self.args = cfg
+        self.server = ModelServer(
+            cfg.base_path,
+            cfg.task,
+            dtype=cfg.dtype,
+            labels=cfg.labels,
+            max_adapters=DEFAULT_MAX_ADAPTERS,
+            max_batch_size=cfg.max_batch_size,
+            batch_wait_timeout_s=cfg.batch_wait_timeout_ms / 1000.0,
+            max_tokens_limit=cfg.max_tokens_limit,
+        )
+        self.backend = ModelServerBackend(self.server)
+        self.max_adapters = DEFAULT_MAX_ADAPTERS
+        self.reconfigures = 0
+
+    # ----------------------------------------------------------------- adapter residency
+
+    def _multiplex(self) -> Any:
+        return getattr(self, _MULTIPLEX_ATTR, None)
+
+    @serve.multiplexed(max_num_models_per_replica=DEFAULT_MAX_ADAPTERS)
+    async def load_adapter(self, name: str) -> _ResidentAdapter:
+        """Serve's multiplexed loader: make ``name`` resident in the model server.
+
+        Args:
+            name: Adapter name (the request's multiplexed model id).
+
+        Returns:
+            The token Serve keeps in its LRU; dropping it evicts the adapter.
+
+        Raises:
+            UnknownModelError: Not registered (404).
+            AdapterLoadError: Its files failed to load (503); nothing is cached.
+        """
+        await self.server.ensure_adapter(name)
+        return _ResidentAdapter(self.server, name, asyncio.get_running_loop())
+
+    def _sync_multiplex(self) -> None:
+        """Align Serve's multiplex LRU with the limit and with what is really resident."""
+        wrapper = self._multiplex()
+        if wrapper is None:
+            return
+        wrapper.max_num_models_per_replica = self.max_adapters
+        resident = set(self.server.resident_adapters())
+        registered = self.server.registered_adapters()
+        changed = False
+        for name in list(wrapper.models):
+            if name not in resident or name not in registered:
+                token = wrapper.models.pop(name, None)
+                if token is not None:
+                    token.released = True  # already gone from the server
+                changed = True
+        if changed:
+            wrapper._push_multiplexed_replica_info = True
+
+    async def _use_adapter(self, adapter: str | None) -> None:
+        if adapter is None or adapter == BASE_ADAPTER:
+            return
+        if adapter not in self.server.registered_adapters():
+            raise UnknownModelError(adapter)
+        await self.load_adapter(adapter)
+        self._sync_multiplex()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``user_config`` in place: ``{"max_adapters": int, "adapters": {name: spec}}``.
+
+        Args:
+            user_config: The ``Model`` deployment's ``user_config``.
+
+        Raises:
+            ServingError: The registry is invalid (the message names the field); the previous
+                registry stays in force.
+        """
+        if not isinstance(user_config, dict):
+            raise ValueError(
+                f"Model.user_config must be a mapping, got {type(user_config).__name__}"
+            )
+        before = self.server.registered_adapters()
+        # ModelServer.reconfigure = apply_user_config that also waits for the evictions.
+        await self.server.reconfigure(user_config)
+        after = self.server.registered_adapters()
+        self.max_adapters = int(user_config.get("max_adapters", self.max_adapters))
+        stale = [
+            n
+            for n, spec in before.items()
+            if n not in after or (spec or {}).get("path") != (after[n] or {}).get("path")
+        ]
+        wrapper = self._multiplex()
+        for name in stale:
+            if wrapper is not None:
+                token = wrapper.models.pop(name, None)
+                if token is not None:
+                    token.released = True
+                wrapper._push_multiplexed_replica_info = True
+            if name in self.server.resident_adapters():
+                await self.server.evict(name)
+        if wrapper is not None:
+            while len(wrapper.models) > self.max_adapters:
+                _, token = wrapper.models.popitem(last=False)
+                token.released = True
+                await self.server.evict(token.name)
+                wrapper._push_multiplexed_replica_info = True
+        self._sync_multiplex()
+        self.reconfigures += 1
+        logger.info(
+            "reconfigured: %d adapters registered (+%d, -%d), max_adapters=%d",
+            len(after),
+            len(set(after) - set(before)),
+            len(set(before) - set(after)),
+            self.max_adapters,
+        )
+
+    # ----------------------------------------------------------------- requests
+
+    async def generate(
+        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
+    ) -> GenerateResult:
+        """Generate a completion for ``req`` (prompt rendered from ``messages`` when given)."""
+        await self._use_adapter(req.adapter)
+        return await self.backend.generate(req, messages)
+
+    async def generate_stream(
+        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """Stream a completion for ``req``, one :class:`~.types.StreamDelta` per step."""
+        await self._use_adapter(req.adapter)
+        async for delta in self.backend.generate_stream(req, messages):
+            yield delta
+
+    async def classify(self, req: ClassifyRequest) -> ClassifyResult:
+        """Classify ``req.texts`` with ``req.adapter``'s head (or the base's)."""
+        await self._use_adapter(req.adapter)
+        return await self.server.classify(req)
+
+    async def render_chat(self, messages: list[dict[str, Any]]) -> str | list[int]:
+        """The prompt the chat template makes of ``messages`` (for debugging clients)."""
+        return render_chat_prompt(self.server.tokenizer, messages)
+
+    async def registered_adapters(self) -> dict[str, dict[str, Any]]:
+        """The adapter registry from ``user_config`` (name -> path, rank, labels)."""
+        return self.server.registered_adapters()
+
+    async def info(self) -> dict[str, Any]:
+        """Replica facts: pid, registered and resident adapters, Serve's multiplexed ids, stats."""
+        wrapper = self._multiplex()
+        return {
+            "pid": os.getpid(),
+            "task": self.args.task,
+            "max_adapters": self.max_adapters,
+            "reconfigures": self.reconfigures,
+            "registered": sorted(self.server.registered_adapters()),
+            "resident": list(self.server.resident_adapters()),
+            "multiplexed": list(wrapper.models) if wrapper is not None else [],
+            "stats": self.server.stats(),
+        }
+
+    async def ready(self) -> bool:
+        """True once the base model is loaded (the constructor has returned)."""
+        return True
+
+
+class RayModelBackend:
+    """:class:`~.api.ModelBackend` calling the ``Model`` deployment through its handle.
+
+    Each request carries its adapter as ``multiplexed_model_id`` (none for the base model), so
+    Serve routes it to a replica that already holds the adapter when there is one.
+
+    Args:
+        handle: The ``Model`` deployment handle.
+    """
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    def _for(self, adapter: str | None, *, stream: bool = False) -> DeploymentHandle:
+        if adapter and adapter != BASE_ADAPTER:
+            return self.handle.options(multiplexed_model_id=adapter, stream=stream)
+        return self.handle.options(stream=stream)
+
+    async def generate(
+        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
+    ) -> GenerateResult:
+        """See :meth:`~.api.ModelBackend.generate`."""
+        try:
+            return await self._for(req.adapter).generate.remote(req, messages)
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+
+    async def generate_stream(
+        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """See :meth:`~.api.ModelBackend.generate_stream`."""
+        gen = self._for(req.adapter, stream=True).generate_stream.remote(req, messages)
+        try:
+            async for delta in gen:
+                yield delta
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+        finally:
+            gen.cancel()
+
+    async def classify(self, req: ClassifyRequest) -> ClassifyResult:
+        """See :meth:`~.api.ModelBackend.classify`."""
+        try:
+            return await self._for(req.adapter).classify.remote(req)
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+
+    async def registered_adapters(self) -> dict[str, dict[str, Any]]:
+        """See :meth:`~.api.ModelBackend.registered_adapters`."""
+        try:
+            return await self.handle.registered_adapters.remote()
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+
+    async def ready(self) -> bool:
+        """See :meth:`~.api.ModelBackend.ready` (waits at most ``READY_TIMEOUT_S``)."""
+        try:
+            return bool(await asyncio.wait_for(self.handle.ready.remote(), READY_TIMEOUT_S))
+        except Exception:
+            return False
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1})
+@serve.ingress()
+class Ingress:
+    """HTTP ingress deployment: the OpenAI-compatible API of :mod:`.api` over ``Model``.
+
+    Args:
+        model: Handle of the ``Model`` deployment.
+        args: The serve config's ``args``.
+    """
+
+    def __init__(self, model: DeploymentHandle, args: dict[str, Any]) -> None:
+        self.args = AppArgs.parse(args)
+        self.backend = RayModelBackend(model)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """Build the FastAPI app (Serve calls this after ``__init__`` on each replica)."""
+        return create_app(
+            self.backend,
+            served_name=self.args.served_name,
+            task=self.args.task,
+            max_tokens_limit=self.args.max_tokens_limit,
+            labels=self.args.labels,
+            title=f"lorafleet: {self.args.served_name}",
+        )
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve application builder (``import_path: lorafleet_serving.app:build_app``).
+
+    Args:
+        args: ``{"served_name", "base_path", "task", "dtype"?, "labels"?, "max_batch_size"?,
+            "batch_wait_timeout_ms"?, "max_tokens_limit"?}`` (``docs/interfaces.md`` section 3).
+            Deployment options (replicas, resources, ``user_config``) come from the serve
+            config's ``deployments`` entries named ``Ingress`` and ``Model``.
+
+    Returns:
+        ``Ingress.bind(Model.bind(args), args)``.
+
+    Raises:
+        ValueError: ``args`` is invalid (every bad field is named).
+    """
+    cfg = AppArgs.parse(args).model_dump()
+    return Ingress.bind(Model.bind(cfg), cfg)
