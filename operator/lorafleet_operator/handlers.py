@@ -178,8 +178,15 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    STATE.wakeups.clear()
-    STATE.statuses.clear()
+    for cache in (
+        STATE.wakeups,
+        STATE.statuses,
+        STATE.generations,
+        STATE.hints,
+        STATE.deploy_started,
+        STATE.job_created,
+    ):
+        cache.clear()
 
 
 # --------------------------------------------------------------------------------- indexes

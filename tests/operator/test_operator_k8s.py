@@ -1,0 +1,402 @@
+"""The operator against the real test control plane (kube-apiserver + controller-manager).
+
+The kopf operator runs in this process; install Jobs run through the kubelet stand-in with the
+real installer (``lorafleet-install``) on tiny models. RayService readiness comes from a small
+thread standing in for KubeRay's status writer (``ReadinessWriter``), so these tests need no
+Ray; the end-to-end test with real Ray Serve lives in ``test_operator_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.operator.conftest import CLAIM, GROUP, VERSION, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster]
+
+
+def _bm(name: str, uri: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BaseModel",
+        "metadata": {"name": name},
+        "spec": {"source": {"uri": uri}, "serving": {"gpus": 0}, **spec},
+    }
+
+
+def _lora(name: str, base: str, uri: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "LoraAdapter",
+        "metadata": {"name": name},
+        "spec": {"baseModel": base, "source": {"uri": uri}, **spec},
+    }
+
+
+def _get(custom: Any, ns: str, plural: str, name: str) -> dict[str, Any] | None:
+    try:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any]:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return c
+    return {}
+
+
+def _phase(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("status") or {}).get("phase")
+
+
+class ReadinessWriter:
+    """Stands in for KubeRay's status writer only: marks RayServices Ready at their generation."""
+
+    def __init__(self, namespace: str, ready: bool = True) -> None:
+        self.namespace = namespace
+        self.ready = ready
+        self.api = client.CustomObjectsApi()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> ReadinessWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.3):
+            with contextlib.suppress(ApiException):
+                items = self.api.list_namespaced_custom_object(
+                    "ray.io", "v1", self.namespace, "rayservices"
+                )["items"]
+                for rs in items:
+                    gen = rs["metadata"].get("generation")
+                    if (rs.get("status") or {}).get("observedGeneration") == gen:
+                        continue
+                    status = {
+                        "observedGeneration": gen,
+                        "conditions": [
+                            {
+                                "type": "Ready",
+                                "status": "True" if self.ready else "False",
+                                "reason": "NonZeroServeEndpoints" if self.ready else "Initializing",
+                                "message": "test",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                            }
+                        ],
+                    }
+                    self.api.patch_namespaced_custom_object_status(
+                        "ray.io",
+                        "v1",
+                        self.namespace,
+                        "rayservices",
+                        rs["metadata"]["name"],
+                        {"status": status},
+                    )
+
+
+def _rayservice(custom: Any, ns: str, name: str) -> dict[str, Any] | None:
+    try:
+        return custom.get_namespaced_custom_object("ray.io", "v1", ns, "rayservices", name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _registry(rs: dict[str, Any] | None) -> dict[str, Any]:
+    if not rs:
+        return {}
+    config = yaml.safe_load(rs["spec"]["serveConfigV2"])
+    model = config["applications"][0]["deployments"][1]
+    return model["user_config"]["adapters"]
+
+
+# ------------------------------------------------------------------------------- tests
+
+
+def test_crds_accepted_and_status_survives_round_trip(custom: Any, namespace: str, lorafleet_crds):
+    """The generated CRDs are served; a status with conditions is kept; CEL rejects bad specs."""
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "basemodels", _bm("m", "hf://acme/m")
+    )
+    status = {
+        "phase": "Ready",
+        "observedGeneration": 1,
+        "adapters": 2,
+        "claimName": "models",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "Ready",
+                "message": "ok",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "observedGeneration": 1,
+            }
+        ],
+        "kopf": {"progress": {"x": {"retries": 1}}},
+    }
+    custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, "basemodels", "m", {"status": status}
+    )
+    got = _get(custom, namespace, "basemodels", "m")
+    assert got["status"] == status
+    assert got["spec"]["task"] == "text-generation"  # CRD default applied by the API server
+    bad = _bm("bad", "hf://acme/m", storage={"claimName": "a", "size": "1Gi"})
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", bad)
+    assert info.value.status == 422 and "exactly one of claimName or size" in info.value.body
+    with pytest.raises(ApiException) as info:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", _lora("x", "m", "ftp://nope")
+        )
+    assert info.value.status == 422 and "spec.source.uri" in info.value.body
+
+
+def test_install_serve_add_and_delete_adapters(
+    custom: Any,
+    namespace: str,
+    model_volume: Path,
+    kubelet_standin: Any,
+    run_operator: Any,
+    tiny_causal_lm: Path,
+    tiny_lora_adapters: dict[str, Path],
+):
+    """Base installed, RayService created, adapters installed into its registry, one deleted."""
+    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
+    kubelet.start([namespace])
+    with run_operator(), ReadinessWriter(namespace):
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "loraadapters",
+            _lora("alpha", "tiny", f"file://{tiny_lora_adapters['alpha']}"),
+        )
+        # The adapter waits for its base with a reason a user can search for.
+        wait_for(
+            "alpha BaseModelNotReady",
+            lambda: (
+                _cond(_get(custom, namespace, "loraadapters", "alpha"), "Installed").get("reason")
+                == "BaseModelNotReady"
+            ),
+        )
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+        )
+        bm = wait_for(
+            "BaseModel Ready",
+            lambda: (
+                (o := _get(custom, namespace, "basemodels", "tiny")) and _phase(o) == "Ready" and o
+            ),
+            timeout=180,
+        )
+        assert bm["status"]["path"].startswith(f"/models/{namespace}/basemodels/tiny/")
+        assert bm["status"]["endpoint"] == f"http://tiny-serve-svc.{namespace}.svc:8000"
+        assert _cond(bm, "Installed")["status"] == "True"
+        assert bm["status"]["sizeBytes"] > 0 and bm["status"]["resolvedRevision"]
+        for name in ("beta",):
+            custom.create_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "loraadapters",
+                _lora(name, "tiny", f"file://{tiny_lora_adapters[name]}"),
+            )
+        for name in ("alpha", "beta"):
+            lora = wait_for(
+                f"{name} Ready",
+                lambda n=name: (
+                    (o := _get(custom, namespace, "loraadapters", n)) and _phase(o) == "Ready" and o
+                ),
+                timeout=180,
+            )
+            assert lora["status"]["rank"] in (8, 4)
+            assert _cond(lora, "Ready")["status"] == "True"
+        rs = _rayservice(custom, namespace, "tiny")
+        assert rs["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+        registry = _registry(rs)
+        assert set(registry) == {"alpha", "beta"}
+        alpha_path = registry["alpha"]["path"]
+        local_alpha = model_volume / alpha_path.removeprefix("/models/")
+        assert (local_alpha / "lorafleet.json").is_file()
+        # One Job per object: no duplicates.
+        jobs = client.BatchV1Api().list_namespaced_job(namespace).items
+        assert len([j for j in jobs if j.metadata.name.startswith("install-lora-alpha")]) == 1
+        assert wait_for(
+            "BaseModel adapters count",
+            lambda: (_get(custom, namespace, "basemodels", "tiny")["status"].get("adapters")) == 2,
+        )
+        # Deleting the base waits for its adapters and says which.
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
+        wait_for(
+            "blockedBy",
+            lambda: (
+                (_get(custom, namespace, "basemodels", "tiny")["status"].get("blockedBy"))
+                == ["alpha", "beta"]
+            ),
+        )
+        # Delete an adapter: out of the registry, files removed, finalizer gone.
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "alpha")
+        wait_for("alpha gone", lambda: _get(custom, namespace, "loraadapters", "alpha") is None, 60)
+        assert "alpha" not in _registry(_rayservice(custom, namespace, "tiny"))
+        assert not local_alpha.exists()
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "beta")
+        wait_for("base gone", lambda: _get(custom, namespace, "basemodels", "tiny") is None, 60)
+    kubelet.stop()
+
+
+def test_failure_reasons(
+    custom: Any,
+    namespace: str,
+    model_volume: Path,
+    kubelet_standin: Any,
+    run_operator: Any,
+    tiny_causal_lm: Path,
+    tiny_cls_adapters: dict[str, Path],
+    tmp_path: Path,
+):
+    """SourceNotFound, TargetModulesNotFound, retries exhausted, Degraded after the timeout."""
+    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
+    kubelet.start([namespace])
+    with run_operator(READY_TIMEOUT_S="3"), ReadinessWriter(namespace, ready=False):
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "basemodels",
+            _bm("missing", f"file://{tmp_path}/does-not-exist"),
+        )
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+        )
+        missing = wait_for(
+            "missing Failed",
+            lambda: (
+                (o := _get(custom, namespace, "basemodels", "missing"))
+                and _phase(o) == "Failed"
+                and o
+            ),
+            timeout=120,
+        )
+        assert _cond(missing, "Installed")["reason"] == "SourceNotFound", missing["status"]
+        assert "BackoffLimitExceeded" in _cond(missing, "Installed")["message"]
+        assert _cond(missing, "Ready")["status"] == "False"
+        # The RayService never becomes ready: Degraded, never Ready.
+        tiny = wait_for(
+            "tiny Degraded",
+            lambda: (
+                (o := _get(custom, namespace, "basemodels", "tiny"))
+                and _cond(o, "Degraded").get("status") == "True"
+                and o
+            ),
+            timeout=180,
+        )
+        assert _cond(tiny, "Degraded")["reason"] == "ReadyTimeout"
+        assert _phase(tiny) != "Ready" and _cond(tiny, "Ready")["status"] == "False"
+        # An adapter made for another architecture (BERT classifier over a Llama base).
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "loraadapters",
+            _lora("wrong", "tiny", f"file://{tiny_cls_adapters['plain']}"),
+        )
+        wrong = wait_for(
+            "wrong Failed",
+            lambda: (
+                (o := _get(custom, namespace, "loraadapters", "wrong"))
+                and _phase(o) == "Failed"
+                and o
+            ),
+            timeout=120,
+        )
+        assert _cond(wrong, "Installed")["reason"] == "TargetModulesNotFound", wrong["status"]
+        # Events record phase changes.
+        events = client.CoreV1Api().list_namespaced_event(namespace).items
+        assert any(e.reason == "Failed" and e.involved_object.name == "missing" for e in events)
+    kubelet.stop()
+
+
+def test_restart_adopts_running_job_and_deletion_is_bounded(
+    custom: Any,
+    namespace: str,
+    model_volume: Path,
+    kubelet_standin: Any,
+    run_operator: Any,
+    tiny_causal_lm: Path,
+    tmp_path: Path,
+):
+    """A restarted operator adopts the install Job (no second Job); deletion ends in bound."""
+    batch = client.BatchV1Api()
+    with run_operator():
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+        )
+        wait_for("install Job", lambda: batch.list_namespaced_job(namespace).items)
+        wait_for(
+            "Installing",
+            lambda: _phase(_get(custom, namespace, "basemodels", "tiny")) == "Installing",
+        )
+    # Operator stopped while the Job has not run (no kubelet yet); start a new one and a kubelet.
+    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
+    kubelet.start([namespace])
+    with run_operator(), ReadinessWriter(namespace):
+        wait_for(
+            "Ready after restart",
+            lambda: _phase(_get(custom, namespace, "basemodels", "tiny")) == "Ready",
+            timeout=180,
+        )
+        jobs = [j.metadata.name for j in batch.list_namespaced_job(namespace).items]
+        assert len([j for j in jobs if j.startswith("install-bm-tiny")]) == 1, jobs
+        # An adapter whose install keeps failing is deleted within the bound.
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "loraadapters",
+            _lora("broken", "tiny", f"file://{tmp_path}/nothing-here"),
+        )
+        wait_for(
+            "broken Installing or Failed",
+            lambda: (
+                _phase(_get(custom, namespace, "loraadapters", "broken"))
+                in ("Installing", "Failed")
+            ),
+        )
+        started = time.monotonic()
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "broken")
+        wait_for(
+            "broken gone", lambda: _get(custom, namespace, "loraadapters", "broken") is None, 30
+        )
+        assert time.monotonic() - started < 30
+        wait_for(
+            "broken's Job deleted",
+            lambda: (
+                not [
+                    j
+                    for j in batch.list_namespaced_job(namespace).items
+                    if j.metadata.name.startswith("install-lora-broken")
+                ]
+            ),
+            30,
+        )
+    kubelet.stop()
