@@ -15,6 +15,7 @@ since the installed weights then differ from the source's.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -276,6 +277,8 @@ def _install(
                 shutil.rmtree(staging, ignore_errors=True)
             raise
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):  # leave no empty folders behind
+            target.staging_parent.rmdir()
         return report
 
 
