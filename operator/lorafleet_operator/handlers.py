@@ -290,6 +290,38 @@ def desired_registry(namespace: str, base: str) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------ reconciler
 
 
+def pod_path(
+    report_path: str | None, mount: str, namespace: str, kind: str, name: str
+) -> str | None:
+    """The install folder as pods see it (under the volume mount).
+
+    The installer reports the folder as it saw it; where the volume is mounted elsewhere (local
+    runs), the part from ``/<namespace>/<basemodels|adapters>/<name>/`` on is re-rooted at the
+    mount, following the install layout of docs/interfaces.md.
+
+    Args:
+        report_path: ``path`` from the install report.
+        mount: The volume mount path of Jobs and Ray pods.
+        namespace: The object's namespace.
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        name: The object's name.
+
+    Returns:
+        The path under ``mount``, or ``report_path`` unchanged when it does not follow the layout.
+    """
+    if not report_path:
+        return report_path
+    mount = mount.rstrip("/")
+    if report_path.startswith(mount + "/"):
+        return report_path
+    plural = "basemodels" if kind == BASEMODEL_KIND else "adapters"
+    marker = f"/{namespace}/{plural}/{name}/"
+    index = report_path.find(marker)
+    if index < 0:
+        return report_path
+    return mount + report_path[index:].rstrip("/")
+
+
 class Reconciler:
     """One reconcile pass over one object; holds the status it last wrote.
 
@@ -524,7 +556,9 @@ class Reconciler:
                 phase=str(Phase.INSTALLED),
                 installJob=job_name,
                 claimName=claim,
-                path=report.path,
+                path=pod_path(
+                    report.path, self.settings.models_mount, self.namespace, self.kind, self.name
+                ),
                 resolvedRevision=report.resolved_revision,
                 sizeBytes=report.size_bytes,
                 architecture=report.architecture,
@@ -765,11 +799,14 @@ class Reconciler:
             await self.fail(reason, f"{message} [{detail}]")
             return None
         labels = spec.labels or report.labels
+        path = pod_path(
+            report.path, self.settings.models_mount, self.namespace, self.kind, self.name
+        )
         await self.write_status(
             phase=str(Phase.DEPLOYING),
             installJob=job_name,
             servedName=served,
-            path=report.path,
+            path=path,
             resolvedRevision=report.resolved_revision,
             sizeBytes=report.size_bytes,
             progress="100%",
@@ -792,7 +829,7 @@ class Reconciler:
                 (cond.READY, False, "RegistryUpdatePending", "waiting for the serve config update"),
             ),
         )
-        entry: dict[str, Any] = {"path": report.path}
+        entry: dict[str, Any] = {"path": path}
         if report.rank:
             entry["rank"] = report.rank
         if labels:
@@ -974,10 +1011,16 @@ async def adapter_deleted(
     facts = _base_facts(namespace, base) or {}
     claim = facts.get("claim")
     if path and policy == "Delete" and claim and not over_bound:
-        job = build_cleanup_job(
-            LORAADAPTER_KIND, body, path=path, claim_name=claim, settings=STATE.settings
+        try:
+            job = build_cleanup_job(
+                LORAADAPTER_KIND, body, path=path, claim_name=claim, settings=STATE.settings
+            )
+        except ValueError as exc:
+            kopf.warn(body, reason="CleanupRefused", message=str(exc))
+            job = None
+        state, report, detail = (
+            await reconciler.run_install_job(job) if job else ("skipped", None, "")
         )
-        state, report, detail = await reconciler.run_install_job(job)
         if state == "running":
             await reconciler.write_status(
                 phase=str(Phase.DELETING),

@@ -278,3 +278,22 @@ def test_conditions_keep_transition_time_and_diff():
         == {}
     )
     assert cond.status_changes({"phase": "Pending"}, {"phase": "Ready"}) == {"phase": "Ready"}
+
+
+def test_pod_path_reroots_local_install_paths():
+    from lorafleet_operator.handlers import pod_path
+
+    assert (
+        pod_path("/models/ml/adapters/a/r1", "/models", "ml", "LoraAdapter", "a")
+        == "/models/ml/adapters/a/r1"
+    )
+    assert (
+        pod_path("/tmp/x/volume/ml/adapters/a/r1/", "/models", "ml", "LoraAdapter", "a")
+        == "/models/ml/adapters/a/r1"
+    )
+    assert (
+        pod_path("/tmp/x/ml/basemodels/b/r", "/models/", "ml", "BaseModel", "b")
+        == "/models/ml/basemodels/b/r"
+    )
+    assert pod_path("/elsewhere/file", "/models", "ml", "BaseModel", "b") == "/elsewhere/file"
+    assert pod_path(None, "/models", "ml", "BaseModel", "b") is None
