@@ -101,6 +101,7 @@ def test_default_render(helm_bin: Path) -> None:
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/lorafleet/lorafleet:0.1.0"
     assert container["command"] == ["lorafleet", "operator"]
+    assert "args" not in container
     env = env_of(objects)
     assert env["LORAFLEET_PEERING"] == "lorafleet"
     assert "LORAFLEET_NAMESPACES" not in env  # every namespace
@@ -144,6 +145,7 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert container["image"] == "registry.example.internal/ml/lorafleet:0.1.0-test"
     assert container["imagePullPolicy"] == "Always"
     assert container["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+    assert container["args"] == ["--verbose"]  # logLevel: debug
     assert container["livenessProbe"]["failureThreshold"] == 5
     assert {p["containerPort"] for p in container["ports"]} == {8081, 9191}
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -242,9 +244,9 @@ BAD_VALUES = [
     ({"sharedVolume.create": "true", "sharedVolume.existingClaim": '"x"'}, "existingClaim"),
     ({"installer.job.backoffLimit": '"3"'}, "backoffLimit"),
     ({"installer.job.activeDeadlineSeconds": "0"}, "activeDeadlineSeconds"),
-    ({"installer.resources.requests.cpu": '"a lot"'}, "cpu"),
+    ({"operator.resources.requests.cpu": '"a lot"'}, "cpu"),
+    ({"logLevel": '"warning"'}, "logLevel"),
     ({"metrics.port": "70000"}, "port"),
-    ({"serving.gpuResourceName": '"NVIDIA GPU"'}, "gpuResourceName"),
     ({"serving.rayVersion": '"latest"'}, "rayVersion"),
     ({"hfEndpoint": '"hf-mirror:8080"'}, "hfEndpoint"),
     ({"tolerations": '[{"key": "a", "operator": "Maybe"}]'}, "operator"),
