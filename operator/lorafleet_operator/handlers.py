@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -590,7 +591,9 @@ class Reconciler:
         desired = build_rayservice(
             self.body, spec, serve_config_yaml=config_yaml, claim_name=claim, settings=self.settings
         )
-        cluster_hash = str(hash(json.dumps(desired["spec"]["rayClusterConfig"], sort_keys=True)))
+        cluster_hash = hashlib.sha256(
+            json.dumps(desired["spec"]["rayClusterConfig"], sort_keys=True).encode()
+        ).hexdigest()[:16]
         desired["metadata"]["annotations"] = {CLUSTER_HASH_ANNOTATION: cluster_hash}
         rs_name = rayservice_name(self.name)
         rs = await _get_or_none(
@@ -642,14 +645,11 @@ class Reconciler:
         metrics.ADAPTERS_SERVED.labels(self.namespace, self.name).set(len(registry))
         STATE.deploy_started.setdefault(bm_key, time.monotonic())
         ready, reason, message = rayservice_readiness(rs)
+        # A user_config update keeps the app serving; adapters count as served only once
+        # KubeRay has observed the RayService generation holding them.
         generation = (rs.get("metadata") or {}).get("generation")
         observed = (rs.get("status") or {}).get("observedGeneration")
-        if ready and generation is not None and observed is not None and observed < generation:
-            ready, reason, message = (
-                False,
-                "UpdatePending",
-                "KubeRay has not applied the latest serve config yet",
-            )
+        applied = generation is None or observed is None or observed >= generation
         endpoint = serve_endpoint(self.name, self.namespace, self.settings)
         if ready:
             STATE.deploy_started.pop(bm_key, None)
@@ -672,6 +672,8 @@ class Reconciler:
                     (cond.DEGRADED, False, "RayServiceReady", "serving"),
                 ),
             )
+            if not applied:
+                return poll
             await self.mark_adapters_ready(registry)
             return None
         waited = time.monotonic() - STATE.deploy_started[bm_key]
@@ -683,7 +685,8 @@ class Reconciler:
                     cond.DEGRADED,
                     True,
                     "ReadyTimeout",
-                    f"RayService {rs_name} not ready after {waited:.0f}s: {reason}: {message}",
+                    f"RayService {rs_name} not ready within "
+                    f"{self.settings.ready_timeout_s:.0f}s: {reason}: {message}",
                 )
             )
             updates.append((cond.READY, False, "Degraded", f"RayService not ready: {reason}"))
@@ -949,8 +952,17 @@ def job_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
 @kopf.on.event(
     RAY_GROUP, RAY_VERSION, RAYSERVICE_PLURAL, labels={"app.kubernetes.io/managed-by": "lorafleet"}
 )
-def rayservice_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
-    """Wake the owning BaseModel when KubeRay updates its RayService (readiness)."""
+def rayservice_event(
+    namespace: str, name: str, labels: Mapping[str, str], body: Any, **_: Any
+) -> None:
+    """Wake the owning BaseModel when KubeRay changes its RayService's readiness."""
+    ready = rayservice_readiness(body)[0]
+    observed = ((body.get("status") or {}).get("observedGeneration"),)
+    signature = (ready, observed, body.get("metadata", {}).get("generation"))
+    key = ("RayService", namespace, name)
+    if STATE.generations.get(key) == signature:
+        return
+    STATE.generations[key] = signature
     if labels.get(NAME_LABEL):
         STATE.wake(BASEMODEL_KIND, namespace, labels[NAME_LABEL])
 
@@ -996,7 +1008,12 @@ async def adapter_deleted(
         RAYSERVICE_PLURAL,
         rayservice_name(base),
     )
-    if rs is not None and served in registry_of((rs.get("spec") or {}).get("serveConfigV2")):
+    facts = _base_facts(namespace, base) or {}
+    base_going = not facts or facts.get("deleting")
+    in_registry = rs is not None and served in registry_of(
+        (rs.get("spec") or {}).get("serveConfigV2")
+    )
+    if in_registry and not base_going:
         if not over_bound:
             await reconciler.write_status(
                 phase=str(Phase.DELETING),
@@ -1008,8 +1025,7 @@ async def adapter_deleted(
         kopf.warn(body, reason="DeletionTimeout", message="still in the serve config registry")
     path = (status or {}).get("path")
     policy = (spec or {}).get("deletionPolicy", "Delete")
-    facts = _base_facts(namespace, base) or {}
-    claim = facts.get("claim")
+    claim = facts.get("claim") or (status or {}).get("claimName")
     if path and policy == "Delete" and claim and not over_bound:
         try:
             job = build_cleanup_job(
