@@ -13,11 +13,17 @@ olah's own FastAPI app, in the same server process, see ``_LAUNCHER``):
   returns early when offline). The wrapper answers a gated repo's API and resolve routes the
   way huggingface.co does: 401 without a token, 403 with a wrong one, both with
   ``X-Error-Code: GatedRepo`` (which ``huggingface_hub`` turns into ``GatedRepoError``).
-- HTTP Range on downloads. Olah's local-mirror GET always answers 200 with the whole body
-  (and no Content-Length), so a client can never resume. The wrapper answers ``Range:
-  bytes=N-`` / ``bytes=N-M`` with 206 and ``Content-Range`` like the Hub's CDN.
+- LFS file bytes and HTTP Range. Olah's local-mirror GET always answers 200 with the whole
+  body (no Content-Length; the file is read into memory and sent in 4 KiB pieces, about
+  30 MB/s here), so a client can never resume; its HEAD of an LFS file hashes the whole
+  object on every call. The Hub serves LFS files from its CDN instead; so does the wrapper:
+  ``/resolve/`` HEAD/GET of an LFS pointer is answered from the object file under
+  ``.git/lfs/objects`` (ETag = the LFS sha256 oid, ``X-Repo-Commit``, ``Accept-Ranges``),
+  with 206 + ``Content-Range`` for ``Range: bytes=N-`` / ``bytes=N-M``. API routes, plain
+  git blobs and every other route stay olah's (Range on plain blobs is sliced by the wrapper).
 - Optional per-repository bandwidth limit (:meth:`OlahHub.throttle`), so a test can kill a
-  download midway deterministically.
+  download midway deterministically, and a count of file bytes served per repository
+  (:meth:`OlahHub.served_bytes`), so a test can tell a resumed download from a restarted one.
 
 ``s3_server`` (session): moto's ``ThreadedMotoServer`` on a free loopback port, yielding an
 :class:`S3Server` with ``endpoint_url``, dummy credentials and :meth:`S3Server.upload_folder`.
@@ -81,7 +87,34 @@ _LAUNCHER = textwrap.dedent(
     import uvicorn
     from olah import server as olah_server
 
+    from urllib.parse import unquote
+    from git import Repo
+
     STATE = os.environ["LORAFLEET_OLAH_STATE"]
+    MIRRORS = os.environ["LORAFLEET_OLAH_MIRRORS"]
+    CHUNK = 1 << 20
+    LFS_POINTER = re.compile(
+        r"version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize (\d+)\n"
+    )
+
+    def lfs_object(repo_id, rev, path):
+        # (commit, oid, object path) when path at rev is an LFS pointer, else None.
+        folder = os.path.join(MIRRORS, "models", repo_id)
+        if not os.path.isdir(folder):
+            return None
+        try:
+            commit = Repo(folder).commit(rev)
+            blob = commit.tree[path]
+            if blob.type != "blob" or not 120 < blob.size < 150:
+                return None
+            match = LFS_POINTER.fullmatch(blob.data_stream.read().decode())
+        except Exception:
+            return None
+        if match is None:
+            return None
+        oid = match[1]
+        obj = os.path.join(folder, ".git", "lfs", "objects", oid[:2], oid[2:4], oid)
+        return (commit.hexsha, oid, obj) if os.path.isfile(obj) else None
     PATH_RE = re.compile(
         r"^/(?:api/)?(?:models/)?(?P<org>[^/]+)/(?P<name>[^/]+)(?P<rest>/.*)?$"
     )
@@ -118,11 +151,14 @@ _LAUNCHER = textwrap.dedent(
     class HubStandIn:
         def __init__(self, app):
             self.app = app
+            self.served = {}
 
         async def __call__(self, scope, receive, send):
             if scope["type"] != "http":
                 return await self.app(scope, receive, send)
             path = scope["path"]
+            if path == "/_standin/stats":
+                return await send_json(send, 200, {"servedBytes": self.served}, {})
             if path.startswith("/api/models/"):
                 path = path[len("/api/models"):]
             m = PATH_RE.match(path)
@@ -139,11 +175,18 @@ _LAUNCHER = textwrap.dedent(
                     return await send_json(send, status, {"error": msg},
                                            {"x-error-code": "GatedRepo", "x-error-message": msg})
             is_resolve = bool(m and m["rest"] and m["rest"].startswith("/resolve/"))
-            if not (is_resolve and scope["method"] == "GET"):
+            if not (is_resolve and scope["method"] in ("GET", "HEAD")):
                 return await self.app(scope, receive, send)
             rate = state["throttle"].get(repo_id)
-            start = end = None
             rng = headers.get("range")
+            _, _, rev_path = m["rest"].partition("/resolve/")
+            rev, _, file_path = rev_path.partition("/")
+            lfs = lfs_object(repo_id, unquote(rev), unquote(file_path))
+            if lfs is not None:
+                return await self.serve_lfs(send, scope["method"], repo_id, lfs, rng, rate)
+            if scope["method"] != "GET":
+                return await self.app(scope, receive, send)
+            start = end = None
             total = None
             if rng:
                 rm = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
@@ -170,7 +213,7 @@ _LAUNCHER = textwrap.dedent(
                         hdrs.append((b"accept-ranges", b"bytes"))
                         msg = dict(msg, status=206, headers=hdrs)
                     return await send(msg)
-                if msg["type"] == "http.response.body" and (start is not None or rate):
+                if msg["type"] == "http.response.body":
                     body = msg.get("body", b"")
                     if start is not None:
                         lo, hi = max(start - pos, 0), max(end + 1 - pos, 0)
@@ -181,10 +224,54 @@ _LAUNCHER = textwrap.dedent(
                         ahead = sent / rate - (time.monotonic() - t0)
                         if ahead > 0:
                             await asyncio.sleep(ahead)
+                    self.served[repo_id] = self.served.get(repo_id, 0) + len(body)
                     msg = dict(msg, body=body)
                 return await send(msg)
 
             return await self.app(scope, receive, wrapped_send)
+
+        async def serve_lfs(self, send, method, repo_id, lfs, rng, rate):
+            commit, oid, obj = lfs
+            total = os.path.getsize(obj)
+            start, end, status = 0, total - 1, 200
+            if rng:
+                rm = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
+                if rm:
+                    start = int(rm[1])
+                    end = min(int(rm[2]) if rm[2] else total - 1, total - 1)
+                    if start >= total:
+                        return await send_json(send, 416, {"error": "Range Not Satisfiable"},
+                                               {"content-range": f"bytes */{total}"})
+                    status = 206
+            hdrs = [
+                (b"content-type", b"application/octet-stream"),
+                (b"content-length", str(end - start + 1).encode()),
+                (b"etag", f'"{oid}"'.encode()),
+                (b"x-repo-commit", commit.encode()),
+                (b"accept-ranges", b"bytes"),
+            ]
+            if status == 206:
+                hdrs.append((b"content-range", f"bytes {start}-{end}/{total}".encode()))
+            await send({"type": "http.response.start", "status": status, "headers": hdrs})
+            if method == "HEAD":
+                return await send({"type": "http.response.body", "body": b""})
+            t0, sent, left = time.monotonic(), 0, end - start + 1
+            with open(obj, "rb") as fh:
+                fh.seek(start)
+                while left > 0:
+                    chunk = fh.read(min(CHUNK, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                    sent += len(chunk)
+                    self.served[repo_id] = self.served.get(repo_id, 0) + len(chunk)
+                    await send({"type": "http.response.body", "body": chunk, "more_body": left > 0})
+                    if rate:
+                        ahead = sent / rate - (time.monotonic() - t0)
+                        if ahead > 0:
+                            await asyncio.sleep(ahead)
+            if left > 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     host, port = sys.argv[1], int(sys.argv[2])
     uvicorn.run(HubStandIn(olah_server.app), host=host, port=port, log_level="warning")
@@ -296,6 +383,11 @@ class OlahHub:
             self._state["throttle"][repo_id] = int(bytes_per_second)
         self._write_state()
 
+    def served_bytes(self, repo_id: str) -> int:
+        """Bytes of file content the server has sent for ``repo_id`` so far (resolve GETs)."""
+        stats = requests.get(f"{self.endpoint}/_standin/stats", timeout=10).json()
+        return int(stats["servedBytes"].get(repo_id, 0))
+
     def _write_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._state))
@@ -380,6 +472,7 @@ def run_olah_hub(workdir: Path) -> Iterator[OlahHub]:
         OLAH_CONFIG=str(config),
         OLAH_LOG_PATH=str(workdir / "logs"),
         LORAFLEET_OLAH_STATE=str(hub.state_file),
+        LORAFLEET_OLAH_MIRRORS=str(mirrors),
     )
     log = (workdir / "server.log").open("wb")
     proc = subprocess.Popen(

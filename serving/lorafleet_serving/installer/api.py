@@ -44,7 +44,7 @@ from .progress import ProgressReporter, folder_bytes
 from .sources import Listing, content_digest, open_source
 from .space import check_space
 from .staging import Target, check_revision_dirname, promote
-from .verify import Digests, file_digests, verify_file
+from .verify import Digests, check_digests, file_digests, verify_file
 
 KINDS = ("base", "adapter")
 # Failures after which the staged bytes are kept for a resuming re-run.
@@ -298,7 +298,7 @@ def _prune_unlisted(files_dir: Path, listing: Listing) -> None:
         rel = path.relative_to(files_dir).as_posix()
         if rel == ".cache" or rel.startswith(".cache/"):
             continue
-        if path.is_file() and rel not in wanted:
+        if path.is_file() and rel not in wanted and rel.removesuffix(".part") not in wanted:
             path.unlink()
 
 
@@ -343,7 +343,7 @@ def _stage_and_promote(
         stream=progress_stream,
         label=label,
     ):
-        src.download(listing, files_dir, deadline)
+        fetched = src.download(listing, files_dir, deadline) or {}
         ckpt_file = None
         if ckpt_src is not None:
             ckpt_dir = staging / "checkpoint"
@@ -359,7 +359,10 @@ def _stage_and_promote(
         if not path.is_file():
             raise InstallError(CHECKSUM_MISMATCH, f"{f.path}: missing after download")
         try:
-            d = verify_file(path, f.expected, name=f.path)
+            if f.path in fetched:  # hashed while downloading
+                d = check_digests(fetched[f.path], f.expected, name=f.path)
+            else:
+                d = verify_file(path, f.expected, name=f.path)
         except InstallError:
             path.unlink(missing_ok=True)  # never promoted, never resumed from
             raise

@@ -98,6 +98,28 @@ def verify_file(path: Path, expected: Expected, *, name: str) -> Digests:
             f"{name}: size {size} bytes, the source says {expected.size} bytes (truncated or corrupted)",
         )
     got = file_digests(path, md5=expected.md5 is not None, git_blob=expected.git_blob is not None)
+    return check_digests(got, expected, name=name)
+
+
+def check_digests(got: Digests, expected: Expected, *, name: str) -> Digests:
+    """Compare digests computed while downloading with what the source publishes.
+
+    Args:
+        got: Digests of the bytes written.
+        expected: What the source published.
+        name: The file's name in the source, for messages.
+
+    Returns:
+        ``got``.
+
+    Raises:
+        InstallError: ``ChecksumMismatch`` naming the file and the digest kind.
+    """
+    if expected.size is not None and got.size != expected.size:
+        raise InstallError(
+            CHECKSUM_MISMATCH,
+            f"{name}: size {got.size} bytes, the source says {expected.size} bytes (truncated or corrupted)",
+        )
     for kind, want, have in (
         ("sha256", expected.sha256, got.sha256),
         ("md5 (S3 ETag)", expected.md5, got.md5),

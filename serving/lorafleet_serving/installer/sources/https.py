@@ -21,9 +21,10 @@ from urllib.parse import unquote, urlparse
 import requests
 
 from ..deadline import Deadline, with_retries
+from ..download import fetch_resumable
 from ..errors import CHECKSUM_MISMATCH, INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
-from ..verify import Expected, verify_file
+from ..verify import Digests, Expected, check_digests
 from .common import Listing, RemoteFile, is_transient
 
 CHUNK_BYTES = 1 << 20
@@ -174,23 +175,30 @@ class HttpsSource:
         )
         return Listing(files=[remote], archive=self.kind is not None)
 
-    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
-        """Download (resuming a ``.part`` file), verify, then place or unpack into ``dest``."""
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> dict[str, Digests]:
+        """Download (resuming a ``.part`` file), verify, then place or unpack into ``dest``.
+
+        Returns:
+            relative path -> digests computed while downloading (single files only).
+        """
         f = listing.files[0]
         work = dest.parent / "download"
         work.mkdir(parents=True, exist_ok=True)
         part = work / (f.path + ".part")
         done = work / f.path
+        digests: dict[str, Digests] = {}
         if not done.exists():
-            with_retries(
-                lambda: self._fetch(part, f.expected.size, deadline),
+            got = with_retries(
+                lambda: self._fetch(part, f.expected, deadline),
                 is_transient=is_transient,
                 deadline=deadline,
                 what=f"downloading {self.name}",
             )
-            if self.kind is not None:  # single files are verified by the caller
+            if self.kind is None:
+                digests[f.path] = got
+            else:  # an archive is verified before it is unpacked; single files by the caller
                 try:
-                    verify_file(part, f.expected, name=self.name)
+                    check_digests(got, f.expected, name=self.name)
                 except InstallError as exc:
                     if exc.reason == CHECKSUM_MISMATCH:
                         part.unlink(missing_ok=True)  # never resume from corrupted bytes
@@ -205,19 +213,14 @@ class HttpsSource:
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
             unpack_archive(done, dest, where=self.describe()["uri"])
+        return digests
 
-    def _fetch(self, part: Path, size: int | None, deadline: Deadline) -> None:
-        have = part.stat().st_size if part.exists() else 0
-        if size is not None and have == size:
-            return
-        if size is not None and have > size:
-            part.unlink()
-            have = 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with self._session.get(self.uri, headers=headers, stream=True, timeout=60) as resp:
-            self._raise_for(resp)
-            mode = "ab" if have and resp.status_code == 206 else "wb"
-            with part.open(mode) as out:
-                for chunk in resp.iter_content(CHUNK_BYTES):
-                    out.write(chunk)
-                    deadline.check(f"downloading {self.name}")
+    def _fetch(self, part: Path, expected: Expected, deadline: Deadline) -> Digests:
+        return fetch_resumable(
+            self._session,
+            self.uri,
+            part,
+            expected=expected,
+            deadline=deadline,
+            check_response=self._raise_for,
+        )

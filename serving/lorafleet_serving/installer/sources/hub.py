@@ -3,8 +3,10 @@
 The revision (branch, tag or commit; default ``main``) is resolved to its commit with
 ``HfApi.model_info``; the file list, sizes, LFS sha256 and git blob ids come from
 ``HfApi.list_repo_tree`` at that commit, so everything is known before the first byte is
-downloaded. Files are fetched with ``hf_hub_download(local_dir=...)`` into the staging folder,
-which resumes ``.incomplete`` files with HTTP Range and skips complete ones on a re-run.
+downloaded. Files are fetched from ``hf_hub_url`` (with ``build_hf_headers``) by
+:func:`..download.fetch_resumable` into the staging folder: complete files are skipped on a
+re-run and partial ones continued with HTTP Range (huggingface_hub 2.x's own downloader
+writes to a process-unique temporary file and cannot continue a killed process's download).
 The token is ``HF_TOKEN`` from the environment and never appears in a message.
 """
 
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import os
 import posixpath
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from huggingface_hub import HfApi, hf_hub_download
+import requests
+from huggingface_hub import HfApi, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -24,12 +28,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import filter_repo_objects
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 
 from ..deadline import Deadline, with_retries
+from ..download import fetch_resumable
 from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
-from ..pathsafety import safe_relpath
-from ..verify import Expected
+from ..pathsafety import inside, safe_relpath
+from ..verify import Digests, Expected
 from .common import Listing, RemoteFile, http_status_of, is_transient
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -176,36 +181,65 @@ class HubSource:
             )
         return Listing(files=files, resolved_revision=sha)
 
-    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
-        """Download the listed files at the resolved commit into ``dest`` (resumable)."""
+    def _check_response(self, resp) -> None:
+        if resp.status_code in (401, 403):
+            gated = resp.headers.get("X-Error-Code") == "GatedRepo"
+            kind = "is a gated repository and " if gated else ""
+            hint = "the token in HF_TOKEN has no access" if self._token else "no HF_TOKEN is set"
+            raise InstallError(
+                UNAUTHORIZED,
+                f"{self.repo_id} {kind}refused the download (HTTP {resp.status_code}; {hint})",
+            )
+        if resp.status_code == 404:
+            raise InstallError(
+                SOURCE_NOT_FOUND, f"{self.repo_id}: {resp.url.split('?')[0]} not found (HTTP 404)"
+            )
+        resp.raise_for_status()
+
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> dict[str, Digests]:
+        """Download the listed files at the resolved commit into ``dest`` (resumable).
+
+        URLs come from ``hf_hub_url`` and headers (token, user agent) from
+        ``build_hf_headers``; the transfer itself is :func:`fetch_resumable`, because
+        huggingface_hub 2.x downloads into a process-unique temporary file and cannot continue
+        another process's partial download.
+
+        Returns:
+            relative path -> :class:`Digests` computed while downloading.
+        """
         sha = listing.resolved_revision
-        # hf_hub_download's local_dir keeps the repo's layout; with a subfolder the files land
-        # under dest/<subpath>/ and are moved up by the caller-visible rename below.
-        work = dest if not self.subpath else dest.parent / "hf-subfolder"
-        cache_dir = dest.parent / "hf-cache"
+        headers = build_hf_headers(token=self._token, library_name="lorafleet")
+        local = threading.local()
+        results: dict[str, Digests] = {}
 
         def fetch(f: RemoteFile) -> None:
-            deadline.check(f"downloading {f.remote}")
-            self._call(
-                lambda: hf_hub_download(
-                    self.repo_id,
-                    f.remote,
-                    revision=sha,
-                    local_dir=work,
-                    cache_dir=cache_dir,
-                    endpoint=self.endpoint,
-                    token=self._token,
+            if not hasattr(local, "session"):
+                local.session = requests.Session()
+            target = inside(dest, f.path, where=self.uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part = target.with_name(target.name + ".part")
+            if target.exists() and target.stat().st_size == f.expected.size:
+                return  # complete from an earlier run; verified by the caller
+            url = hf_hub_url(self.repo_id, f.remote, revision=sha, endpoint=self.endpoint)
+            digests = with_retries(
+                lambda: fetch_resumable(
+                    local.session,
+                    url,
+                    part,
+                    expected=f.expected,
+                    deadline=deadline,
+                    check_response=self._check_response,
+                    headers=headers,
                 ),
-                f"downloading {f.remote}",
-                deadline,
+                is_transient=is_transient,
+                deadline=deadline,
+                what=f"downloading {f.remote}",
             )
+            os.replace(part, target)
+            results[f.path] = digests
 
         workers = min(DOWNLOAD_WORKERS, max(1, len(listing.files)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf-download") as pool:
             for fut in [pool.submit(fetch, f) for f in listing.files]:
                 fut.result()
-        if self.subpath:
-            for f in listing.files:
-                target = dest / f.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(work / f.remote, target)
+        return results

@@ -1,0 +1,106 @@
+"""Resumable HTTP downloads that hash while they write.
+
+A file is fetched into ``<name>.part``; a re-run continues it with ``Range: bytes=N-``
+(RFC 9110 section 14) after re-hashing the bytes already there, and starts over when the
+server answers a range request with 200. sha256 (and md5 / the git blob id when the source
+publishes those) are computed in the same pass, so verification needs no second read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+from .deadline import Deadline
+from .verify import Digests, Expected
+
+CHUNK_BYTES = 1 << 20
+CONNECT_READ_TIMEOUT_S = (15, 60)
+
+
+class _Hashers:
+    def __init__(self, expected: Expected) -> None:
+        self.size = 0
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False) if expected.md5 else None
+        self.git = None
+        if expected.git_blob and expected.size is not None:
+            self.git = hashlib.sha1(f"blob {expected.size}\0".encode(), usedforsecurity=False)
+
+    def update(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        self.sha256.update(chunk)
+        if self.md5 is not None:
+            self.md5.update(chunk)
+        if self.git is not None:
+            self.git.update(chunk)
+
+    def digests(self) -> Digests:
+        return Digests(
+            size=self.size,
+            sha256=self.sha256.hexdigest(),
+            md5=self.md5.hexdigest() if self.md5 else None,
+            git_blob=self.git.hexdigest() if self.git else None,
+        )
+
+
+def fetch_resumable(
+    session: requests.Session,
+    url: str,
+    part: Path,
+    *,
+    expected: Expected,
+    deadline: Deadline,
+    check_response: Callable[[requests.Response], None],
+    headers: dict[str, str] | None = None,
+) -> Digests:
+    """Download ``url`` into ``part`` (appending to what is there) and return its digests.
+
+    Args:
+        session: HTTP session (auth headers already set, or passed in ``headers``).
+        url: What to GET (redirects are followed; requests drops ``Authorization`` when a
+            redirect leaves the host).
+        part: Partial file; created or continued.
+        expected: Size and digests the source publishes (selects which hashes to compute).
+        deadline: Checked after every chunk.
+        check_response: Raises for error statuses (maps 401/403/404 to install reasons).
+        headers: Extra request headers.
+
+    Returns:
+        :class:`Digests` of the complete ``part`` file.
+    """
+    hashers = _Hashers(expected)
+    have = part.stat().st_size if part.exists() else 0
+    if expected.size is not None and have > expected.size:
+        part.unlink()
+        have = 0
+    if have:
+        with part.open("rb") as fh:
+            while chunk := fh.read(8 * CHUNK_BYTES):
+                hashers.update(chunk)
+    if expected.size is not None and have == expected.size:
+        return hashers.digests()
+    req_headers = dict(headers or {})
+    if have:
+        req_headers["Range"] = f"bytes={have}-"
+    with session.get(url, headers=req_headers, stream=True, timeout=CONNECT_READ_TIMEOUT_S) as resp:
+        check_response(resp)
+        mode = "ab"
+        if have and resp.status_code != 206:  # the server ignored the range: start over
+            hashers = _Hashers(expected)
+            mode = "wb"
+        elif not have:
+            mode = "wb"
+        with part.open(mode) as fh:
+            for chunk in resp.iter_content(CHUNK_BYTES):
+                fh.write(chunk)
+                hashers.update(chunk)
+                if deadline.expired():
+                    deadline.check(f"downloading {part.name}")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return hashers.digests()
