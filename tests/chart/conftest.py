@@ -1,12 +1,16 @@
-"""Fixtures of the chart tests: the Go-built helm binary and the operator's identity."""
+"""Fixtures of the chart tests: the Go-built helm binary, a second namespace, the CRDs."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.chart.helm import find_helm
+from tests.chart.helm import CHART, find_helm
+from tests.chart.operator_identity import FIELD_MANAGER
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +20,30 @@ def helm_bin() -> Path:
     if helm is None:
         pytest.skip("no helm: Go is not installed, so scripts/cluster.sh cannot build it")
     return helm
+
+
+@pytest.fixture
+def other_namespace(kube_api: Any) -> Iterator[str]:
+    """A second fresh namespace, deleted after the test."""
+    from kubernetes import client
+
+    name = f"elsewhere-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": name, "labels": {"lorafleet.io/test": "true"}}})
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name)
+
+
+def apply_crds(kube_cluster: Any) -> None:
+    """Server-side apply the chart's CRDs (lorafleet.io and kopf.dev) and wait until served."""
+    kube_cluster.kubectl_run(
+        "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
+        "-f", str(CHART / "crds"),
+    )  # fmt: skip
+    kube_cluster.kubectl_run(
+        "wait", "--for=condition=Established", "--timeout=60s",
+        "crd/basemodels.lorafleet.io", "crd/loraadapters.lorafleet.io",
+        "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev",
+    )  # fmt: skip

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.chart.conftest import apply_crds
 from tests.chart.helm import CHART, run_helm, template
 from tests.chart.operator_identity import FIELD_MANAGER, OperatorIdentity, install_operator_identity
 
@@ -102,38 +102,12 @@ def allowed(cluster: Any, user: str, checks: list, namespace: str | None) -> lis
 
 
 @pytest.fixture
-def other_namespace(kube_api: Any) -> Iterator[str]:
-    """A second fresh namespace, deleted after the test."""
-    from kubernetes import client
-
-    name = f"elsewhere-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(kube_api)
-    core.create_namespace({"metadata": {"name": name, "labels": {"lorafleet.io/test": "true"}}})
-    try:
-        yield name
-    finally:
-        core.delete_namespace(name)
-
-
-@pytest.fixture
 def cluster_identity(kube_cluster: Any, namespace: str, tmp_path: Path):
     identity = install_operator_identity(kube_cluster, namespace, dest_dir=tmp_path)
     try:
         yield identity
     finally:
         identity.remove()
-
-
-def apply_crds(kube_cluster: Any) -> None:
-    kube_cluster.kubectl_run(
-        "apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}",
-        "-f", str(CHART / "crds"),
-    )  # fmt: skip
-    kube_cluster.kubectl_run(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/basemodels.lorafleet.io", "crd/loraadapters.lorafleet.io",
-        "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev",
-    )  # fmt: skip
 
 
 def test_rendered_chart_is_accepted_by_server_side_apply(
