@@ -124,6 +124,49 @@ def _as_serving_error(exc: BaseException) -> BaseException:
     return exc
 
 
+class PortableServingError(ServingError):
+    """A :class:`~.errors.ServingError` that survives pickling across the Ray boundary.
+
+    Subclasses such as ``AdapterLoadError(name, reason)`` take constructor arguments that
+    ``BaseException.__reduce__`` cannot replay, so Ray would turn them into an
+    ``UnserializableException``. The ``Model`` deployment re-raises every serving error as this
+    class, keeping its HTTP mapping (status, type, code, param) and message.
+
+    Args:
+        message: What went wrong and where.
+        status_code: HTTP status.
+        error_type: OpenAI ``error.type``.
+        code: OpenAI ``error.code``.
+        param: Request field at fault.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int = 500,
+        error_type: str = "server_error",
+        code: str = "internal_error",
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.message, self.status_code, self.error_type, self.code, self.param),
+        )
+
+    @classmethod
+    def of(cls, exc: ServingError) -> PortableServingError:
+        """Copy ``exc``'s message and HTTP mapping."""
+        if isinstance(exc, cls):
+            return exc
+        return cls(exc.message, exc.status_code, exc.error_type, exc.code, exc.param)
+
+
 class _ResidentAdapter:
     """Serve's multiplexed "model" for one adapter: a token whose ``__del__`` evicts it.
 
@@ -287,22 +330,44 @@ class Model:
     async def generate(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> GenerateResult:
-        """Generate a completion for ``req`` (prompt rendered from ``messages`` when given)."""
-        await self._use_adapter(req.adapter)
-        return await self.backend.generate(req, messages)
+        """Generate a completion for ``req`` (prompt rendered from ``messages`` when given).
+
+        Raises:
+            PortableServingError: Any serving error (404 unknown adapter, 400, 503 load failure).
+        """
+        try:
+            await self._use_adapter(req.adapter)
+            return await self.backend.generate(req, messages)
+        except ServingError as exc:
+            raise PortableServingError.of(exc) from None
 
     async def generate_stream(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> AsyncIterator[StreamDelta]:
-        """Stream a completion for ``req``, one :class:`~.types.StreamDelta` per step."""
-        await self._use_adapter(req.adapter)
-        async for delta in self.backend.generate_stream(req, messages):
-            yield delta
+        """Stream a completion for ``req``, one :class:`~.types.StreamDelta` per step.
+
+        Raises:
+            PortableServingError: Any serving error, before the first delta when it concerns
+                the request itself.
+        """
+        try:
+            await self._use_adapter(req.adapter)
+            async for delta in self.backend.generate_stream(req, messages):
+                yield delta
+        except ServingError as exc:
+            raise PortableServingError.of(exc) from None
 
     async def classify(self, req: ClassifyRequest) -> ClassifyResult:
-        """Classify ``req.texts`` with ``req.adapter``'s head (or the base's)."""
-        await self._use_adapter(req.adapter)
-        return await self.server.classify(req)
+        """Classify ``req.texts`` with ``req.adapter``'s head (or the base's).
+
+        Raises:
+            PortableServingError: Any serving error.
+        """
+        try:
+            await self._use_adapter(req.adapter)
+            return await self.server.classify(req)
+        except ServingError as exc:
+            raise PortableServingError.of(exc) from None
 
     async def render_chat(self, messages: list[dict[str, Any]]) -> str | list[int]:
         """The prompt the chat template makes of ``messages`` (for debugging clients)."""

@@ -1,0 +1,363 @@
+"""The Ray Serve application on a real local Ray, deployed like KubeRay deploys it.
+
+The serve config is built by the operator's own ``build_serve_config`` (docs/interfaces.md
+section 3) and PUT to the dashboard REST API; requests go through Serve's HTTP proxy. Two
+applications run side by side: a generation base at ``/`` and a classification base at ``/cls``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from lorafleet_operator.models import BaseModelSpec
+from lorafleet_operator.serveconfig import build_serve_config
+
+from tests.serving.test_api_http import (
+    CLS_LABELS,
+    PROMPTS,
+    assert_error,
+    broken_adapter,
+    peft_greedy,
+    peft_logits,
+    sse_events,
+)
+from tests.support.ray_cluster import (
+    RayCluster,
+    deploy_serve_config,
+    replica_pids,
+    serve_status,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+GEN_APP = "tinyllama"
+CLS_APP = "tinybert"
+MAX_TOKENS_LIMIT = 64
+MODEL_NUM_CPUS = 0.5
+
+
+def app_configs(
+    base: Path,
+    adapters: dict[str, Path],
+    cls_base: Path,
+    cls_adapters: dict[str, Path],
+    *,
+    max_adapters: int = 2,
+) -> dict[str, Any]:
+    """The serve config of both test applications, built by the operator's builder.
+
+    Args:
+        base: Generation base folder (served as ``tinyllama`` at ``/``).
+        adapters: Its adapter registry (name -> folder).
+        cls_base: Classification base folder (served as ``tinybert`` at ``/cls``).
+        cls_adapters: Its adapter registry (name -> folder); labels from ``CLS_LABELS``.
+        max_adapters: ``maxAdaptersPerReplica`` of the generation base.
+
+    Returns:
+        ``{"applications": [generation app, classification app]}``.
+    """
+    gen_spec = BaseModelSpec.model_validate(
+        {
+            "source": {"uri": f"file://{base}"},
+            "task": "text-generation",
+            "serving": {
+                "gpus": 0,
+                "maxAdaptersPerReplica": max_adapters,
+                "maxTokensLimit": MAX_TOKENS_LIMIT,
+            },
+        }
+    )
+    cls_spec = BaseModelSpec.model_validate(
+        {
+            "source": {"uri": f"file://{cls_base}"},
+            "task": "text-classification",
+            "id2label": {"0": "negative", "1": "positive"},
+            "serving": {"gpus": 0, "maxAdaptersPerReplica": 4},
+        }
+    )
+    gen = build_serve_config(
+        GEN_APP,
+        str(base),
+        gen_spec,
+        {n: {"path": str(p), "rank": 8} for n, p in adapters.items()},
+        num_cpus=MODEL_NUM_CPUS,
+        num_gpus=0,
+    )
+    cls_registry: dict[str, Any] = {}
+    for name, path in cls_adapters.items():
+        cls_registry[name] = {"path": str(path), "rank": 8}
+        if name in CLS_LABELS:
+            cls_registry[name]["labels"] = CLS_LABELS[name]
+    cls = build_serve_config(
+        CLS_APP,
+        str(cls_base),
+        cls_spec,
+        cls_registry,
+        num_cpus=MODEL_NUM_CPUS,
+        num_gpus=0,
+        route_prefix="/cls",
+    )
+    return {"applications": gen["applications"] + cls["applications"]}
+
+
+def model_user_config(config: dict[str, Any], app: str = GEN_APP) -> dict[str, Any]:
+    """The ``Model`` deployment's ``user_config`` of ``app`` inside ``config`` (mutable)."""
+    for application in config["applications"]:
+        if application["name"] == app:
+            for dep in application["deployments"]:
+                if dep["name"] == "Model":
+                    return dep["user_config"]
+    raise KeyError(f"no Model deployment in application {app!r}")
+
+
+@pytest.fixture(scope="module")
+def ray_adapters(tiny_lora_adapters: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """alpha, beta, gamma and ``broken`` (delta is added later through user_config)."""
+    adapters = {n: tiny_lora_adapters[n] for n in ("alpha", "beta", "gamma")}
+    adapters["broken"] = broken_adapter(
+        tiny_lora_adapters["alpha"], tmp_path_factory.mktemp("ray-broken") / "broken"
+    )
+    return adapters
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    ray_cluster: RayCluster,
+    tiny_causal_lm: Path,
+    ray_adapters: dict,
+    tiny_classifier: Path,
+    tiny_cls_adapters: dict,
+) -> Iterator[dict[str, Any]]:
+    """Both applications deployed through ``PUT /api/serve/applications/``; yields the config."""
+    config = app_configs(tiny_causal_lm, ray_adapters, tiny_classifier, tiny_cls_adapters)
+    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=600)
+    yield config
+
+
+def _post(cluster: RayCluster, path: str, body: dict, **kwargs: Any) -> requests.Response:
+    return requests.post(f"{cluster.http_url}{path}", json=body, timeout=120, **kwargs)
+
+
+def _complete(cluster: RayCluster, model: str, prompt: str, **extra: Any) -> requests.Response:
+    body = {"model": model, "prompt": prompt, "max_tokens": 12, "temperature": 0, **extra}
+    return _post(cluster, "/v1/completions", body)
+
+
+def test_deployment_shape(ray_cluster: RayCluster, deployed: dict) -> None:
+    status = serve_status(ray_cluster.dashboard_url)
+    for app in (GEN_APP, CLS_APP):
+        assert status["applications"][app]["status"] == "RUNNING"
+        assert set(status["applications"][app]["deployments"]) == {"Ingress", "Model"}
+    assert ray_cluster.http_url.startswith("http://127.0.0.1:")
+    assert requests.get(f"{ray_cluster.http_url}/health", timeout=30).json() == {"status": "ok"}
+    ready = requests.get(f"{ray_cluster.http_url}/ready", timeout=30)
+    assert ready.status_code == 200 and ready.json()["model"] == GEN_APP
+    ready_cls = requests.get(f"{ray_cluster.http_url}/cls/ready", timeout=30)
+    assert ready_cls.status_code == 200 and ready_cls.json()["model"] == CLS_APP
+
+
+def test_models_route(ray_cluster: RayCluster, deployed: dict) -> None:
+    cards = {
+        c["id"]: c
+        for c in requests.get(f"{ray_cluster.http_url}/v1/models", timeout=30).json()["data"]
+    }
+    assert set(cards) == {GEN_APP, "alpha", "beta", "gamma", "broken"}
+    assert all(cards[n]["parent"] == GEN_APP for n in ("alpha", "beta", "gamma", "broken"))
+    assert cards[GEN_APP]["parent"] is None
+
+
+def test_concurrent_requests_equal_peft(
+    ray_cluster: RayCluster, deployed: dict, tiny_causal_lm: Path, ray_adapters: dict
+) -> None:
+    jobs = [(a, p) for a in (GEN_APP, "alpha", "beta", "gamma") for p in PROMPTS[:2]]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        responses = list(pool.map(lambda job: _complete(ray_cluster, *job), jobs))
+    for (model, prompt), resp in zip(jobs, responses, strict=True):
+        assert resp.status_code == 200, resp.text
+        ids, text, n_prompt = peft_greedy(
+            tiny_causal_lm, ray_adapters.get(model) if model != GEN_APP else None, prompt, 12
+        )
+        body = resp.json()
+        assert body["choices"][0]["text"] == text, (model, prompt)
+        assert body["usage"]["completion_tokens"] == len(ids)
+        assert body["usage"]["prompt_tokens"] == n_prompt
+    texts = {r.json()["choices"][0]["text"] for r in responses[::2]}
+    assert len(texts) == 4, "base and adapters should answer differently"
+
+
+def test_classification_equals_peft(
+    ray_cluster: RayCluster, deployed: dict, tiny_classifier: Path, tiny_cls_adapters: dict
+) -> None:
+    texts = ["good movie", "the cat eats an apple"]
+    for model in (CLS_APP, "sentiment", "topic", "plain"):
+        resp = _post(ray_cluster, "/cls/v1/classify", {"model": model, "input": texts})
+        assert resp.status_code == 200, resp.text
+        names = (
+            list(CLS_LABELS[model].values()) if model in CLS_LABELS else ["negative", "positive"]
+        )
+        adapter = tiny_cls_adapters.get(model)
+        for text, item in zip(texts, resp.json()["data"], strict=True):
+            ref = peft_logits(tiny_classifier, adapter, text)
+            assert max(abs(a - b) for a, b in zip(item["logits"], ref, strict=True)) < 1e-4
+            assert list(item["scores"]) == names
+
+
+def test_streaming_over_serve(ray_cluster: RayCluster, deployed: dict) -> None:
+    plain = _complete(ray_cluster, "gamma", PROMPTS[0]).json()
+    resp = requests.post(
+        f"{ray_cluster.http_url}/v1/completions",
+        json={
+            "model": "gamma",
+            "prompt": PROMPTS[0],
+            "max_tokens": 12,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+        stream=True,
+        timeout=120,
+    )
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    text = "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"])
+    assert text == plain["choices"][0]["text"]
+    assert events[-2]["usage"] == plain["usage"]
+
+
+@pytest.mark.parametrize("header", ["serve_multiplexed_model_id", "serve-multiplexed-model-id"])
+def test_multiplexed_header(ray_cluster: RayCluster, deployed: dict, header: str) -> None:
+    by_body = _complete(ray_cluster, "beta", PROMPTS[1]).json()
+    resp = requests.post(
+        f"{ray_cluster.http_url}/v1/completions",
+        json={"prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0},
+        headers={header: "beta"},
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["text"] == by_body["choices"][0]["text"]
+
+
+def test_errors_over_serve(ray_cluster: RayCluster, deployed: dict) -> None:
+    assert_error(_complete(ray_cluster, "nope", "hi"), 404, "model_not_found", "model")
+    assert_error(_complete(ray_cluster, "nope", "hi", stream=True), 404, "model_not_found")
+    assert_error(
+        _complete(ray_cluster, "alpha", "hi", max_tokens=MAX_TOKENS_LIMIT + 1),
+        400,
+        "invalid_request",
+        "max_tokens",
+    )
+    assert_error(_complete(ray_cluster, "alpha", ""), 400, "invalid_request", "prompt")
+    bad_json = requests.post(
+        f"{ray_cluster.http_url}/v1/completions",
+        data=b"{nope",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert_error(bad_json, 400, "invalid_request")
+    assert_error(
+        _post(ray_cluster, "/v1/classify", {"model": "alpha", "input": ["x"]}),
+        400,
+        "unsupported_task",
+    )
+    assert_error(
+        _post(ray_cluster, "/cls/v1/completions", {"model": "topic", "prompt": "x"}),
+        400,
+        "unsupported_task",
+    )
+    assert_error(
+        _post(ray_cluster, "/cls/v1/classify", {"model": "topic", "input": []}),
+        400,
+        "invalid_request",
+        "input",
+    )
+
+
+def test_broken_adapter_is_503_and_replica_keeps_serving(
+    ray_cluster: RayCluster, deployed: dict, tiny_causal_lm: Path, ray_adapters: dict
+) -> None:
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url))
+    err = assert_error(_complete(ray_cluster, "broken", "hi"), 503, "adapter_unavailable")
+    assert "broken" in err["message"]
+    resp = _complete(ray_cluster, "alpha", PROMPTS[0])
+    assert resp.status_code == 200
+    _, text, _ = peft_greedy(tiny_causal_lm, ray_adapters["alpha"], PROMPTS[0], 12)
+    assert resp.json()["choices"][0]["text"] == text
+    assert replica_pids(serve_status(ray_cluster.dashboard_url)) == pids
+
+
+def test_user_config_adds_and_removes_adapters_in_place(
+    ray_cluster: RayCluster,
+    deployed: dict,
+    tiny_causal_lm: Path,
+    tiny_lora_adapters: dict,
+    ray_adapters: dict,
+) -> None:
+    pids_before = replica_pids(serve_status(ray_cluster.dashboard_url))
+    assert pids_before[(GEN_APP, "Model")], pids_before
+    expected = {
+        m: peft_greedy(tiny_causal_lm, ray_adapters.get(m), PROMPTS[2], 12)[1]
+        for m in ("alpha", GEN_APP)
+    }
+    stop = threading.Event()
+    outcomes: list[tuple[str, int, bool]] = []
+
+    def traffic(model: str) -> None:
+        while not stop.is_set():
+            try:
+                resp = _complete(ray_cluster, model, PROMPTS[2])
+                ok = resp.status_code == 200 and (
+                    resp.json()["choices"][0]["text"] == expected[model]
+                )
+                outcomes.append((model, resp.status_code, ok))
+            except requests.RequestException:
+                outcomes.append((model, -1, False))
+
+    threads = [threading.Thread(target=traffic, args=(m,)) for m in ("alpha", GEN_APP)]
+    for t in threads:
+        t.start()
+    added = copy.deepcopy(deployed)
+    model_user_config(added)["adapters"]["delta"] = {
+        "path": str(tiny_lora_adapters["delta"]),
+        "rank": 8,
+    }
+    removed = copy.deepcopy(added)
+    del model_user_config(removed)["adapters"]["beta"]
+    try:
+        time.sleep(1.0)
+        # Make beta resident, so removing it must really evict it.
+        assert _complete(ray_cluster, "beta", PROMPTS[0]).status_code == 200
+
+        deploy_serve_config(ray_cluster.dashboard_url, added, timeout=120)
+        resp = _complete(ray_cluster, "delta", PROMPTS[0])
+        assert resp.status_code == 200, resp.text
+        _, text, _ = peft_greedy(tiny_causal_lm, tiny_lora_adapters["delta"], PROMPTS[0], 12)
+        assert resp.json()["choices"][0]["text"] == text
+        models = requests.get(f"{ray_cluster.http_url}/v1/models", timeout=30).json()["data"]
+        assert "delta" in {m["id"] for m in models}
+
+        deploy_serve_config(ray_cluster.dashboard_url, removed, timeout=120)
+        assert_error(_complete(ray_cluster, "beta", PROMPTS[0]), 404, "model_not_found")
+        models = requests.get(f"{ray_cluster.http_url}/v1/models", timeout=30).json()["data"]
+        assert "beta" not in {m["id"] for m in models}
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        # Leave the module's original config in place for later tests.
+        deploy_serve_config(ray_cluster.dashboard_url, deployed, timeout=120)
+    failures = [o for o in outcomes if not o[2]]
+    assert not failures, failures[:5]
+    assert {m for m, _, _ in outcomes} == {"alpha", GEN_APP}
+    assert len(outcomes) >= 4
+    assert replica_pids(serve_status(ray_cluster.dashboard_url)) == pids_before
