@@ -1,0 +1,254 @@
+"""``lorafleet status``: what local mode installed and serves, like ``kubectl get bm,lora``.
+
+Reads ``HOME/state.json`` (written by ``lorafleet up``) and prints one table per kind:
+BaseModels (NAME, TASK, PHASE, REASON, REVISION, SIZE, ADAPTERS, ENDPOINT) and LoraAdapters
+(NAME, BASE, RANK, PHASE, REASON, REVISION, SIZE). ``--wait SECONDS`` waits until every object
+is Ready (exit 0) or one Failed (exit 1) -- handy in scripts that run ``up`` in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from lorafleet_operator.local.state import STATE_FILE
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``status`` subcommand.
+
+    Args:
+        subparsers: The ``argparse`` sub-parsers object of the ``lorafleet`` command.
+
+    Returns:
+        The ``status`` parser (``func`` set to :func:`run`).
+    """
+    parser = subparsers.add_parser(
+        "status",
+        help="show the local BaseModels and LoraAdapters (phase, reason, revision, size)",
+        description=(
+            "Print what `lorafleet up` installed and serves from HOME/state.json, like "
+            "`kubectl get bm,lora`: phase (Pending, Installing, Installed, Deploying, Ready, "
+            "Failed), reason, resolved revision, size, and the endpoint."
+        ),
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".lorafleet"),
+        help="the folder given to `lorafleet up --home` (default ./.lorafleet)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default="table",
+        help="table (default) or the raw state as JSON",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help=(
+            "wait until every object is Ready (exit 0), one is Failed (exit 1) or SECONDS "
+            "pass (exit 3), then print"
+        ),
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+def load_state(home: Path) -> dict[str, Any] | None:
+    """Read ``HOME/state.json``.
+
+    Args:
+        home: The local-mode home folder.
+
+    Returns:
+        The state dict, or ``None`` when the file does not exist or cannot be parsed.
+    """
+    try:
+        data = json.loads((Path(home) / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _running(state: dict[str, Any]) -> bool:
+    pid = state.get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def summary(state: dict[str, Any]) -> str:
+    """Classify a state: ``ready``, ``failed``, ``progressing`` or ``empty``.
+
+    Args:
+        state: A :func:`load_state` result.
+
+    Returns:
+        ``failed`` if any object is Failed, ``ready`` if all are Ready, ``empty`` without
+        objects, else ``progressing``.
+    """
+    phases = [r.get("phase") for r in (state.get("objects") or {}).values()]
+    if not phases:
+        return "empty"
+    if "Failed" in phases:
+        return "failed"
+    if all(p == "Ready" for p in phases):
+        return "ready"
+    return "progressing"
+
+
+def _size(value: Any) -> str:
+    if not isinstance(value, int):
+        return ""
+    size = float(value)
+    for unit in ("B", "Ki", "Mi", "Gi", "Ti"):
+        if size < 1024 or unit == "Ti":
+            return f"{int(size)}{unit}" if unit == "B" else f"{size:.1f}{unit}"
+        size /= 1024
+    return str(value)
+
+
+def _age(record: dict[str, Any]) -> str:
+    updated = record.get("updatedAt")
+    if not isinstance(updated, (int, float)):
+        return ""
+    seconds = max(0, int(time.time() - updated))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+def _revision(record: dict[str, Any]) -> str:
+    rev = str(record.get("resolvedRevision") or "")
+    return rev[:12] if len(rev) > 16 else rev
+
+
+def render(state: dict[str, Any], console: Any) -> None:
+    """Print the BaseModel and LoraAdapter tables of a state.
+
+    Args:
+        state: A :func:`load_state` result.
+        console: A ``rich.console.Console``.
+    """
+    from rich.table import Table
+
+    objects = state.get("objects") or {}
+    bases = {k: r for k, r in objects.items() if k.startswith("BaseModel/")}
+    adapters = {k: r for k, r in objects.items() if k.startswith("LoraAdapter/")}
+    up = f"running (pid {state.get('pid')})" if _running(state) else "not running"
+    console.print(f"lorafleet up: {up}; endpoint: {state.get('endpoint') or '-'}")
+
+    def phase(record: dict[str, Any]) -> str:
+        value = record.get("phase", "")
+        colour = {"Ready": "green", "Failed": "red"}.get(value, "yellow")
+        return f"[{colour}]{value}[/]"
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "TASK", "PHASE", "REASON", "REVISION", "SIZE", "ADAPTERS", "AGE"):
+        table.add_column(col)
+    for key in sorted(bases):
+        r = bases[key]
+        ns, name = key.split("/", 2)[1:]
+        n_adapters = sum(
+            1
+            for ak, a in adapters.items()
+            if ak.split("/")[1] == ns and a.get("baseModel") == name and a.get("phase") == "Ready"
+        )
+        table.add_row(
+            _name(ns, name),
+            str(r.get("task") or ""),
+            phase(r),
+            str(r.get("reason") or ""),
+            _revision(r),
+            _size(r.get("sizeBytes")),
+            str(n_adapters),
+            _age(r),
+        )
+    console.print("[bold]basemodels.lorafleet.io[/]")
+    console.print(table if bases else "  (none)")
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("NAME", "BASE", "RANK", "PHASE", "REASON", "REVISION", "SIZE", "AGE"):
+        table.add_column(col)
+    for key in sorted(adapters):
+        r = adapters[key]
+        ns, name = key.split("/", 2)[1:]
+        table.add_row(
+            _name(ns, name),
+            str(r.get("baseModel") or ""),
+            str(r.get("rank") or ""),
+            phase(r),
+            str(r.get("reason") or ""),
+            _revision(r),
+            _size(r.get("sizeBytes")),
+            _age(r),
+        )
+    console.print("[bold]loraadapters.lorafleet.io[/]")
+    console.print(table if adapters else "  (none)")
+    problems = [
+        (k, r)
+        for k, r in objects.items()
+        if r.get("phase") in ("Failed", "Pending") and r.get("message")
+    ]
+    for key, r in problems:
+        console.print(f"[red]{key}[/]: {r.get('reason')}: {r.get('message')}", markup=True)
+
+
+def _name(namespace: str, name: str) -> str:
+    return name if namespace == "default" else f"{namespace}/{name}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lorafleet status``.
+
+    Args:
+        args: Parsed arguments of the ``status`` parser.
+
+    Returns:
+        0; with ``--wait``: 0 when all Ready, 1 when one Failed, 3 on timeout or when
+        ``lorafleet up`` is not running; 3 when there is no state file.
+    """
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    home = args.home.resolve()
+    state = load_state(home)
+    code = 0
+    if args.wait is not None:
+        deadline = time.monotonic() + args.wait
+        while True:
+            state = load_state(home)
+            kind = summary(state) if state else "empty"
+            if kind == "ready" and state and _running(state):
+                code = 0
+                break
+            if kind == "failed":
+                code = 1
+                break
+            if time.monotonic() > deadline:
+                code = 3
+                break
+            time.sleep(0.5)
+    if state is None:
+        console.print(f"no local state in {home} (run `lorafleet up -f DIR --home {args.home}`)")
+        return 3
+    if args.output == "json":
+        console.print_json(json.dumps(state))
+    else:
+        render(state, console)
+    return code

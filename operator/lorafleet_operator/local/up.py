@@ -1,0 +1,351 @@
+"""``lorafleet up``: install and serve a folder of manifests on this machine, then follow it.
+
+Steps: read and validate every BaseModel/LoraAdapter manifest of the folder (nothing is
+installed when any is invalid); start a local Ray head (or use ``--ray-dashboard``); install each
+object with ``lorafleet-install`` into ``HOME/models`` (progress shown); deploy one Ray Serve
+application per BaseModel through the dashboard's REST API, with the serve config the operator
+builds for a RayService; print the endpoint and the served models. Then watch the folder: a new
+or changed LoraAdapter is installed and added to ``user_config`` (replicas reconfigure in place,
+no restart), a removed one is unloaded (404 afterwards). Ctrl-C or SIGTERM stops everything it
+started. ``HOME/state.json`` records phase, reason, revision, size and path per object
+(``lorafleet status`` prints it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: Exit codes.
+EXIT_OK = 0
+EXIT_INVALID = 2
+EXIT_FAILED = 1
+
+EPILOG = """\
+examples:
+  lorafleet up -f manifests/                 # serve on http://127.0.0.1:8000, follow changes
+  lorafleet up -f manifests/ --port 9000 --home /data/lorafleet
+  lorafleet status                           # phase, reason, revision, size per object
+
+HTTP API (OpenAI-style): GET /v1/models, POST /v1/completions, POST /v1/chat/completions,
+POST /v1/classify (text-classification bases); "model" is the base's or an adapter's name.
+With several BaseModels, each application is served under /<basemodel name>/.
+"""
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the ``up`` subcommand.
+
+    Args:
+        subparsers: The ``argparse`` sub-parsers object of the ``lorafleet`` command.
+
+    Returns:
+        The ``up`` parser (``func`` set to :func:`run`).
+    """
+    parser = subparsers.add_parser(
+        "up",
+        help="install and serve a folder of BaseModel/LoraAdapter manifests on this machine",
+        description=(
+            "Local mode: validate the BaseModel and LoraAdapter manifests in DIR, install "
+            "them with lorafleet-install into HOME/models, serve them with Ray Serve on "
+            "127.0.0.1:PORT, then follow DIR: added or changed LoraAdapters are installed and "
+            "served in place (no restart), removed ones are unloaded. Ctrl-C stops everything "
+            "it started."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-f",
+        "--filename",
+        dest="directory",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="folder of manifests (*.yaml, *.yml; several YAML documents per file allowed)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="port of the HTTP endpoint (Ray Serve's proxy) on 127.0.0.1 (default 8000)",
+    )
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=Path(".lorafleet"),
+        help="folder for installs (HOME/models), logs and state.json (default ./.lorafleet)",
+    )
+    parser.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="serve what the folder holds now and do not follow later changes",
+    )
+    parser.add_argument(
+        "--ray-dashboard",
+        metavar="URL",
+        help=(
+            "use the running Ray cluster whose dashboard is at URL (e.g. http://127.0.0.1:8265) "
+            "instead of starting one; its Serve HTTP port is used and its other applications "
+            "are kept"
+        ),
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs the local Ray head may schedule (default: this machine's, at least 2)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=900.0,
+        help="seconds allowed for one install and for a deployment to be RUNNING (default 900)",
+    )
+    parser.set_defaults(func=run)
+    return parser
+
+
+class _Console:
+    """Output of ``up``: rich when available, progress bars on a terminal, plain lines else."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=False, highlight=False, soft_wrap=True)
+        self._bars: dict[str, Any] = {}
+        self._progress = None
+        self._last_line: dict[str, float] = {}
+
+    def info(self, text: str) -> None:
+        self.console.print(f"[bold cyan]lorafleet[/] {_escape(text)}")
+
+    def error(self, text: str) -> None:
+        self.console.print(f"[bold red]lorafleet[/] {_escape(text)}")
+
+    def progress(self, key: str, sample: Any) -> None:
+        if not self.console.is_terminal:
+            now = time.monotonic()
+            if now - self._last_line.get(key, 0.0) < 2.0:
+                return
+            self._last_line[key] = now
+            total = f"{sample.bytes_total:,}" if sample.bytes_total else "?"
+            self.console.print(f"lorafleet {key}: {sample.bytes_done:,} / {total} bytes")
+            return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TransferSpeedColumn,
+        )
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.start()
+        if key not in self._bars:
+            self._bars[key] = self._progress.add_task(key, total=sample.bytes_total)
+        self._progress.update(
+            self._bars[key], completed=sample.bytes_done, total=sample.bytes_total
+        )
+
+    def install_done(self, key: str) -> None:
+        if self._progress is not None and key in self._bars:
+            self._progress.remove_task(self._bars.pop(key))
+            if not self._bars:
+                self._progress.stop()
+                self._progress = None
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lorafleet up`` (see the module docstring).
+
+    Args:
+        args: Parsed arguments of the ``up`` parser.
+
+    Returns:
+        0 after a clean stop, 1 when serving failed, 2 when the manifests are invalid.
+    """
+    from lorafleet_operator.local.fleet import Fleet, Reporter
+    from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
+    from lorafleet_operator.local.serve_rest import DeployFailed, ServeREST
+
+    out = _Console()
+    directory = args.directory.resolve()
+    home = args.home.resolve()
+    try:
+        objects, skipped = load_manifests(directory)
+    except (NotADirectoryError, ManifestsInvalid) as exc:
+        out.error(f"{exc}")
+        out.error("nothing was installed or started")
+        return EXIT_INVALID
+    for note in skipped:
+        out.info(note)
+    if not objects:
+        out.error(f"no BaseModel or LoraAdapter manifest in {directory}; nothing to serve")
+        return EXIT_INVALID
+    out.info(
+        f"{len(objects)} object(s) in {directory}: "
+        + ", ".join(f"{o.kind}/{o.name}" for o in objects)
+    )
+
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    head = None
+    serve = None
+    fleet = None
+    code = EXIT_OK
+    try:
+        if args.ray_dashboard:
+            serve = ServeREST(args.ray_dashboard)
+            details = serve.details()
+            http_port = int((details.get("http_options") or {}).get("port") or args.port)
+            if (details.get("controller_info") or {}).get("actor_id") is None:
+                http_port = args.port  # Serve not started yet: our http_options apply
+            out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
+        else:
+            from lorafleet_operator.local.ray_head import LocalRayHead
+
+            num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
+            out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
+            started = time.monotonic()
+            head = LocalRayHead.start(num_cpus=num_cpus)
+            out.info(
+                f"Ray is up in {time.monotonic() - started:.1f} s: dashboard {head.dashboard_url}"
+                f", logs {head.logs_dir}"
+            )
+            serve = ServeREST(head.dashboard_url)
+            http_port = args.port
+        fleet = Fleet(
+            home,
+            serve,
+            http_port,
+            Reporter(out.info, out.error, out.progress, out.install_done),
+            shared_cluster=bool(args.ray_dashboard),
+            timeout_s=args.timeout,
+        )
+        fleet.state.set_top(
+            pid=os.getpid(),
+            directory=str(directory),
+            dashboard=serve.dashboard_url,
+            endpoint=f"http://127.0.0.1:{http_port}",
+        )
+        started = time.monotonic()
+        ok = fleet.apply(objects)
+        _print_served(out, fleet, time.monotonic() - started)
+        if not ok:
+            out.error("some objects are not served; see `lorafleet status` for the reasons")
+        if args.no_watch:
+            out.info("serving until Ctrl-C (not following the folder: --no-watch)")
+            while True:
+                time.sleep(3600)
+        else:
+            _watch(out, fleet, directory, load_manifests, ManifestsInvalid, DeployFailed)
+    except KeyboardInterrupt:
+        out.info("stopping")
+    except DeployFailed as exc:
+        out.error(f"serving failed: {exc.reason}: {exc}")
+        if head is not None:
+            out.error(f"Ray logs: {head.logs_dir} (kept)")
+        code = EXIT_FAILED
+    except Exception as exc:
+        out.error(f"{type(exc).__name__}: {exc}")
+        code = EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if fleet is not None and head is None:
+                try:
+                    fleet.undeploy()
+                except Exception as exc:
+                    out.error(f"could not remove the applications: {exc}")
+            if head is not None:
+                head.stop(remove_temp=code == EXIT_OK)
+                out.info("Ray head stopped")
+            if fleet is not None:
+                fleet.mark_stopped()
+            if serve is not None:
+                serve.close()
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    return code
+
+
+def _print_served(out: _Console, fleet: Any, seconds: float) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"served models (ready in {seconds:.1f} s)", title_justify="left")
+    for column in ("MODEL", "KIND", "BASE", "PHASE", "ENDPOINT"):
+        table.add_column(column)
+    for key, obj in fleet.objects.items():
+        record = fleet.state.get(key)
+        base = "" if obj.kind == "BaseModel" else obj.spec.base_model
+        table.add_row(
+            obj.served_name,
+            obj.kind,
+            base,
+            record.get("phase", ""),
+            record.get("endpoint") or record.get("reason", ""),
+        )
+    out.console.print(table)
+    for app in sorted(fleet.deployed):
+        endpoint = fleet.endpoint(app)
+        out.info(f"endpoint of {app!r}: {endpoint}  (try: curl {endpoint}/v1/models)")
+    sys.stdout.flush()
+
+
+def _watch(out, fleet, directory, load_manifests, invalid_error, deploy_failed) -> None:
+    from watchfiles import watch
+
+    def manifest_filter(change: Any, path: str) -> bool:
+        name = os.path.basename(path)
+        return name.endswith((".yaml", ".yml")) and not name.startswith(".")
+
+    out.info(f"following {directory} for changes (Ctrl-C to stop)")
+    for changes in watch(
+        directory,
+        watch_filter=manifest_filter,
+        debounce=400,
+        recursive=False,
+        raise_interrupt=True,
+    ):
+        names = sorted({os.path.basename(p) for _, p in changes})
+        out.info(f"change in {', '.join(names)}")
+        try:
+            objects, _ = load_manifests(directory)
+        except invalid_error as exc:
+            out.error(f"{exc}")
+            out.error("the change is not applied; still serving the previous manifests")
+            continue
+        started = time.monotonic()
+        try:
+            ok = fleet.apply(objects)
+        except deploy_failed as exc:
+            out.error(f"serving the change failed: {exc.reason}: {exc}")
+            continue
+        _print_served(out, fleet, time.monotonic() - started)
+        if not ok:
+            out.error("some objects are not served; see `lorafleet status` for the reasons")
