@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,12 +97,45 @@ def fetch_resumable(
             mode = "wb"
         elif not have:
             mode = "wb"
-        with part.open(mode) as fh:
+        with part.open(mode) as fh, _HashingThread(hashers) as hashing:
             for chunk in resp.iter_content(CHUNK_BYTES):
                 fh.write(chunk)
-                hashers.update(chunk)
+                hashing.feed(chunk)
                 if deadline.expired():
                     deadline.check(f"downloading {part.name}")
             fh.flush()
             os.fsync(fh.fileno())
     return hashers.digests()
+
+
+class _HashingThread:
+    """Hashes chunks on a second thread while the first keeps receiving and writing.
+
+    hashlib releases the GIL on large buffers, so hashing overlaps the network and disk work.
+    """
+
+    def __init__(self, hashers: _Hashers) -> None:
+        self._hashers = hashers
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            try:
+                self._hashers.update(chunk)
+            except BaseException as exc:  # pragma: no cover - hashlib does not fail
+                self._error = exc
+
+    def feed(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def __enter__(self) -> _HashingThread:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
