@@ -205,3 +205,27 @@ def test_progress_file_and_plain_lines(tmp_path):
     data = json.loads(progress.read_text())
     assert data["bytesDone"] == 60 and data["bytesTotal"] == 100
     assert "ml/x: 60/100 bytes (60.0%)" in out.getvalue()
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    out = _Tty()
+    with ProgressReporter(lambda: 2048, 4096, stream=out, label="ml/bar"):
+        pass
+    text = out.getvalue()
+    assert "ml/bar" in text and "━" in text  # rich's bar, not the plain line
+    assert "2048/4096 bytes" not in text
+
+
+def test_unloadable_config_is_invalid_base_model(tmp_path, bert2):
+    import shutil
+
+    src = tmp_path / "badcfg"
+    shutil.copytree(bert2, src)
+    (src / "config.json").write_text("{not json")
+    report = install("base", namespace="ml", name="bert", source=f"file://{src}", dest=tmp_path)
+    assert report["reason"] == "InvalidBaseModel" and "config.json" in report["message"]

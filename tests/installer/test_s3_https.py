@@ -110,6 +110,12 @@ class _RangeHandler(SimpleHTTPRequestHandler):
         pass
 
     def send_head(self):
+        if (
+            self.path.startswith("/private/")
+            and self.headers.get("Authorization") != "Bearer s3cr3t-bearer"
+        ):
+            self.send_error(401 if "Authorization" not in self.headers else 403)
+            return None
         rng = self.headers.get("Range")
         if rng:
             self.ranges_seen.append(rng)
@@ -208,3 +214,24 @@ def test_https_single_file_resumes_a_partial_download(tmp_path, http_root, bert2
     assert _RangeHandler.ranges_seen == [f"bytes={len(data) // 2}-"]
     assert (files / "weights.safetensors").read_bytes() == data
     assert digests["weights.safetensors"].sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_https_bearer_token_from_environment(
+    tmp_path, http_root, bert_adapter, installed_bert, monkeypatch
+):
+    root, url = http_root
+    (root / "private").mkdir(exist_ok=True)
+    _tar_gz(bert_adapter, root / "private" / "topic.tar.gz")
+    monkeypatch.delenv("HTTPS_BEARER_TOKEN", raising=False)
+    (tmp_path / "a").mkdir()
+    report = _adapter(tmp_path / "a", f"{url}/private/topic.tar.gz", installed_bert)
+    assert report["reason"] == "Unauthorized"
+    monkeypatch.setenv("HTTPS_BEARER_TOKEN", "wrong-token-value")
+    (tmp_path / "b").mkdir()
+    wrong = _adapter(tmp_path / "b", f"{url}/private/topic.tar.gz", installed_bert)
+    assert wrong["reason"] == "Unauthorized" and "wrong-token-value" not in json.dumps(wrong)
+    monkeypatch.setenv("HTTPS_BEARER_TOKEN", "s3cr3t-bearer")
+    (tmp_path / "c").mkdir()
+    ok = _adapter(tmp_path / "c", f"{url}/private/topic.tar.gz", installed_bert)
+    assert ok["ok"], ok
+    assert "s3cr3t-bearer" not in (Path(ok["path"]) / "lorafleet.json").read_text()

