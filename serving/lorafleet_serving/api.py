@@ -25,6 +25,7 @@ import asyncio
 import functools
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,6 +112,11 @@ class ModelBackend(Protocol):
         """Whether the base model is loaded and requests can be served."""
         ...
 
+    async def replica_info(self) -> dict[str, Any]:
+        """Facts about the model replica that answers: ``pid``, ``registered``, ``resident``,
+        ``multiplexed`` (ids Serve routes to it), ``stats`` (loads, evictions, batches...)."""
+        ...
+
 
 class ModelServerBackend:
     """:class:`ModelBackend` over an in-process :class:`~.model_server.ModelServer`.
@@ -151,6 +157,17 @@ class ModelServerBackend:
     async def ready(self) -> bool:
         """See :meth:`ModelBackend.ready`."""
         return self.server is not None
+
+    async def replica_info(self) -> dict[str, Any]:
+        """See :meth:`ModelBackend.replica_info` (this process; no multiplexing)."""
+        return {
+            "pid": os.getpid(),
+            "task": self.server.task,
+            "registered": sorted(self.server.registered_adapters()),
+            "resident": list(self.server.resident_adapters()),
+            "multiplexed": [],
+            "stats": self.server.stats(),
+        }
 
 
 # ----------------------------------------------------------------------------- errors
@@ -434,6 +451,12 @@ def create_app(
         if await backend.ready():
             return {"status": "ready", "model": served_name, "task": task}
         raise ModelUnavailableError(f"model {served_name!r} is not loaded yet")
+
+    @app.get("/stats")
+    @_guarded
+    async def stats() -> Any:
+        """Operational facts of the model replica that answers (pid, adapters, counters)."""
+        return await backend.replica_info()
 
     @app.get("/v1/models")
     @_guarded

@@ -450,6 +450,13 @@ class RayModelBackend:
         except Exception as exc:
             raise _as_serving_error(exc) from None
 
+    async def replica_info(self) -> dict[str, Any]:
+        """See :meth:`~.api.ModelBackend.replica_info` (one ``Model`` replica answers)."""
+        try:
+            return await self.handle.info.remote()
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+
     async def ready(self) -> bool:
         """See :meth:`~.api.ModelBackend.ready` (waits at most ``READY_TIMEOUT_S``)."""
         try:

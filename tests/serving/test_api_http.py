@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -224,6 +225,15 @@ def test_health_and_ready(gen_client: TestClient) -> None:
     ready = gen_client.get("/ready")
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
+
+
+def test_stats_route(gen_client: TestClient) -> None:
+    _complete(gen_client, "alpha", PROMPTS[0])
+    info = gen_client.get("/stats").json()
+    assert info["pid"] == os.getpid()
+    assert info["registered"] == ["alpha", "beta", "broken", "gamma"]
+    assert "alpha" in info["resident"]
+    assert info["stats"]["loads"]["alpha"] >= 1
 
 
 def test_models_lists_base_and_adapters_with_parent(gen_client: TestClient) -> None:

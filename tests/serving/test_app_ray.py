@@ -191,6 +191,13 @@ def test_concurrent_requests_equal_peft(
         assert body["usage"]["prompt_tokens"] == n_prompt
     texts = {r.json()["choices"][0]["text"] for r in responses[::2]}
     assert len(texts) == 4, "base and adapters should answer differently"
+    info = requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url))
+    assert [info["pid"]] == pids[(GEN_APP, "Model")]
+    # max_adapters=2 and three adapters in use: Serve's multiplex LRU evicted some.
+    assert info["stats"]["evictions"] >= 1
+    assert len(info["resident"]) <= 2
+    assert set(info["multiplexed"]) <= set(info["resident"])
 
 
 def test_classification_equals_peft(
@@ -345,7 +352,16 @@ def test_user_config_adds_and_removes_adapters_in_place(
         models = requests.get(f"{ray_cluster.http_url}/v1/models", timeout=30).json()["data"]
         assert "delta" in {m["id"] for m in models}
 
+        beta_again = _complete(ray_cluster, "beta", PROMPTS[0])  # beta resident when removed
+        assert beta_again.status_code == 200
+        assert (
+            "beta" in requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()["resident"]
+        )
         deploy_serve_config(ray_cluster.dashboard_url, removed, timeout=120)
+        info = requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()
+        assert "beta" not in info["registered"]
+        assert "beta" not in info["resident"], info
+        assert "beta" not in info["multiplexed"], info
         assert_error(_complete(ray_cluster, "beta", PROMPTS[0]), 404, "model_not_found")
         models = requests.get(f"{ray_cluster.http_url}/v1/models", timeout=30).json()["data"]
         assert "beta" not in {m["id"] for m in models}
