@@ -30,7 +30,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_success_writes_report_and_progress(tmp_path, bert2):
     report_file = tmp_path / "termination-log"
-    progress = tmp_path / "progress.json"
+    progress = tmp_path / ".progress" / "ml" / "basemodels" / "bert.json"  # folder made on demand
     proc = _run(
         "base", "--namespace", "ml", "--name", "bert", "--source", f"file://{bert2}", "--dest", str(tmp_path),
         "--task", "text-classification", "--num-labels", "2",

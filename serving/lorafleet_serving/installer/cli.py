@@ -109,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             source=args.source,
             dest=args.dest,
             revision=args.revision,
+            allow_patterns=args.allow_pattern,
+            ignore_patterns=args.ignore_pattern,
             max_rank=args.max_rank,
             sha256=args.sha256,
             progress_file=args.progress_file,
@@ -117,8 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "base":
             report = install(
                 "base",
-                allow_patterns=args.allow_pattern,
-                ignore_patterns=args.ignore_pattern,
                 checkpoint=args.checkpoint,
                 strict=not args.no_strict,
                 task=args.task,

@@ -37,10 +37,11 @@ def write_progress_file(path: Path, done: int, total: int | None) -> None:
     """Atomically write the progress JSON to ``path``.
 
     Args:
-        path: Target file (its folder must exist).
+        path: Target file (its folder is created when missing).
         done: Bytes downloaded so far.
         total: Bytes expected in all, or None when the source does not say.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"bytesDone": done, "bytesTotal": total, "updatedAt": time.time()}))
     os.replace(tmp, path)
