@@ -15,36 +15,28 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.chart import operator_calls
 from tests.chart.conftest import apply_crds
 from tests.chart.helm import CHART, run_helm, template
 from tests.chart.operator_identity import FIELD_MANAGER, OperatorIdentity, install_operator_identity
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
-#: What the operator does in a namespace it watches: (verb, resource[, subresource]).
-NEEDED = [
-    ("get", "basemodels.lorafleet.io"),
-    ("list", "basemodels.lorafleet.io"),
-    ("watch", "loraadapters.lorafleet.io"),
-    ("patch", "loraadapters.lorafleet.io"),
-    ("update", "basemodels.lorafleet.io"),
-    ("patch", "basemodels.lorafleet.io", "status"),
-    ("update", "loraadapters.lorafleet.io", "status"),
-    ("update", "basemodels.lorafleet.io", "finalizers"),
-    ("create", "jobs.batch"),
-    ("delete", "jobs.batch"),
-    ("watch", "jobs.batch"),
-    ("get", "pods"),
-    ("list", "pods"),
-    ("get", "pods", "log"),
-    ("create", "persistentvolumeclaims"),
-    ("get", "persistentvolumeclaims"),
-    ("create", "rayservices.ray.io"),
-    ("patch", "rayservices.ray.io"),
-    ("delete", "rayservices.ray.io"),
-    ("create", "events"),
-    ("create", "events.events.k8s.io"),
-]
+
+def as_can_i(permission: tuple[str, str, str]) -> tuple[str, ...]:
+    """``(group, resource[/sub], verb)`` -> ``(verb, resource.group[, sub])`` for can-i."""
+    group, resource, verb = permission
+    plural, _, sub = resource.partition("/")
+    qualified = f"{plural}.{group}" if group else plural
+    return (verb, qualified, sub) if sub else (verb, qualified)
+
+
+#: What the operator does in a namespace it watches, derived from its code.
+NEEDED = sorted(
+    as_can_i(p)
+    for p in operator_calls.needed(clusterwide=True)
+    if p[1].split("/")[0] not in ("customresourcedefinitions", "clusterkopfpeerings")
+)
 #: What it must never do anywhere.
 FORBIDDEN = [
     ("get", "secrets"),
@@ -68,15 +60,21 @@ FORBIDDEN = [
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("delete", "events"),
+    ("get", "pods", "log"),
+    ("update", "rayservices.ray.io", "status"),
 ]
 #: Cluster-scoped: kopf reads CRDs in both modes; nothing else is granted cluster-wide.
-CLUSTER_NEEDED = [("list", "customresourcedefinitions.apiextensions.k8s.io")]
+CLUSTER_NEEDED = [
+    ("list", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("watch", "customresourcedefinitions.apiextensions.k8s.io"),
+]
 CLUSTER_FORBIDDEN = [
     ("create", "customresourcedefinitions.apiextensions.k8s.io"),
     ("list", "nodes"),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
     ("list", "persistentvolumes"),
     ("delete", "namespaces"),
+    ("list", "namespaces"),
 ]
 
 
@@ -185,7 +183,6 @@ def test_cluster_wide_rbac_grants_exactly_what_the_operator_calls(
         assert denied(kube_cluster, user, NEEDED, ns) == [], f"missing grants in {ns}"
         assert allowed(kube_cluster, user, FORBIDDEN, ns) == [], f"excess grants in {ns}"
     assert denied(kube_cluster, user, CLUSTER_NEEDED, None) == []
-    assert denied(kube_cluster, user, [("watch", "namespaces")], None) == []
     assert denied(kube_cluster, user, [("patch", "clusterkopfpeerings.kopf.dev")], None) == []
     assert allowed(kube_cluster, user, CLUSTER_FORBIDDEN, None) == []
 
@@ -205,7 +202,7 @@ def test_namespaced_mode_grants_in_the_listed_namespace_only(
         assert allowed(kube_cluster, user, NEEDED + FORBIDDEN, other_namespace) == []
         # Cluster-wide: only reading CRDs (kopf's resource scan); not even namespaces.
         assert denied(kube_cluster, user, CLUSTER_NEEDED, None) == []
-        cluster_extra = [("list", "namespaces"), ("patch", "clusterkopfpeerings.kopf.dev")]
+        cluster_extra = [("patch", "clusterkopfpeerings.kopf.dev")]
         assert allowed(kube_cluster, user, CLUSTER_FORBIDDEN + cluster_extra, None) == []
         assert allowed(kube_cluster, user, [("list", "basemodels.lorafleet.io")], None) == []
     finally:
