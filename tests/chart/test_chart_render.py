@@ -195,7 +195,7 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
         {
             "apiGroups": ["apiextensions.k8s.io"],
             "resources": ["customresourcedefinitions"],
-            "verbs": ["get", "list", "watch"],
+            "verbs": ["list", "watch"],
         }
     ]
     peerings = by_kind(objects, "KopfPeering")
