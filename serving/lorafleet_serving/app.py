@@ -26,7 +26,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
@@ -76,6 +76,16 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_ms: float = Field(5.0, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_keys_as_strings(cls, value: Any) -> Any:
+        # YAML writes {0: negative} as int keys; a list means ids 0..n-1.
+        if isinstance(value, list):
+            return {str(i): v for i, v in enumerate(value)}
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
 
     @classmethod
     def parse(cls, args: Any) -> AppArgs:

@@ -10,12 +10,14 @@ import pytest
 from lorafleet_serving.api import ModelUnavailableError
 from lorafleet_serving.app import (
     AppArgs,
+    Model,
     PortableServingError,
     _as_serving_error,
     _ResidentAdapter,
     build_app,
 )
 from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from lorafleet_serving.types import GenerateRequest
 from ray import serve
 from ray.exceptions import RayTaskError
 
@@ -40,6 +42,16 @@ def test_app_args_defaults_and_validation() -> None:
         AppArgs.parse({"served_name": "m", "task": "text-generation"})
     with pytest.raises(ValueError, match="must be a mapping"):
         AppArgs.parse(["not", "a", "dict"])
+
+
+def test_app_args_label_keys() -> None:
+    assert AppArgs.parse({**ARGS, "labels": {0: "neg", 1: "pos"}}).labels == {
+        "0": "neg",
+        "1": "pos",
+    }
+    assert AppArgs.parse({**ARGS, "labels": ["neg", "pos"]}).labels == {"0": "neg", "1": "pos"}
+    with pytest.raises(ValueError, match=r"args\.labels"):
+        AppArgs.parse({**ARGS, "labels": "neg,pos"})
 
 
 def test_build_app_binds_ingress_over_model() -> None:
@@ -102,3 +114,32 @@ async def test_resident_adapter_del_evicts_once_on_the_loop() -> None:
     token.__del__()  # garbage collection later: no second eviction
     await asyncio.sleep(0)
     assert len(server.evicted) == 1
+
+
+async def test_model_class_reconfigure_without_ray(tiny_causal_lm, tiny_lora_adapters) -> None:
+    """The Model deployment's class applies user_config in place and rejects bad ones."""
+    model = Model.func_or_class(
+        {"served_name": "m", "base_path": str(tiny_causal_lm), "task": "text-generation"}
+    )
+    good = {
+        "max_adapters": 2,
+        "adapters": {"alpha": {"path": str(tiny_lora_adapters["alpha"]), "rank": 8}},
+    }
+    await model.reconfigure(good)
+    assert await model.registered_adapters() == {
+        "alpha": {"path": str(tiny_lora_adapters["alpha"]), "rank": 8}
+    }
+    with pytest.raises(InvalidRequestError, match="path"):
+        await model.reconfigure({"adapters": {"beta": {"rank": 8}}})
+    assert set(await model.registered_adapters()) == {"alpha"}  # unchanged
+    with pytest.raises(ValueError, match="mapping"):
+        await model.reconfigure(["alpha"])
+    info = await model.info()
+    assert info["registered"] == ["alpha"] and info["max_adapters"] == 2
+    assert info["reconfigures"] == 1
+    with pytest.raises(PortableServingError) as unknown:
+        await model.generate(GenerateRequest(prompt="hi", adapter="nope"))
+    assert unknown.value.status_code == 404
+    result = await model.generate(GenerateRequest(prompt="the cat", max_tokens=3))
+    assert result.completion_tokens >= 1
+    await model.server.close()
