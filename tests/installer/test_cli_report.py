@@ -229,3 +229,23 @@ def test_unloadable_config_is_invalid_base_model(tmp_path, bert2):
     (src / "config.json").write_text("{not json")
     report = install("base", namespace="ml", name="bert", source=f"file://{src}", dest=tmp_path)
     assert report["reason"] == "InvalidBaseModel" and "config.json" in report["message"]
+
+
+def test_pinned_revision_reinstall_needs_no_source(tmp_path, bert2):
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(bert2, src)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    first = install(
+        "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+    )
+    assert first["ok"], first
+    shutil.rmtree(src)  # the source is gone; the finished install still answers
+    again = install(
+        "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+    )
+    assert (
+        again["ok"] and again["path"] == first["path"] and "already installed" in again["message"]
+    )

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -202,6 +203,15 @@ def _install(
         raise InstallError(INVALID_SOURCE, f"--dest {dest} is not an existing folder")
 
     target = Target(dest, namespace, kind, name)
+    # A pinned revision names the folder before any network call: a finished install is then a
+    # no-op even when the source is unreachable.
+    pinned = None
+    if not checkpoint and revision:
+        is_commit = re.fullmatch(r"[0-9a-f]{40}", revision) is not None
+        if is_commit or not source.startswith("hf://"):
+            pinned = read_manifest(target.final_path(revision))
+    if pinned is not None:
+        return _already(pinned, target.final_path(revision))
     src = open_source(
         source,
         revision=revision,

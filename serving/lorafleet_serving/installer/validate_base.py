@@ -76,6 +76,20 @@ def _labels_for(config, n: int) -> dict[str, str]:
     return {str(i): f"LABEL_{i}" for i in range(n)}
 
 
+def _same_class(config, declared: str, task: str | None, num_labels: int | None) -> bool:
+    """True when the task's Auto class is the declared class with the same head size."""
+    if task is None:
+        return True
+    from transformers.models.auto import modeling_auto as auto
+
+    mapping = {
+        "text-generation": auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        "text-classification": auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    }[task]
+    same_labels = num_labels is None or num_labels == getattr(config, "num_labels", None)
+    return mapping.get(config.model_type) == declared and same_labels
+
+
 def _ignorable(model, key: str) -> bool:
     patterns = getattr(model, "_keys_to_ignore_on_load_missing", None) or []
     return any(re.search(p, key) for p in patterns)
@@ -168,7 +182,11 @@ def validate_base(
                 )
             )
 
-    arch = build_meta(config, task=task, num_labels=num_labels) if task else declared
+    arch = (
+        declared
+        if _same_class(config, declared.name, task, num_labels)
+        else build_meta(config, task=task, num_labels=num_labels)
+    )
     if checkpoint_file is not None:
         where = checkpoint_name or checkpoint_file.name
         norm = ckpt.normalise(
