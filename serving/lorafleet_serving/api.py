@@ -237,7 +237,10 @@ def validation_error(exc: RequestValidationError) -> ServingError:
     shown = json.dumps(got, default=str)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    detail = msgs[0] if len(msgs) == 1 else "expected one of: " + "; ".join(msgs)
+    if len(msgs) == 1:
+        detail = msgs[0]
+    else:  # a union: one message per accepted type
+        detail = "expected " + " or ".join(m.removeprefix("Input should be ") for m in msgs)
     return InvalidRequestError(f"invalid value for '{param}': {detail} (got {shown})", param=param)
 
 
@@ -548,8 +551,9 @@ def create_app(
         """OpenAI Chat Completions over the tokenizer's chat template."""
         _require_task(TEXT_GENERATION, "/v1/chat/completions")
         model, adapter = resolve_model(body.model, request, served_name)
-        max_tokens, param = body.token_budget()
-        _check_max_tokens(max_tokens, param)
+        max_tokens, param = body.token_budget(max_tokens_limit)
+        if param is not None:
+            _check_max_tokens(max_tokens, param)
         messages: list[dict[str, Any]] = []
         for msg in body.messages:
             entry: dict[str, Any] = {"role": msg.role, "content": msg.text()}

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: OpenAI's defaults (API reference): ``max_tokens`` 16 for completions, temperature 1, top_p 1.
 DEFAULT_MAX_TOKENS = 16
+#: Chat answers without ``max_tokens``/``max_completion_tokens`` (OpenAI: up to the context;
+#: here a bounded default, further capped by the server's ``max_tokens_limit``).
+DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 1.0
 #: How many stop sequences a request may give (OpenAI allows 4; a few more cost nothing).
 MAX_STOP_SEQUENCES = 16
@@ -166,8 +169,8 @@ class ChatCompletionRequest(_SamplingRequest):
 
     Attributes:
         messages: The conversation, at least one message.
-        max_tokens: Tokens to generate (default: the server's limit is not used; 16 when
-            neither this nor ``max_completion_tokens`` is given).
+        max_tokens: Tokens to generate (when neither this nor ``max_completion_tokens`` is
+            given: 256, capped by the server's ``max_tokens_limit``).
         max_completion_tokens: Newer name of ``max_tokens``; wins when both are given.
         logprobs: Not supported: must be false or absent.
     """
@@ -184,17 +187,20 @@ class ChatCompletionRequest(_SamplingRequest):
             raise ValueError("logprobs is not supported")
         return value
 
-    def token_budget(self) -> tuple[int, str]:
+    def token_budget(self, limit: int) -> tuple[int, str | None]:
         """The requested number of tokens and the field that set it.
 
+        Args:
+            limit: The server's ``max_tokens_limit`` (caps the default only).
+
         Returns:
-            ``(max tokens, field name)``; ``(16, "max_tokens")`` when neither field is set.
+            ``(max tokens, field name)``; ``(min(256, limit), None)`` when neither field is set.
         """
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens, "max_completion_tokens"
         if self.max_tokens is not None:
             return self.max_tokens, "max_tokens"
-        return DEFAULT_MAX_TOKENS, "max_tokens"
+        return min(DEFAULT_CHAT_MAX_TOKENS, limit), None
 
 
 class ClassifyHTTPRequest(_Request):

@@ -352,6 +352,14 @@ def test_chat_completion_uses_chat_template(
     assert body["usage"]["completion_tokens"] == len(ids)
 
 
+def test_chat_default_budget_is_capped_by_the_limit(gen_client: TestClient) -> None:
+    body = {"model": "alpha", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    out = gen_client.post("/v1/chat/completions", json=body).json()
+    used = out["usage"]["completion_tokens"]
+    assert used <= MAX_TOKENS_LIMIT
+    assert (out["choices"][0]["finish_reason"] == "length") == (used == MAX_TOKENS_LIMIT)
+
+
 def test_stream_completion_equals_non_stream(gen_client: TestClient) -> None:
     plain = _complete(gen_client, "gamma", PROMPTS[0]).json()
     resp = _complete(
