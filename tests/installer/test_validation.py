@@ -80,8 +80,10 @@ def test_base_installs_with_report_and_manifest(tmp_path, bert2):
 def test_checkpoint_with_wrapper_prefix_is_stripped(tmp_path, bert2, prefix):
     ckpt = tmp_path / "ckpt.pth"
     torch.save({prefix + k: v for k, v in _state(bert2).items()}, ckpt)
+    source_config = (bert2 / "config.json").read_bytes()
     report = _install_base(tmp_path, bert2, checkpoint=f"file://{ckpt}")
     assert report["ok"], report
+    assert (bert2 / "config.json").read_bytes() == source_config  # the source is never modified
     codes = _codes(report)
     assert prefix in codes["PrefixStripped"]
     assert "-ckpt-" in Path(report["path"]).name

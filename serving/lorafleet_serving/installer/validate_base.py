@@ -229,6 +229,7 @@ def validate_base(
             index.unlink()
         written = save_state_dict(merged, folder)
         config.architectures = [arch.name]
+        (folder / "config.json").unlink()  # a new file, never a write into a shared inode
         config.save_pretrained(str(folder))
         findings.append(
             _finding(

@@ -77,17 +77,25 @@ def save_state_dict(
 ) -> list[str]:
     """Write ``state`` as safetensors (sharded above 5 GB, with an index) via huggingface_hub.
 
+    Files are written in a temporary folder beside, then renamed into ``folder``.
+
     Returns:
         The file names written.
     """
+    import os
+    import tempfile
+
     from huggingface_hub import save_torch_state_dict
 
-    before = {p.name for p in folder.iterdir()}
-    save_torch_state_dict(
-        {k: v.contiguous() for k, v in state.items()},
-        folder,
-        filename_pattern=filename_pattern,
-        max_shard_size="5GB",
-        safe_serialization=True,
-    )
-    return sorted({p.name for p in folder.iterdir()} - before)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".write-") as tmp:
+        save_torch_state_dict(
+            {k: v.contiguous() for k, v in state.items()},
+            tmp,
+            filename_pattern=filename_pattern,
+            max_shard_size="5GB",
+            safe_serialization=True,
+        )
+        written = sorted(p.name for p in Path(tmp).iterdir())
+        for name in written:  # rename over old names: never writes into an existing file
+            os.replace(Path(tmp) / name, folder / name)
+    return written

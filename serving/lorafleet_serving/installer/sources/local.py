@@ -1,7 +1,7 @@
 """``file:///path`` and ``pvc://claim/path``: files already on a mounted volume.
 
-Files are hard-linked into the staging folder when on the same filesystem, else copied;
-the source is never moved or modified. ``pvc://claim/path`` resolves to
+Files are copied into the staging folder (hashing while copying), never moved, linked or
+modified: a hard link would let a later in-place change of the source alter the install. ``pvc://claim/path`` resolves to
 ``$LORAFLEET_PVC_ROOT/claim/path`` (default root ``/mnt/pvc``: install Jobs mount a source
 claim there read-only). Symbolic links inside a source folder are refused (they could point
 anywhere).
@@ -9,18 +9,19 @@ anywhere).
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..deadline import Deadline
 from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, InstallError
 from ..pathsafety import inside, safe_relpath
-from ..verify import Expected, file_digests
+from ..verify import Digests, Expected, file_digests
 from .common import Listing, RemoteFile
 
 DEFAULT_PVC_ROOT = "/mnt/pvc"
+COPY_CHUNK_BYTES = 8 << 20
 
 
 def local_path_of(uri: str) -> Path:
@@ -109,17 +110,29 @@ class LocalSource:
             )
         return Listing(files=files)
 
-    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> None:
-        """Hard-link (same filesystem) or copy each file into ``dest``."""
+    def download(self, listing: Listing, dest: Path, deadline: Deadline) -> dict[str, Digests]:
+        """Copy each file into ``dest`` (via ``<name>.part`` + rename), hashing while copying.
+
+        Returns:
+            relative path -> :class:`Digests` of the copied bytes.
+        """
+        results: dict[str, Digests] = {}
         for f in listing.files:
             deadline.check(f"copying {f.remote}")
             target = inside(dest, f.path, where=self.uri)
             if target.exists() and target.stat().st_size == f.expected.size:
-                continue
+                continue  # copied by an earlier run; verified by the caller
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target.unlink()
-            try:
-                os.link(f.remote, target)
-            except OSError:
-                shutil.copyfile(f.remote, target)
+            part = target.with_name(target.name + ".part")
+            digest = hashlib.sha256()
+            size = 0
+            with open(f.remote, "rb") as src, part.open("wb") as out:
+                while chunk := src.read(COPY_CHUNK_BYTES):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, target)
+            results[f.path] = Digests(size=size, sha256=digest.hexdigest())
+        return results
