@@ -56,13 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--progress-file", help="JSON progress file updated while downloading")
         p.add_argument("--timeout", type=_positive_float, help="seconds for the whole install")
+        p.add_argument(
+            "--allow-pattern", action="append", default=[], help="glob of files to include"
+        )
+        p.add_argument(
+            "--ignore-pattern", action="append", default=[], help="glob of files to skip"
+        )
 
     base = sub.add_parser("base", help="install a base model")
     common(base)
-    base.add_argument(
-        "--allow-pattern", action="append", default=[], help="glob of files to include"
-    )
-    base.add_argument("--ignore-pattern", action="append", default=[], help="glob of files to skip")
     base.add_argument("--checkpoint", help="URI of a state_dict applied over the architecture")
     base.add_argument(
         "--no-strict", action="store_true", help="load the checkpoint keys that match"
