@@ -99,6 +99,7 @@ class Fleet:
         self.home = Path(home).resolve()
         self.models_root = self.home / "models"
         self.logs_dir = self.home / "logs"
+        self.models_root.mkdir(parents=True, exist_ok=True)
         self.state = LocalState(self.home)
         self.serve = serve
         self.http_port = http_port
@@ -140,6 +141,12 @@ class Fleet:
             assert isinstance(obj.spec, LoraAdapterSpec)
             self.state.update(
                 obj.key,
+                kind=obj.kind,
+                name=obj.name,
+                namespace=obj.namespace,
+                file=str(obj.file),
+                servedName=obj.served_name,
+                baseModel=obj.spec.base_model,
                 phase="Pending",
                 reason="BaseModelNotReady",
                 message=f"BaseModel {obj.spec.base_model!r} is not installed",
