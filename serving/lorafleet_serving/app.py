@@ -475,7 +475,16 @@ class RayModelBackend:
             return False
 
 
-@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.1})
+#: Concurrent requests one Ingress replica forwards. Serve's default (5) would cap what the
+#: Model replicas' batchers ever see; the ingress only awaits handles, so it can hold many.
+INGRESS_MAX_ONGOING_REQUESTS = 1024
+
+
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=INGRESS_MAX_ONGOING_REQUESTS,
+)
 @serve.ingress()
 class Ingress:
     """HTTP ingress deployment: the OpenAI-compatible API of :mod:`.api` over ``Model``.

@@ -155,7 +155,10 @@ def test_deployment_shape(ray_cluster: RayCluster, deployed: dict) -> None:
     status = serve_status(ray_cluster.dashboard_url)
     for app in (GEN_APP, CLS_APP):
         assert status["applications"][app]["status"] == "RUNNING"
-        assert set(status["applications"][app]["deployments"]) == {"Ingress", "Model"}
+        deployments = status["applications"][app]["deployments"]
+        assert set(deployments) == {"Ingress", "Model"}
+        # The code's default applies where the serve config says nothing (Serve's own is 5).
+        assert deployments["Ingress"]["deployment_config"]["max_ongoing_requests"] == 1024
     assert ray_cluster.http_url.startswith("http://127.0.0.1:")
     assert requests.get(f"{ray_cluster.http_url}/health", timeout=30).json() == {"status": "ok"}
     ready = requests.get(f"{ray_cluster.http_url}/ready", timeout=30)
@@ -178,6 +181,7 @@ def test_concurrent_requests_equal_peft(
     ray_cluster: RayCluster, deployed: dict, tiny_causal_lm: Path, ray_adapters: dict
 ) -> None:
     jobs = [(a, p) for a in (GEN_APP, "alpha", "beta", "gamma") for p in PROMPTS[:2]]
+    before = requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()["stats"]
     with ThreadPoolExecutor(len(jobs)) as pool:
         responses = list(pool.map(lambda job: _complete(ray_cluster, *job), jobs))
     for (model, prompt), resp in zip(jobs, responses, strict=True):
@@ -196,6 +200,8 @@ def test_concurrent_requests_equal_peft(
     assert [info["pid"]] == pids[(GEN_APP, "Model")]
     # max_adapters=2 and three adapters in use: Serve's multiplex LRU evicted some.
     assert info["stats"]["evictions"] >= 1
+    # Requests for different adapters shared batches.
+    assert info["stats"]["generation_batches"] - before["generation_batches"] < len(jobs)
     assert len(info["resident"]) <= 2
     assert set(info["multiplexed"]) <= set(info["resident"])
 
