@@ -1,0 +1,140 @@
+"""An asyncio batcher that mixes requests for different adapters into one batch.
+
+Ray Serve's ``@serve.batch`` splits batches by multiplexed model id, so it cannot put two
+adapters in one forward pass. :class:`MixedBatcher` collects whatever is submitted - any adapter
+- into a batch of at most ``max_batch_size`` items, waiting at most ``batch_wait_timeout_s``
+after the first item (and not at all once the batch is full), then hands the batch to a handler
+coroutine. Up to ``max_concurrent_batches`` handlers run at once; while they are all busy, new
+items queue up and form the next batch as soon as one finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class MixedBatcher(Generic[T]):
+    """Collects submitted items into batches for a handler.
+
+    Args:
+        handler: ``async handler(items)`` processing one batch. It is responsible for
+            delivering each item's result; if it raises, :attr:`on_error` is called with the
+            items and the exception.
+        max_batch_size: Largest batch (items), >= 1.
+        batch_wait_timeout_s: Longest wait for more items after the first one, seconds (>= 0).
+        max_concurrent_batches: Handlers running at the same time (>= 1).
+        on_error: ``on_error(items, exc)`` for a handler that raised; default logs.
+
+    Raises:
+        ValueError: A size or timeout out of range.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[list[T]], Awaitable[None]],
+        *,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.005,
+        max_concurrent_batches: int = 1,
+        on_error: Callable[[list[T], BaseException], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if batch_wait_timeout_s < 0:
+            raise ValueError(f"batch_wait_timeout_s must be >= 0, got {batch_wait_timeout_s}")
+        if max_concurrent_batches < 1:
+            raise ValueError(f"max_concurrent_batches must be >= 1, got {max_concurrent_batches}")
+        self.handler = handler
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_concurrent_batches = max_concurrent_batches
+        self.on_error = on_error
+        self._queue: asyncio.Queue[T] | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.batches = 0
+        self.items = 0
+        self.batch_sizes: list[int] = []
+
+    def submit(self, item: T) -> None:
+        """Queue ``item`` for the next batch (starts the collecting task on first use).
+
+        Must be called from the event loop the batcher runs on.
+        """
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._slots = asyncio.Semaphore(self.max_concurrent_batches)
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._collect())
+        self._queue.put_nowait(item)
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Mean items per batch so far (0.0 before the first batch)."""
+        return self.items / self.batches if self.batches else 0.0
+
+    async def _collect(self) -> None:
+        assert self._queue is not None and self._slots is not None
+        queue, slots = self._queue, self._slots
+        while True:
+            await slots.acquire()
+            try:
+                first = await queue.get()
+            except BaseException:
+                slots.release()
+                raise
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait_timeout_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    batch.append(queue.get_nowait())
+                    continue
+                except asyncio.QueueEmpty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                except TimeoutError:
+                    break
+            self.batches += 1
+            self.items += len(batch)
+            self.batch_sizes.append(len(batch))
+            if len(self.batch_sizes) > 1000:
+                del self.batch_sizes[:500]
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, batch: list[T]) -> None:
+        assert self._slots is not None
+        try:
+            await self.handler(batch)
+        except Exception as exc:
+            if self.on_error is not None:
+                self.on_error(batch, exc)
+            else:
+                logger.exception("batch handler failed for %d items", len(batch))
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Stop collecting and wait for running batches to finish."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+            self._loop_task = None
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)

@@ -1,0 +1,847 @@
+"""The engine: one base model, LoRA adapters loaded by peft, mixed-adapter batches (no Ray here).
+
+Synchronous and single-threaded by design: the asyncio facade (:mod:`.model_server`) runs every
+call on one worker thread. The engine
+
+- loads the base with ``AutoModelForCausalLM`` (``text-generation``) or
+  ``AutoModelForSequenceClassification`` (``text-classification``) in the requested dtype on
+  cuda when present, else cpu;
+- loads an adapter folder with peft (``PeftConfig.from_pretrained``, ``load_peft_weights``,
+  ``PeftModel``/``add_adapter`` + ``set_peft_model_state_dict`` with ``low_cpu_mem_usage`` -
+  what ``PeftModel.load_adapter`` does) and copies its LoRA weights into
+  :class:`~.lora_batched.BatchedLoRA`; classification heads saved with the adapter
+  (``modules_to_save: [classifier]``, any label count) are kept by the engine and applied per
+  row on the shared encoder's features;
+- unloads with ``delete_adapter`` and frees the memory (gc, and ``torch.cuda.empty_cache``);
+- runs a mixed batch: generation step by step (:class:`GenerationBatch`, KV cache, left
+  padding, greedy or temperature/top-p sampling, stop strings, token counts) or classification.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import inspect
+import json
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import AdapterLoadError, InvalidRequestError
+from .lora_batched import BASE_SLOT, BatchedLoRA
+from .types import BASE_ADAPTER, FinishReason
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("text-generation", "text-classification")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_PEFT_PREFIX = "base_model.model."
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """Map a dtype name to a torch dtype.
+
+    Args:
+        dtype: ``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``.
+            ``"auto"`` is float32 on cpu (half precision matmuls are slow there) and the
+            checkpoint's dtype (``torch_dtype`` in config.json, else float16) on cuda.
+        device: Target device.
+
+    Returns:
+        The torch dtype, or ``None``-free ``torch.float32`` etc.
+
+    Raises:
+        InvalidRequestError: Unknown name.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if dtype not in _DTYPES:
+        raise InvalidRequestError(
+            f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}", param="dtype"
+        )
+    return _DTYPES[dtype]
+
+
+def default_device() -> torch.device:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class AdapterInfo:
+    """What the engine knows about a loaded adapter.
+
+    Attributes:
+        name: Served name.
+        path: Folder it was loaded from.
+        slot: Its slot in the batched LoRA stacks.
+        rank: LoRA ``r``.
+        lora_alpha: LoRA alpha.
+        target_modules: Adapted module names.
+        head: Classification head parameters saved with the adapter (``modules_to_save``), or
+            ``None`` to use the base's head.
+        labels: Label names of this adapter's head (classification only).
+        nbytes: Bytes of the adapter's tensors as read from its files.
+        peft_name: The name peft knows it by (``lf<n>``; served names may contain dots).
+    """
+
+    name: str
+    path: str
+    slot: int
+    rank: int
+    lora_alpha: float
+    target_modules: list[str]
+    head: dict[str, torch.Tensor] | None = None
+    labels: list[str] | None = None
+    nbytes: int = 0
+    peft_name: str = ""
+
+
+def _labels_list(labels: dict | Sequence[str] | None, n: int, where: str) -> list[str]:
+    if labels is None:
+        return [f"LABEL_{i}" for i in range(n)]
+    if isinstance(labels, dict):
+        try:
+            items = {int(k): str(v) for k, v in labels.items()}
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"{where}: label ids must be integers: {exc}") from exc
+        if sorted(items) != list(range(n)):
+            raise InvalidRequestError(
+                f"{where}: labels must have ids 0..{n - 1} for a head with {n} outputs, "
+                f"got {sorted(items)}",
+                param="labels",
+            )
+        return [items[i] for i in range(n)]
+    out = [str(x) for x in labels]
+    if len(out) != n:
+        raise InvalidRequestError(
+            f"{where}: {len(out)} labels for a head with {n} outputs", param="labels"
+        )
+    return out
+
+
+class Engine:
+    """One base model plus resident LoRA adapters; runs mixed-adapter batches.
+
+    Args:
+        base_path: Local folder of the base model (config, safetensors, tokenizer).
+        task: ``"text-generation"`` or ``"text-classification"``.
+        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; default cuda when present.
+        labels: Base label names for classification (``{"0": "neg", ...}`` or a list);
+            default the config's ``id2label``.
+        max_adapters: Number of adapter slots in the batched LoRA stacks.
+
+    Raises:
+        InvalidRequestError: Unknown task or dtype, or labels that do not fit the head.
+        OSError: The base folder cannot be read.
+    """
+
+    def __init__(
+        self,
+        base_path: str | Path,
+        task: str,
+        *,
+        dtype: str | torch.dtype = "auto",
+        device: str | torch.device | None = None,
+        labels: dict | Sequence[str] | None = None,
+        max_adapters: int = 8,
+    ) -> None:
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
+
+        if task not in TASKS:
+            raise InvalidRequestError(f"task must be one of {TASKS}, got {task!r}", param="task")
+        self.base_path = str(base_path)
+        self.task = task
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_path)
+        auto = (
+            AutoModelForCausalLM
+            if task == "text-generation"
+            else AutoModelForSequenceClassification
+        )
+        model = auto.from_pretrained(self.base_path, dtype=self.dtype)
+        self.model: nn.Module = model.to(self.device).eval()
+        self.config = self.model.config
+        self.lora = BatchedLoRA(max_adapters, dtype=self.dtype, device=self.device)
+        self.peft: Any = None  # peft.PeftModel once the first adapter is loaded
+        self.adapters: dict[str, AdapterInfo] = {}
+        self._peft_counter = 0
+        self._forward_params = set(inspect.signature(self.model.forward).parameters)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.eos_token_ids = self._eos_ids()
+        self.max_positions: int | None = getattr(self.config, "max_position_embeddings", None) or (
+            getattr(self.config, "n_positions", None)
+        )
+        self.base_labels: list[str] | None = None
+        self._head_module: nn.Module | None = None
+        self._features: torch.Tensor | None = None
+        if task == "text-classification":
+            n = int(self.config.num_labels)
+            given = labels if labels is not None else self.config.id2label
+            self.base_labels = _labels_list(given, n, "base labels")
+            self._head_name, self._head_module = self._find_head()
+            self._head_module.register_forward_hook(self._capture_features)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        for value in (getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list | tuple):
+                ids.update(int(v) for v in value)
+        return ids
+
+    def _find_head(self) -> tuple[str, nn.Module]:
+        for name in ("classifier", "score"):
+            module = getattr(self.model, name, None)
+            if isinstance(module, nn.Module):
+                return name, module
+        raise InvalidRequestError(
+            f"{type(self.model).__name__} has no 'classifier' or 'score' head", param="task"
+        )
+
+    def _capture_features(self, _mod: nn.Module, args: tuple, _out: torch.Tensor) -> None:
+        self._features = args[0]
+
+    def tensor_bytes(self) -> int:
+        """Bytes of every tensor the engine holds on its device.
+
+        Counts model parameters and buffers (including peft's adapter weights), the batched LoRA
+        stacks and the adapters' own heads; each storage is counted once.
+
+        Returns:
+            Size in bytes.
+        """
+        seen: set[int] = set()
+        total = 0
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        for info in self.adapters.values():
+            tensors.extend((info.head or {}).values())
+        for t in tensors:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen or t.device.type == "meta":
+                continue
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return total + self.lora.nbytes()
+
+    # ----------------------------------------------------------------- adapters
+
+    def load_adapter(
+        self, name: str, path: str | Path, labels: dict | Sequence[str] | None = None
+    ) -> AdapterInfo:
+        """Load a LoRA adapter folder into the live model under ``name``.
+
+        Args:
+            name: Served name (must not be loaded already).
+            path: Folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (or .bin).
+            labels: Label names of the adapter's own classification head, if it has one.
+
+        Returns:
+            The :class:`AdapterInfo`.
+
+        Raises:
+            AdapterLoadError: Missing/corrupt files, not a LoRA adapter, target modules not in
+                the base, weights that do not fit, an unsupported LoRA variant, or labels that do
+                not fit the head. The model is left as it was.
+        """
+        from peft import PeftConfig, PeftModel, PeftType
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        if name in self.adapters:
+            raise AdapterLoadError(name, "already loaded")
+        folder = Path(path)
+        if not (folder / "adapter_config.json").is_file():
+            raise AdapterLoadError(name, f"no adapter_config.json in {folder}")
+        try:
+            config = PeftConfig.from_pretrained(str(folder))
+        except Exception as exc:
+            raise AdapterLoadError(name, f"adapter_config.json is invalid: {exc}") from exc
+        if config.peft_type != PeftType.LORA:
+            raise AdapterLoadError(name, f"peft_type is {config.peft_type}, not LORA")
+        try:
+            weights = load_peft_weights(str(folder), device=str(self.device))
+        except Exception as exc:
+            raise AdapterLoadError(name, f"adapter weights cannot be read: {exc}") from exc
+        head_names = set(config.modules_to_save or [])
+        lora_sd: dict[str, torch.Tensor] = {}
+        head_sd: dict[str, torch.Tensor] = {}
+        for key, tensor in weights.items():
+            module_path = key.removeprefix(_PEFT_PREFIX)
+            top = module_path.split(".", 1)[0]
+            if top in head_names:
+                head_sd[module_path] = tensor
+            else:
+                lora_sd[key] = tensor
+        head = self._adapter_head(name, head_names, head_sd)
+        if not lora_sd and head is None:
+            raise AdapterLoadError(name, "the adapter holds no weights")
+        # peft keys adapters by name inside module paths and ModuleDicts: a served name with a
+        # "." (or one contained in "lora_") would break it, so peft gets an internal name.
+        self._peft_counter += 1
+        internal = f"lf{self._peft_counter}"
+        peft_config = copy.deepcopy(config)
+        peft_config.modules_to_save = None
+        peft_config.task_type = None
+        peft_config.inference_mode = True
+        created = False
+        try:
+            if self.peft is None:
+                self.peft = PeftModel(
+                    self.model, peft_config, adapter_name=internal, low_cpu_mem_usage=True
+                )
+                created = True
+            else:
+                self.peft.add_adapter(internal, peft_config, low_cpu_mem_usage=True)
+        except Exception as exc:
+            self._drop_peft_adapter(internal)
+            raise AdapterLoadError(name, f"does not fit the base model: {exc}") from exc
+        try:
+            result = set_peft_model_state_dict(
+                self.peft, lora_sd, adapter_name=internal, low_cpu_mem_usage=True
+            )
+            unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+            meta = [
+                n
+                for n, p in self.model.named_parameters()
+                if f".{internal}." in n and p.device.type == "meta"
+            ]
+            if unexpected:
+                raise AdapterLoadError(
+                    name, f"{len(unexpected)} weights match no layer, e.g. {unexpected[0]}"
+                )
+            if meta:
+                raise AdapterLoadError(name, f"{len(meta)} LoRA weights missing, e.g. {meta[0]}")
+            for module in self.model.modules():
+                # peft's autocast may have made adapter weights float32; keep the model dtype.
+                if hasattr(module, "lora_A") and internal in module.lora_A:
+                    module.lora_A[internal].to(self.dtype)
+                    module.lora_B[internal].to(self.dtype)
+            slot = self.lora.add(name, self.model, peft_name=internal)
+        except AdapterLoadError:
+            self._drop_peft_adapter(internal)
+            raise
+        except Exception as exc:
+            self._drop_peft_adapter(internal)
+            raise AdapterLoadError(name, f"weights do not fit the base model: {exc}") from exc
+        if created:
+            logger.info("peft model created around %s", type(self.model).__name__)
+        head_labels = None
+        if head is not None:
+            n = _head_outputs(head)
+            try:
+                head_labels = _labels_list(labels, n, f"adapter {name!r}")
+            except InvalidRequestError as exc:
+                self.lora.remove(name)
+                self._drop_peft_adapter(internal)
+                raise AdapterLoadError(name, exc.message) from exc
+        elif self.task == "text-classification" and labels is not None:
+            assert self.base_labels is not None
+            try:
+                head_labels = _labels_list(labels, len(self.base_labels), f"adapter {name!r}")
+            except InvalidRequestError as exc:
+                self.lora.remove(name)
+                self._drop_peft_adapter(internal)
+                raise AdapterLoadError(name, exc.message) from exc
+        nbytes = sum(t.numel() * t.element_size() for t in weights.values())
+        info = AdapterInfo(
+            name=name,
+            path=str(folder),
+            slot=slot,
+            rank=int(config.r),
+            lora_alpha=float(config.lora_alpha),
+            target_modules=sorted(config.target_modules or []),
+            head=head,
+            labels=head_labels,
+            nbytes=nbytes,
+            peft_name=internal,
+        )
+        self.adapters[name] = info
+        return info
+
+    def _adapter_head(
+        self, name: str, head_names: set[str], head_sd: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor] | None:
+        if not head_names:
+            return None
+        if self.task != "text-classification":
+            raise AdapterLoadError(
+                name, f"modules_to_save {sorted(head_names)} is only supported for classification"
+            )
+        assert self._head_module is not None
+        if head_names - {"classifier", "score"} or self._head_name not in head_names:
+            raise AdapterLoadError(
+                name,
+                f"modules_to_save {sorted(head_names)}: only the classification head "
+                f"{self._head_name!r} is supported",
+            )
+        prefix = f"{self._head_name}."
+        params = {
+            k.removeprefix(prefix): v.to(self.device, self.dtype)
+            for k, v in head_sd.items()
+            if k.startswith(prefix)
+        }
+        if not params:
+            return None
+        expected = {n for n, _ in self._head_module.named_parameters()}
+        if set(params) != expected:
+            raise AdapterLoadError(
+                name,
+                f"head weights {sorted(params)} do not match the base head {sorted(expected)}",
+            )
+        return params
+
+    def _drop_peft_adapter(self, name: str) -> None:
+        if self.peft is not None and name in self.peft.peft_config:
+            with warnings.catch_warnings():
+                # "Adapter X was active which is now deleted": expected, adapters are disabled.
+                warnings.simplefilter("ignore", UserWarning)
+                self.peft.delete_adapter(name)
+        self._free_memory()
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove adapter ``name`` from the model and free its memory.
+
+        Args:
+            name: A loaded adapter.
+
+        Raises:
+            KeyError: It is not loaded.
+        """
+        info = self.adapters.pop(name)
+        self.lora.remove(name)
+        self._drop_peft_adapter(info.peft_name)
+        info.head = None
+
+    def slot(self, adapter: str | None) -> int:
+        """The batched-LoRA slot of a loaded adapter (``0`` for ``None``/``"__base__"``).
+
+        Raises:
+            KeyError: Not loaded.
+        """
+        if adapter is None or adapter == BASE_ADAPTER:
+            return BASE_SLOT
+        return self.adapters[adapter].slot
+
+    def set_capacity(self, max_adapters: int) -> None:
+        """Resize the batched LoRA stacks to ``max_adapters`` slots (evict before shrinking)."""
+        self.lora.set_capacity(max_adapters)
+
+    # ----------------------------------------------------------------- generation
+
+    def encode_prompt(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of a prompt (text is tokenised with special tokens, like ``generate``).
+
+        Args:
+            prompt: Text or a list of token ids.
+
+        Returns:
+            Token ids.
+
+        Raises:
+            InvalidRequestError: Empty prompt or ids outside the vocabulary (param ``prompt``).
+        """
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequestError("prompt must not be empty", param="prompt")
+            ids = list(self.tokenizer(prompt).input_ids)
+        else:
+            ids = list(prompt)
+            vocab = int(self.config.vocab_size)
+            bad = [
+                t
+                for t in ids
+                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab
+            ]
+            if bad:
+                raise InvalidRequestError(
+                    f"prompt token ids must be integers in [0, {vocab}), got {bad[:3]}",
+                    param="prompt",
+                )
+        if not ids:
+            raise InvalidRequestError("prompt has no tokens", param="prompt")
+        return ids
+
+    def start_generation(self, rows: Sequence[GenerationRow]) -> GenerationBatch:
+        """Start a mixed generation batch; call :meth:`GenerationBatch.step` until done.
+
+        Args:
+            rows: One :class:`GenerationRow` per request (its own adapter slot and parameters).
+
+        Returns:
+            The batch.
+        """
+        return GenerationBatch(self, list(rows))
+
+    def generate(self, rows: Sequence[GenerationRow]) -> list[GenerationRow]:
+        """Run a mixed batch to completion (convenience for tests and benchmarks).
+
+        Args:
+            rows: Requests.
+
+        Returns:
+            The same rows, finished (``token_ids``, ``text``, ``finish_reason`` filled in).
+        """
+        batch = self.start_generation(rows)
+        while not batch.done:
+            batch.step()
+        return list(rows)
+
+    def forward_logits(
+        self,
+        rows: Sequence[GenerationRow],
+        cache: Any,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """One forward pass of the causal LM for the active rows; last position's logits.
+
+        Args:
+            rows: Active rows (their slots route the LoRA delta).
+            cache: The batch's ``DynamicCache``.
+            ids: ``[N, T]`` int64 input ids.
+            mask: ``[N, past + T]`` int64 attention mask (0 = left padding).
+            positions: ``[N, T]`` int64 position ids.
+
+        Returns:
+            ``[N, vocab]`` float32 logits of the last position.
+        """
+        kwargs: dict[str, Any] = {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": True,
+        }
+        # transformers 5 renamed ``past_key_values`` to ``cache``; accept both generations.
+        kwargs["cache" if "cache" in self._forward_params else "past_key_values"] = cache
+        if "logits_to_keep" in self._forward_params:
+            kwargs["logits_to_keep"] = 1
+        with torch.inference_mode(), self.lora.rows([r.slot for r in rows]):
+            out = self.model(**kwargs)
+        return out.logits[:, -1, :].float()
+
+    # ----------------------------------------------------------------- classification
+
+    def classify(
+        self, texts: Sequence[str], adapters: Sequence[str | None]
+    ) -> list[tuple[list[str], list[float]]]:
+        """Classify a mixed batch: text ``i`` with ``adapters[i]``'s LoRA and head.
+
+        The encoder runs once for the whole batch; rows whose adapter has its own head get that
+        head applied to their features (any label count), the others the base head.
+
+        Args:
+            texts: Texts (non-empty).
+            adapters: Adapter per text (``None``/``"__base__"`` = base), same length.
+
+        Returns:
+            Per text: (label names, float32 logits as a list).
+
+        Raises:
+            ValueError: ``texts`` and ``adapters`` differ in length, or the task is not
+                classification.
+        """
+        if self.task != "text-classification":
+            raise ValueError("classify needs a text-classification base")
+        if len(texts) != len(adapters):
+            raise ValueError("texts and adapters must have the same length")
+        assert self._head_module is not None and self.base_labels is not None
+        max_len = min(
+            int(getattr(self.tokenizer, "model_max_length", 512) or 512), self.max_positions or 512
+        )
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        ).to(self.device)
+        slots = [self.slot(a) for a in adapters]
+        with torch.inference_mode(), self.lora.rows(slots):
+            base_logits = self.model(**enc).logits
+            features = self._features
+            self._features = None
+            results: list[tuple[list[str], list[float]]] = []
+            for i, name in enumerate(adapters):
+                info = self.adapters.get(name) if name not in (None, BASE_ADAPTER) else None
+                if info is not None and info.head is not None:
+                    assert features is not None
+                    logits = torch.func.functional_call(
+                        self._head_module, info.head, (features[i : i + 1],)
+                    )
+                    if logits.dim() == 3:  # decoder-style head applied to every position
+                        logits = logits[0, _last_token_index(enc["input_ids"][i], self.config)]
+                    labels = info.labels or []
+                    results.append((labels, logits.reshape(-1).float().tolist()))
+                else:
+                    labels = (info.labels if info is not None else None) or self.base_labels
+                    results.append((labels, base_logits[i].float().tolist()))
+        return results
+
+
+def _head_outputs(head: dict[str, torch.Tensor]) -> int:
+    """Number of outputs of a head: rows of its last 2-D weight (Linear ``[out, in]``)."""
+    mats = [t for t in head.values() if t.dim() == 2]
+    if not mats:
+        raise AdapterLoadError("head", "classification head has no weight matrix")
+    return int(mats[-1].shape[0])
+
+
+def _last_token_index(input_ids: torch.Tensor, config: Any) -> int:
+    """Index of the last non-padding token, as transformers' decoder classifiers pool."""
+    pad = getattr(config, "pad_token_id", None)
+    if pad is None:
+        return int(input_ids.shape[-1] - 1)
+    non_pad = (input_ids != pad).to(torch.long)
+    return int((torch.arange(input_ids.shape[-1], device=input_ids.device) * non_pad).argmax())
+
+
+# --------------------------------------------------------------------- generation rows / batch
+
+
+@dataclass
+class GenerationRow:
+    """One request inside a :class:`GenerationBatch` (inputs and running state).
+
+    Attributes:
+        prompt_ids: Prompt token ids.
+        slot: Batched-LoRA slot (0 = base).
+        max_tokens: Maximum new tokens.
+        temperature: 0 = greedy.
+        top_p: Nucleus mass.
+        stop: Stop strings.
+        seed: Sampling seed or ``None``.
+        token_ids: Generated ids so far.
+        text: Completion text so far (full decode, before stop truncation).
+        emitted: Number of characters of the final text already handed out as deltas.
+        finish_reason: ``None`` while running.
+        cancelled: Set by the caller to drop the row at the next step.
+    """
+
+    prompt_ids: list[int]
+    slot: int = BASE_SLOT
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: FinishReason | None = None
+    cancelled: bool = False
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class StepEvent:
+    """What one :meth:`GenerationBatch.step` produced for one row.
+
+    Attributes:
+        row: Index of the row in the list given to :meth:`Engine.start_generation`.
+        token_id: The new token.
+        text: New text that may be handed out now (held back while it may start a stop string).
+        finish_reason: Set when the row finished in this step.
+    """
+
+    row: int
+    token_id: int
+    text: str
+    finish_reason: FinishReason | None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Characters at the end of ``text`` that could be the start of a stop string."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return hold
+
+
+class GenerationBatch:
+    """Step-wise decoding of a mixed-adapter batch with a KV cache.
+
+    Rows are left-padded; the prefill runs in the first :meth:`step`, each later step feeds one
+    token per active row. Finished or cancelled rows are dropped from the cache
+    (``DynamicCache.batch_select_indices``) so they cost nothing afterwards.
+
+    Args:
+        engine: The engine (text-generation).
+        rows: The requests.
+    """
+
+    def __init__(self, engine: Engine, rows: list[GenerationRow]) -> None:
+        from transformers import DynamicCache
+
+        self.engine = engine
+        self.rows = rows
+        self.active = list(range(len(rows)))
+        self.cache = DynamicCache(config=engine.config)
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._last: torch.Tensor | None = None
+        for row in rows:
+            if row.temperature > 0 and row.seed is not None:
+                row.generator = torch.Generator(device=engine.device).manual_seed(row.seed)
+
+    @property
+    def done(self) -> bool:
+        """True when every row has finished or was cancelled."""
+        return not self.active
+
+    def _prefill_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dev = self.engine.device
+        pad = int(self.engine.tokenizer.pad_token_id)
+        longest = max(len(self.rows[i].prompt_ids) for i in self.active)
+        ids = torch.full((len(self.active), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(self.active), longest), dtype=torch.long)
+        for n, i in enumerate(self.active):
+            p = self.rows[i].prompt_ids
+            ids[n, longest - len(p) :] = torch.tensor(p, dtype=torch.long)
+            mask[n, longest - len(p) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(dev), mask.to(dev), positions.to(dev)
+
+    def step(self) -> list[StepEvent]:
+        """Generate one token for every active row.
+
+        Returns:
+            One :class:`StepEvent` per row that was active (finished rows carry their reason).
+        """
+        self._drop([i for i in self.active if self.rows[i].cancelled])
+        if not self.active:
+            return []
+        engine = self.engine
+        active_rows = [self.rows[i] for i in self.active]
+        if self._mask is None:
+            ids, mask, positions = self._prefill_inputs()
+        else:
+            assert self._last is not None and self._positions is not None
+            ids = self._last.unsqueeze(1)
+            ones = torch.ones((len(self.active), 1), dtype=torch.long, device=engine.device)
+            mask = torch.cat([self._mask, ones], dim=1)
+            positions = self._positions[:, -1:] + 1
+        logits = engine.forward_logits(active_rows, self.cache, ids, mask, positions)
+        self._mask, self._positions = mask, positions
+        tokens = self._choose(logits, active_rows)
+        self._last = tokens.to(engine.device)
+        events: list[StepEvent] = []
+        finished: list[int] = []
+        for n, i in enumerate(self.active):
+            events.append(self._advance(i, self.rows[i], int(tokens[n])))
+            if self.rows[i].finish_reason is not None:
+                finished.append(i)
+        self._drop(finished)
+        return events
+
+    def _choose(self, logits: torch.Tensor, rows: list[GenerationRow]) -> torch.Tensor:
+        greedy = logits.argmax(dim=-1)
+        out = greedy.cpu()
+        for n, row in enumerate(rows):
+            if row.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[n] / row.temperature, dim=-1)
+            if row.top_p < 1.0:
+                sorted_p, order = probs.sort(descending=True)
+                keep = sorted_p.cumsum(-1) - sorted_p < row.top_p
+                keep[0] = True
+                filtered = torch.zeros_like(probs)
+                filtered[order[keep]] = sorted_p[keep]
+                probs = filtered / filtered.sum()
+            out[n] = int(torch.multinomial(probs, 1, generator=row.generator).item())
+        return out
+
+    def _advance(self, i: int, row: GenerationRow, token: int) -> StepEvent:
+        tok = self.engine.tokenizer
+        row.token_ids.append(token)
+        finish: FinishReason | None = None
+        if token in self.engine.eos_token_ids:
+            finish = "stop"
+        text = tok.decode(row.token_ids, skip_special_tokens=True)
+        row.text = text
+        cut = len(text)
+        for s in row.stop:
+            pos = text.find(s)
+            if s and pos != -1:
+                cut = min(cut, pos)
+                finish = "stop"
+        if finish is None and len(row.token_ids) >= row.max_tokens:
+            finish = "length"
+        if finish is not None:
+            safe = cut
+        else:
+            safe = len(text) - _held_back(text, row.stop)
+            if text.endswith("\ufffd"):  # an incomplete multi-byte character
+                safe = min(safe, len(text.rstrip("\ufffd")))
+        delta = text[row.emitted : safe] if safe > row.emitted else ""
+        row.emitted = max(row.emitted, safe)
+        if finish is not None:
+            row.finish_reason = finish
+            row.text = text[:cut]
+        return StepEvent(row=i, token_id=token, text=delta, finish_reason=finish)
+
+    def _drop(self, rows: list[int]) -> None:
+        if not rows:
+            return
+        keep = [n for n, i in enumerate(self.active) if i not in set(rows)]
+        self.active = [self.active[n] for n in keep]
+        if self._mask is None:
+            return
+        if not self.active:
+            self.cache = None
+            self._mask = self._positions = self._last = None
+            return
+        index = torch.tensor(keep, dtype=torch.long, device=self.engine.device)
+        self.cache.batch_select_indices(index)
+        assert self._positions is not None and self._last is not None
+        self._mask = self._mask.index_select(0, index)
+        self._positions = self._positions.index_select(0, index)
+        self._last = self._last.index_select(0, index)
+
+
+def softmax_scores(labels: Sequence[str], logits: Sequence[float]) -> dict[str, float]:
+    """Softmax of ``logits`` keyed by label name.
+
+    Args:
+        labels: Label names (same length as ``logits``).
+        logits: Raw scores.
+
+    Returns:
+        ``{label: probability}`` summing to 1.
+    """
+    m = max(logits)
+    exps = [math.exp(v - m) for v in logits]
+    total = sum(exps)
+    return {label: e / total for label, e in zip(labels, exps, strict=True)}
+
+
+def read_adapter_rank(path: str | Path) -> int | None:
+    """The ``r`` of an adapter folder's ``adapter_config.json``, or ``None`` if unreadable."""
+    try:
+        return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,299 @@
+"""Batched LoRA: one forward pass in which every row uses its own adapter (BGMV in plain torch).
+
+The idea is Punica's "batched gather matrix-vector" (BGMV) kernel and S-LoRA's unified adapter
+memory (Chen et al., *Punica: Multi-Tenant LoRA Serving*, 2023; Sheng et al., *S-LoRA: Serving
+Thousands of Concurrent LoRA Adapters*, 2023): for every adapted linear layer the resident
+adapters' ``A`` and ``B`` matrices are stacked into one tensor each, indexed by a *slot*; a
+batch carries one slot index per row, and the LoRA delta of the whole mixed batch is two
+batched matmuls over the gathered matrices::
+
+    delta[n] = (x[n] @ A[slot[n]].T) @ B[slot[n]].T        x[n]: [T, in], A: [r, in], B: [out, r]
+
+Slot 0 is all zeros and means "bare base". Ranks are zero-padded to the largest resident rank
+(padding contributes exactly zero), and each adapter's scaling (``lora_alpha / r``, or
+``lora_alpha / sqrt(r)`` with rsLoRA, as peft computed it per layer) is folded into its ``B``.
+
+peft loads the adapter files and injects its ``LoraLayer`` wrappers; this module copies the
+weights out of those layers into the stacks, keeps the peft layers disabled (so they run only
+their base layer), and adds the delta with a forward hook on each wrapper. peft's own
+``adapter_names`` mixed-batch path loops over adapters in Python per layer; this path costs
+two ``torch.bmm`` per layer whatever the number of distinct adapters in the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from peft.tuners.lora import LoraLayer
+from torch import nn
+
+BASE_SLOT = 0
+
+
+@dataclass
+class _RowPlan:
+    """Per-forward routing: slot per row, and shortcuts when the batch is uniform."""
+
+    index: torch.Tensor  # [N] int64 slot per row, on the model's device
+    slots: frozenset[int]  # distinct slots present (including 0 if any base row)
+    single: int | None  # the only slot when every row uses the same one
+
+
+@dataclass
+class _StackedLayer:
+    """The stacked A/B matrices of one adapted linear layer.
+
+    ``a``: ``[capacity + 1, r_max, in_features]``, ``b``: ``[capacity + 1, out_features, r_max]``
+    (scaling folded in); ``None`` until an adapter that targets this layer is loaded.
+    """
+
+    in_features: int
+    out_features: int
+    a: torch.Tensor | None = None
+    b: torch.Tensor | None = None
+    occupied: set[int] = field(default_factory=set)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.a is None else self.a.shape[1]
+
+    def nbytes(self) -> int:
+        if self.a is None or self.b is None:
+            return 0
+        return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
+
+
+class BatchedLoRA:
+    """Slot-indexed stacks of the resident adapters' LoRA weights, applied per row.
+
+    Not thread-safe by itself: the engine calls it from its single worker thread.
+
+    Args:
+        capacity: Maximum number of adapters resident at once (slots ``1..capacity``).
+        dtype: Compute dtype of the stacks (the base model's dtype).
+        device: Device of the stacks (the base model's device).
+    """
+
+    def __init__(self, capacity: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        if capacity < 1:
+            raise ValueError(f"BatchedLoRA: capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.dtype = dtype
+        self.device = device
+        self._layers: dict[str, _StackedLayer] = {}
+        self._hooked: dict[str, torch.utils.hooks.RemovableHandle] = {}
+        self._slots: dict[str, int] = {}
+        self._plan = threading.local()
+
+    # ------------------------------------------------------------------ registry of slots
+
+    def slot_of(self, name: str) -> int:
+        """The slot of a resident adapter.
+
+        Args:
+            name: Adapter name.
+
+        Returns:
+            Its slot (>= 1).
+
+        Raises:
+            KeyError: The adapter is not in the stacks.
+        """
+        return self._slots[name]
+
+    def adapters(self) -> dict[str, int]:
+        """Resident adapter names and their slots."""
+        return dict(self._slots)
+
+    def nbytes(self) -> int:
+        """Bytes held by all stacks (0 when no adapter is resident)."""
+        return sum(layer.nbytes() for layer in self._layers.values())
+
+    def set_capacity(self, capacity: int) -> None:
+        """Change the number of slots, keeping resident adapters in their slots.
+
+        Args:
+            capacity: New maximum number of resident adapters.
+
+        Raises:
+            ValueError: ``capacity`` < 1 or below the highest slot in use (evict first).
+        """
+        if capacity < 1:
+            raise ValueError(f"BatchedLoRA: capacity must be >= 1, got {capacity}")
+        highest = max(self._slots.values(), default=0)
+        if capacity < highest:
+            raise ValueError(
+                f"BatchedLoRA: cannot shrink to {capacity} slots while slot {highest} is in use"
+            )
+        if capacity == self.capacity:
+            return
+        self.capacity = capacity
+        for layer in self._layers.values():
+            if layer.a is not None:
+                self._reallocate(layer, capacity, layer.rank)
+
+    # ------------------------------------------------------------------ load / unload
+
+    def add(self, name: str, model: nn.Module, *, peft_name: str | None = None) -> int:
+        """Copy adapter ``name`` out of the peft ``LoraLayer`` wrappers of ``model`` into a slot.
+
+        Hooks every ``LoraLayer`` not hooked yet and disables the peft layers (they then run
+        only their base layer; the hook adds the batched delta).
+
+        Args:
+            name: Adapter name (the key of its slot).
+            model: The model holding peft's ``LoraLayer`` modules.
+            peft_name: The adapter's name inside peft, if different from ``name``.
+
+        Returns:
+            The slot assigned to the adapter.
+
+        Raises:
+            ValueError: Already stacked, no free slot, the adapter is not in any layer, or it uses
+                a LoRA variant this path does not implement (DoRA, LoRA on embeddings, LoRA bias).
+        """
+        if name in self._slots:
+            raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
+        free = [s for s in range(1, self.capacity + 1) if s not in self._slots.values()]
+        if not free:
+            raise ValueError(f"BatchedLoRA: all {self.capacity} adapter slots are in use")
+        slot = free[0]
+        key = peft_name or name
+        found: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        for qualname, module in model.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            self._hook(qualname, module)
+            if key in module.lora_embedding_A:
+                raise ValueError("LoRA on embedding layers is not supported by the batched path")
+            if key not in module.lora_A:
+                continue
+            if module.use_dora.get(key, False):
+                raise ValueError("DoRA adapters (use_dora) are not supported by the batched path")
+            if module.lora_bias.get(key, False):
+                raise ValueError("LoRA bias (lora_bias) is not supported by the batched path")
+            a = module.lora_A[key].weight.detach()
+            b = module.lora_B[key].weight.detach() * module.scaling[key]
+            found.append((qualname, a, b))
+            module.enable_adapters(False)
+        if not found:
+            raise ValueError(f"adapter {name!r} adapts no layer of the model")
+        for qualname, a, b in found:
+            layer = self._layers.get(qualname)
+            if layer is None:
+                layer = _StackedLayer(in_features=a.shape[1], out_features=b.shape[0])
+                self._layers[qualname] = layer
+            r = a.shape[0]
+            if layer.a is None or r > layer.rank:
+                self._reallocate(layer, self.capacity, max(r, layer.rank))
+            assert layer.a is not None and layer.b is not None
+            layer.a[slot].zero_()
+            layer.b[slot].zero_()
+            layer.a[slot, :r].copy_(a.to(self.dtype))
+            layer.b[slot, :, :r].copy_(b.to(self.dtype))
+            layer.occupied.add(slot)
+        # Any layer peft injected must stay disabled, including ones of other adapters.
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.enable_adapters(False)
+        self._slots[name] = slot
+        return slot
+
+    def remove(self, name: str) -> None:
+        """Zero and free the slot of ``name``; release a layer's stacks when it holds none.
+
+        Args:
+            name: Adapter name.
+
+        Raises:
+            KeyError: The adapter is not resident.
+        """
+        slot = self._slots.pop(name)
+        for layer in self._layers.values():
+            if slot in layer.occupied:
+                layer.occupied.discard(slot)
+                assert layer.a is not None and layer.b is not None
+                layer.a[slot].zero_()
+                layer.b[slot].zero_()
+            if not layer.occupied:
+                layer.a = layer.b = None
+            elif layer.rank > (need := self._needed_rank(layer)):
+                self._reallocate(layer, self.capacity, need)
+
+    def _needed_rank(self, layer: _StackedLayer) -> int:
+        assert layer.a is not None
+        nonzero = layer.a.abs().sum(dim=(0, 2)) != 0
+        idx = torch.nonzero(nonzero)
+        return int(idx.max().item()) + 1 if idx.numel() else 1
+
+    def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
+        a = torch.zeros(capacity + 1, rank, layer.in_features, dtype=self.dtype, device=self.device)
+        b = torch.zeros(
+            capacity + 1, layer.out_features, rank, dtype=self.dtype, device=self.device
+        )
+        if layer.a is not None and layer.b is not None:
+            keep_s = min(capacity + 1, layer.a.shape[0])
+            keep_r = min(rank, layer.rank)
+            a[:keep_s, :keep_r] = layer.a[:keep_s, :keep_r]
+            b[:keep_s, :, :keep_r] = layer.b[:keep_s, :, :keep_r]
+        layer.a, layer.b = a, b
+
+    # ------------------------------------------------------------------ forward
+
+    def _hook(self, qualname: str, module: nn.Module) -> None:
+        if qualname in self._hooked:
+            return
+
+        def hook(_mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            return self._apply(qualname, args[0], output)
+
+        self._hooked[qualname] = module.register_forward_hook(hook)
+
+    @contextlib.contextmanager
+    def rows(self, slots: list[int]) -> Iterator[None]:
+        """Route the forward passes run inside this block: row ``n`` uses ``slots[n]``.
+
+        Args:
+            slots: One slot per batch row (``0`` = bare base), length = batch size.
+
+        Yields:
+            Nothing; the routing is undone on exit.
+        """
+        index = torch.tensor(slots, dtype=torch.long, device=self.device)
+        distinct = frozenset(slots)
+        plan = _RowPlan(index, distinct, next(iter(distinct)) if len(distinct) == 1 else None)
+        previous = getattr(self._plan, "value", None)
+        self._plan.value = plan
+        try:
+            yield
+        finally:
+            self._plan.value = previous
+
+    def _apply(self, qualname: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+        plan: _RowPlan | None = getattr(self._plan, "value", None)
+        layer = self._layers.get(qualname)
+        if plan is None or layer is None or layer.a is None or layer.b is None:
+            return None
+        if not (plan.slots & layer.occupied):
+            return None
+        if x.shape[0] != plan.index.shape[0]:
+            raise RuntimeError(
+                f"BatchedLoRA: layer {qualname} got a batch of {x.shape[0]} rows, "
+                f"routing has {plan.index.shape[0]}"
+            )
+        x = x.to(self.dtype)
+        if plan.single is not None:
+            # Uniform batch: plain matmuls with one adapter's matrices, no gather.
+            k = plan.single
+            delta = nn.functional.linear(nn.functional.linear(x, layer.a[k]), layer.b[k])
+        else:
+            x3 = x if x.dim() == 3 else x.unsqueeze(1)
+            a = layer.a.index_select(0, plan.index)  # [N, r, in]
+            b = layer.b.index_select(0, plan.index)  # [N, out, r]
+            delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
+            delta = delta.view(*x.shape[:-1], layer.out_features)
+        return out + delta.to(out.dtype)

@@ -1,0 +1,628 @@
+"""The model server facade: one base model, many LoRA adapters, mixed batches, asyncio API.
+
+The Ray Serve model deployment wraps one :class:`ModelServer` per replica; nothing here imports
+Ray, so the same object serves tests, benchmarks and local tools. It ties together
+
+- :class:`~.engine.Engine` (torch work, run on ONE worker thread so the event loop stays
+  responsive and the model is never used by two threads at once),
+- :class:`~.adapter_cache.AdapterCache` (registry from ``user_config``, LRU residency,
+  single-flight loads, pinning while requests use an adapter),
+- two :class:`~.batcher.MixedBatcher` (generation, classification) that put requests for
+  different adapters into one batch.
+
+Generation batches decode step by step; every step's tokens go to per-request
+``asyncio.Queue`` objects, so streaming works while batching. Errors concern one request only:
+validation errors are raised before it is queued; a failed adapter load fails the requests for
+that adapter; a failing batch fails the requests in that batch, never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .adapter_cache import AdapterCache, AdapterSpec
+from .batcher import MixedBatcher
+from .engine import Engine, GenerationRow, StepEvent, softmax_scores
+from .errors import InvalidRequestError, ServingError
+from .types import (
+    BASE_ADAPTER,
+    ClassifyRequest,
+    ClassifyResult,
+    GenerateRequest,
+    GenerateResult,
+    StreamDelta,
+)
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass
+class _GenItem:
+    request: GenerateRequest
+    adapter: str | None
+    prompt_ids: list[int]
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    row: GenerationRow | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class _ClsItem:
+    texts: list[str]
+    adapter: str | None
+    future: asyncio.Future
+    prompt_tokens: int = 0
+
+
+def _adapter_name(adapter: Any) -> str | None:
+    if adapter is None or adapter == BASE_ADAPTER:
+        return None
+    if not isinstance(adapter, str) or not adapter:
+        raise InvalidRequestError("model must be a non-empty string", param="model")
+    return adapter
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class ModelServer:
+    """Serve one base model and its LoRA adapters with mixed-adapter batching.
+
+    Args:
+        base_path: Local folder of the base model.
+        task: ``"text-generation"`` or ``"text-classification"``.
+        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        device: Torch device; default cuda when present, else cpu.
+        labels: Base label names for classification (``{"0": "neg"}`` or a list).
+        max_adapters: Adapters resident at once (LRU beyond that).
+        max_batch_size: Requests per batch.
+        batch_wait_timeout_s: Longest wait for more requests after the first, seconds.
+        max_tokens_limit: Upper bound on ``max_tokens`` per request.
+        max_concurrent_batches: Batches in flight at once (their steps interleave on the
+            worker thread; > 1 keeps a long generation from holding up new requests).
+
+    Raises:
+        InvalidRequestError: Bad ``task``, ``dtype``, labels or limits.
+        OSError: The base folder cannot be read.
+    """
+
+    def __init__(
+        self,
+        base_path: str | Path,
+        task: str,
+        *,
+        dtype: str = "auto",
+        device: str | None = None,
+        labels: dict | Sequence[str] | None = None,
+        max_adapters: int = 8,
+        max_batch_size: int = 16,
+        batch_wait_timeout_s: float = 0.005,
+        max_tokens_limit: int = 2048,
+        max_concurrent_batches: int = 2,
+    ) -> None:
+        for name, value in (
+            ("max_adapters", max_adapters),
+            ("max_batch_size", max_batch_size),
+            ("max_tokens_limit", max_tokens_limit),
+        ):
+            if not _is_int(value) or value < 1:
+                raise InvalidRequestError(
+                    f"{name} must be an integer >= 1, got {value!r}", param=name
+                )
+        if not _is_number(batch_wait_timeout_s) or batch_wait_timeout_s < 0:
+            raise InvalidRequestError(
+                f"batch_wait_timeout_s must be >= 0, got {batch_wait_timeout_s!r}",
+                param="batch_wait_timeout_s",
+            )
+        self.engine = Engine(
+            base_path, task, dtype=dtype, device=device, labels=labels, max_adapters=max_adapters
+        )
+        self.max_tokens_limit = max_tokens_limit
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafleet-engine")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.cache = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters)
+        self._gen_batcher: MixedBatcher[_GenItem] = MixedBatcher(
+            self._run_generation,
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_timeout_s,
+            max_concurrent_batches=max_concurrent_batches,
+            on_error=self._fail_generation,
+        )
+        self._cls_batcher: MixedBatcher[_ClsItem] = MixedBatcher(
+            self._run_classification,
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_timeout_s,
+            max_concurrent_batches=max_concurrent_batches,
+            on_error=self._fail_classification,
+        )
+        self._background: set[asyncio.Task[None]] = set()
+        self.requests = 0
+        self.failed_requests = 0
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def task(self) -> str:
+        """``"text-generation"`` or ``"text-classification"``."""
+        return self.engine.task
+
+    @property
+    def tokenizer(self) -> Any:
+        """The base's tokenizer (``apply_chat_template`` for chat requests)."""
+        return self.engine.tokenizer
+
+    @property
+    def labels(self) -> list[str] | None:
+        """Label names of the base's classification head (``None`` for generation)."""
+        return self.engine.base_labels
+
+    def adapter_labels(self, name: str) -> list[str] | None:
+        """Label names an adapter answers with, if it is resident (else ``None``)."""
+        info = self.engine.adapters.get(name)
+        return None if info is None else (info.labels or self.engine.base_labels)
+
+    # ----------------------------------------------------------------- worker thread
+
+    async def _call(self, fn: Callable[..., R], *args: Any) -> R:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def _load_adapter(self, spec: AdapterSpec) -> None:
+        await self._call(self.engine.load_adapter, spec.name, spec.path, spec.labels)
+
+    async def _unload_adapter(self, name: str) -> None:
+        await self._call(self.engine.unload_adapter, name)
+
+    # ----------------------------------------------------------------- registry
+
+    @staticmethod
+    def parse_user_config(user_config: Any) -> tuple[int | None, dict[str, AdapterSpec]]:
+        """Validate a ``user_config``.
+
+        Args:
+            user_config: ``{"max_adapters": int?, "adapters": {name: {"path", "rank"?,
+                "labels"?}}?}``.
+
+        Returns:
+            (``max_adapters`` or ``None`` when absent, adapter specs by name).
+
+        Raises:
+            InvalidRequestError: Not a mapping, unknown keys, bad ``max_adapters`` or entries.
+        """
+        if user_config is None:
+            return None, {}
+        if not isinstance(user_config, dict):
+            raise InvalidRequestError("user_config must be a mapping", param="user_config")
+        unknown = set(user_config) - {"max_adapters", "adapters"}
+        if unknown:
+            raise InvalidRequestError(
+                f"user_config has unknown keys {sorted(unknown)}", param="user_config"
+            )
+        max_adapters = user_config.get("max_adapters")
+        if max_adapters is not None and (not _is_int(max_adapters) or max_adapters < 1):
+            raise InvalidRequestError(
+                f"user_config.max_adapters must be an integer >= 1, got {max_adapters!r}",
+                param="max_adapters",
+            )
+        adapters = user_config.get("adapters") or {}
+        if not isinstance(adapters, dict):
+            raise InvalidRequestError("user_config.adapters must be a mapping", param="adapters")
+        specs = {name: AdapterSpec.from_config(name, value) for name, value in adapters.items()}
+        return max_adapters, specs
+
+    def apply_user_config(self, user_config: dict) -> None:
+        """Apply a new adapter registry (Ray Serve ``reconfigure``), synchronously.
+
+        Added adapters are registered and load on first use; removed ones (or ones whose path
+        changed) are evicted, freeing their memory - right away if idle, else when their
+        in-flight requests finish; meanwhile new requests for them get ``UnknownModelError``.
+        Safe to call from the server's event loop thread (evictions run as tasks), from another
+        thread while the loop runs (waits for completion), or before any request.
+
+        Args:
+            user_config: See :meth:`parse_user_config`.
+
+        Raises:
+            InvalidRequestError: Invalid ``user_config`` (nothing is changed).
+        """
+        max_adapters, specs = self.parse_user_config(user_config)
+        loop = self._loop
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is None and loop is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.reconfigure(user_config), loop).result()
+            return
+        stale = self.cache.set_registry(specs)  # takes effect for the next request
+        if running is not None:
+            self._loop = running
+            task = running.create_task(self._finish_reconfigure(max_adapters, stale))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        # No event loop has served requests here: nothing is resident, only bookkeeping.
+        if max_adapters is not None:
+            self.cache.max_adapters = max_adapters
+            self.engine.set_capacity(max_adapters)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        """Apply a new ``user_config`` and wait until removed adapters are evicted.
+
+        Args:
+            user_config: See :meth:`parse_user_config`.
+
+        Raises:
+            InvalidRequestError: Invalid ``user_config`` (nothing is changed).
+        """
+        max_adapters, specs = self.parse_user_config(user_config)
+        self._loop = asyncio.get_running_loop()
+        stale = self.cache.set_registry(specs)
+        await self._finish_reconfigure(max_adapters, stale)
+
+    async def _finish_reconfigure(self, max_adapters: int | None, stale: list[str]) -> None:
+        if max_adapters is not None and max_adapters != self.cache.max_adapters:
+            if max_adapters > self.cache.max_adapters:
+                await self._call(self.engine.set_capacity, max_adapters)
+                self.cache.max_adapters = max_adapters
+            else:
+                await self.cache.shrink_to(max_adapters)
+                highest = max(self.engine.lora.adapters().values(), default=0)
+                await self._call(self.engine.set_capacity, max(max_adapters, highest))
+        for name in stale:
+            await self.cache.evict(name)
+
+    def registered_adapters(self) -> dict[str, dict]:
+        """The registry: adapter name -> ``{"path", "rank"?, "labels"?, ...}``."""
+        return {name: spec.as_dict() for name, spec in self.cache.registry.items()}
+
+    def resident_adapters(self) -> list[str]:
+        """Adapters loaded right now, least recently used first."""
+        return self.cache.resident()
+
+    async def ensure_adapter(self, name: str) -> None:
+        """Load adapter ``name`` if it is not resident (``@serve.multiplexed`` hook).
+
+        Args:
+            name: Registered adapter name (``"__base__"``/``None``: nothing to do).
+
+        Raises:
+            UnknownModelError: Not registered.
+            AdapterLoadError: Its files failed to load (the reason is in the message).
+        """
+        self._loop = asyncio.get_running_loop()
+        adapter = _adapter_name(name)
+        if adapter is not None:
+            await self.cache.ensure(adapter)
+
+    async def evict(self, name: str) -> None:
+        """Unload adapter ``name`` (after its in-flight requests) and free its memory.
+
+        It stays registered and reloads on the next request. Unknown or not resident: no-op.
+        """
+        self._loop = asyncio.get_running_loop()
+        await self.cache.evict(name)
+
+    def stats(self) -> dict:
+        """Counters for metrics and tests.
+
+        Returns:
+            ``loads`` (per adapter), ``load_failures`` (per adapter), ``evictions``,
+            ``batches``, ``mean_batch_size``, ``generation_batches``,
+            ``classification_batches``, ``requests``, ``failed_requests``, ``resident``,
+            ``registered``, ``tensor_bytes``.
+        """
+        gen, cls = self._gen_batcher, self._cls_batcher
+        batches = gen.batches + cls.batches
+        return {
+            "loads": dict(self.cache.loads),
+            "load_failures": dict(self.cache.load_failures),
+            "evictions": self.cache.evictions,
+            "batches": batches,
+            "mean_batch_size": (gen.items + cls.items) / batches if batches else 0.0,
+            "generation_batches": gen.batches,
+            "classification_batches": cls.batches,
+            "requests": self.requests,
+            "failed_requests": self.failed_requests,
+            "resident": self.cache.resident(),
+            "registered": len(self.cache.registry),
+            "tensor_bytes": self.engine.tensor_bytes(),
+        }
+
+    @contextlib.asynccontextmanager
+    async def _lease(self, adapter: str | None) -> AsyncIterator[None]:
+        self._loop = asyncio.get_running_loop()
+        if adapter is None:
+            yield
+            return
+        async with self.cache.lease(adapter):
+            yield
+
+    # ----------------------------------------------------------------- generation
+
+    def _prepare_generation(self, req: GenerateRequest) -> _GenItem:
+        if self.task != "text-generation":
+            raise InvalidRequestError(
+                f"this model serves {self.task}; completions are not available", param="model"
+            )
+        if not isinstance(req.prompt, str | list):
+            raise InvalidRequestError(
+                "prompt must be a string or a list of token ids", param="prompt"
+            )
+        if not _is_int(req.max_tokens) or req.max_tokens < 1:
+            raise InvalidRequestError(
+                f"max_tokens must be an integer >= 1, got {req.max_tokens!r}", param="max_tokens"
+            )
+        if req.max_tokens > self.max_tokens_limit:
+            raise InvalidRequestError(
+                f"max_tokens={req.max_tokens} exceeds the limit of {self.max_tokens_limit}",
+                param="max_tokens",
+            )
+        if not _is_number(req.temperature) or req.temperature < 0:
+            raise InvalidRequestError(
+                f"temperature must be a number >= 0, got {req.temperature!r}", param="temperature"
+            )
+        if not _is_number(req.top_p) or not 0 < req.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {req.top_p!r}", param="top_p")
+        stop = req.stop if req.stop is not None else []
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+            raise InvalidRequestError("stop must be a list of non-empty strings", param="stop")
+        if req.seed is not None and not _is_int(req.seed):
+            raise InvalidRequestError(f"seed must be an integer, got {req.seed!r}", param="seed")
+        adapter = _adapter_name(req.adapter)
+        prompt_ids = self.engine.encode_prompt(req.prompt)
+        limit = self.engine.max_positions
+        if limit is not None and len(prompt_ids) + req.max_tokens > limit:
+            raise InvalidRequestError(
+                f"prompt ({len(prompt_ids)} tokens) plus max_tokens ({req.max_tokens}) exceeds "
+                f"the model's context of {limit} tokens",
+                param="max_tokens",
+            )
+        req = GenerateRequest(
+            prompt=req.prompt,
+            adapter=req.adapter,
+            max_tokens=req.max_tokens,
+            temperature=float(req.temperature),
+            top_p=float(req.top_p),
+            stop=list(stop),
+            seed=req.seed,
+        )
+        return _GenItem(request=req, adapter=adapter, prompt_ids=prompt_ids)
+
+    async def _run_generation(self, items: list[_GenItem]) -> None:
+        live: list[_GenItem] = []
+        rows: list[GenerationRow] = []
+        for item in items:
+            if item.cancelled:
+                continue
+            req = item.request
+            item.row = GenerationRow(
+                prompt_ids=item.prompt_ids,
+                slot=self.engine.slot(item.adapter),
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                top_p=req.top_p,
+                stop=req.stop,
+                seed=req.seed,
+            )
+            live.append(item)
+            rows.append(item.row)
+        if not rows:
+            return
+        batch = self.engine.start_generation(rows)
+        while not batch.done:
+            for item in live:
+                if item.cancelled and item.row is not None:
+                    item.row.cancelled = True
+            events: list[StepEvent] = await self._call(batch.step)
+            for event in events:
+                live[event.row].queue.put_nowait(event)
+
+    def _fail_generation(self, items: list[_GenItem], exc: BaseException) -> None:
+        logger.error("generation batch of %d failed: %s", len(items), exc)
+        error = (
+            exc
+            if isinstance(exc, ServingError)
+            else ServingError(f"generation failed: {type(exc).__name__}: {exc}")
+        )
+        for item in items:
+            if item.row is None or item.row.finish_reason is None:
+                item.queue.put_nowait(error)
+
+    async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[StreamDelta]:
+        """Generate, yielding one :class:`StreamDelta` per token (the last one is final).
+
+        Errors (invalid request, unknown adapter, adapter load failure) are raised by the first
+        ``__anext__()``, before any delta, so the caller can still answer with an error status.
+        Closing the iterator early cancels the request (its row leaves the batch).
+
+        Args:
+            req: The request.
+
+        Yields:
+            Deltas; the last has ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``.
+
+        Raises:
+            InvalidRequestError, UnknownModelError, AdapterLoadError, ServingError.
+        """
+        self.requests += 1
+        try:
+            item = self._prepare_generation(req)
+        except ServingError:
+            self.failed_requests += 1
+            raise
+        finished = False
+        try:
+            async with self._lease(item.adapter):
+                self._gen_batcher.submit(item)
+                while True:
+                    event = await item.queue.get()
+                    if isinstance(event, BaseException):
+                        raise event
+                    assert item.row is not None
+                    if event.finish_reason is not None:
+                        finished = True
+                        yield StreamDelta(
+                            text=event.text,
+                            token_id=event.token_id,
+                            finish_reason=event.finish_reason,
+                            prompt_tokens=len(item.prompt_ids),
+                            completion_tokens=len(item.row.token_ids),
+                        )
+                        return
+                    yield StreamDelta(text=event.text, token_id=event.token_id, finish_reason=None)
+        except ServingError:
+            self.failed_requests += 1
+            raise
+        finally:
+            if not finished:
+                item.cancelled = True
+                if item.row is not None:
+                    item.row.cancelled = True
+
+    async def generate(self, req: GenerateRequest) -> GenerateResult:
+        """Generate a completion for one request (batched with concurrent requests).
+
+        Args:
+            req: The request.
+
+        Returns:
+            The :class:`GenerateResult`.
+
+        Raises:
+            InvalidRequestError: A field is out of range (``param`` names it).
+            UnknownModelError: ``req.adapter`` is not registered.
+            AdapterLoadError: The adapter's files failed to load.
+            ServingError: The batch failed.
+        """
+        text_parts: list[str] = []
+        token_ids: list[int] = []
+        final: StreamDelta | None = None
+        async for delta in self.generate_stream(req):
+            text_parts.append(delta.text)
+            if delta.token_id is not None:
+                token_ids.append(delta.token_id)
+            final = delta
+        assert final is not None and final.finish_reason is not None
+        return GenerateResult(
+            text="".join(text_parts),
+            token_ids=token_ids,
+            prompt_tokens=final.prompt_tokens or 0,
+            completion_tokens=final.completion_tokens or len(token_ids),
+            finish_reason=final.finish_reason,
+        )
+
+    # ----------------------------------------------------------------- classification
+
+    async def classify(self, req: ClassifyRequest) -> ClassifyResult:
+        """Classify texts with one adapter (batched with concurrent requests of any adapter).
+
+        Args:
+            req: The request.
+
+        Returns:
+            Labels, per-label softmax scores and logits per text (the adapter's own label set
+            when it carries a head).
+
+        Raises:
+            InvalidRequestError: Wrong task, or ``texts`` empty / not a list of non-empty strings
+                (``param="input"``).
+            UnknownModelError: ``req.adapter`` is not registered.
+            AdapterLoadError: The adapter's files failed to load.
+        """
+        self.requests += 1
+        try:
+            if self.task != "text-classification":
+                raise InvalidRequestError(
+                    f"this model serves {self.task}; classification is not available",
+                    param="model",
+                )
+            texts = req.texts
+            if not isinstance(texts, list) or not texts:
+                raise InvalidRequestError(
+                    "input must be a non-empty list of strings", param="input"
+                )
+            for i, text in enumerate(texts):
+                if not isinstance(text, str) or not text.strip():
+                    raise InvalidRequestError(
+                        f"input[{i}] must be a non-empty string", param="input"
+                    )
+            adapter = _adapter_name(req.adapter)
+            loop = asyncio.get_running_loop()
+            tokens = sum(len(ids) for ids in self.tokenizer(texts).input_ids)
+            async with self._lease(adapter):
+                item = _ClsItem(list(texts), adapter, loop.create_future(), tokens)
+                self._cls_batcher.submit(item)
+                return await item.future
+        except ServingError:
+            self.failed_requests += 1
+            raise
+
+    async def _run_classification(self, items: list[_ClsItem]) -> None:
+        texts = [t for item in items for t in item.texts]
+        adapters = [item.adapter for item in items for _ in item.texts]
+        chunk = max(self._cls_batcher.max_batch_size, 16)
+        outputs: list[tuple[list[str], list[float]]] = []
+        for start in range(0, len(texts), chunk):
+            outputs.extend(
+                await self._call(
+                    self.engine.classify,
+                    texts[start : start + chunk],
+                    adapters[start : start + chunk],
+                )
+            )
+        pos = 0
+        for item in items:
+            mine = outputs[pos : pos + len(item.texts)]
+            pos += len(item.texts)
+            if item.future.done():
+                continue
+            labels, scores, logits = [], [], []
+            for names, values in mine:
+                best = max(range(len(values)), key=values.__getitem__)
+                labels.append(names[best])
+                scores.append(softmax_scores(names, values))
+                logits.append(values)
+            item.future.set_result(
+                ClassifyResult(
+                    labels=labels, scores=scores, logits=logits, prompt_tokens=item.prompt_tokens
+                )
+            )
+
+    def _fail_classification(self, items: list[_ClsItem], exc: BaseException) -> None:
+        logger.error("classification batch of %d failed: %s", len(items), exc)
+        error = (
+            exc
+            if isinstance(exc, ServingError)
+            else ServingError(f"classification failed: {type(exc).__name__}: {exc}")
+        )
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def close(self) -> None:
+        """Stop the batchers and the worker thread. The server cannot be used afterwards."""
+        await self._gen_batcher.close()
+        await self._cls_batcher.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)
