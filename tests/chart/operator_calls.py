@@ -195,12 +195,17 @@ def owner_permissions() -> list[Found]:
 
 
 def framework_permissions(clusterwide: bool) -> list[Found]:
-    """What kopf does by itself: scan CRDs, and peer through its kopf.dev objects."""
+    """What kopf does by itself: scan CRDs, peer through its kopf.dev objects, and (only when
+    given namespaces) list and watch namespaces to match them
+    (kopf._core.reactor.observation.namespace_observer)."""
     peering = "clusterkopfpeerings" if clusterwide else "kopfpeerings"
-    return [
+    found = [
         Found(("apiextensions.k8s.io", "customresourcedefinitions", v), "kopf CRD scanning")
         for v in ("list", "watch")
     ] + [Found(("kopf.dev", peering, v), "kopf peering") for v in ("list", "watch", "patch")]
+    if not clusterwide:
+        found += [Found(("", "namespaces", v), "kopf namespace scan") for v in ("list", "watch")]
+    return found
 
 
 def needed(clusterwide: bool) -> dict[Permission, list[str]]:

@@ -200,10 +200,12 @@ def test_namespaced_mode_grants_in_the_listed_namespace_only(
         assert allowed(kube_cluster, user, FORBIDDEN, namespace) == []
         # Elsewhere: nothing at all.
         assert allowed(kube_cluster, user, NEEDED + FORBIDDEN, other_namespace) == []
-        # Cluster-wide: only reading CRDs (kopf's resource scan); not even namespaces.
-        assert denied(kube_cluster, user, CLUSTER_NEEDED, None) == []
-        cluster_extra = [("patch", "clusterkopfpeerings.kopf.dev")]
-        assert allowed(kube_cluster, user, CLUSTER_FORBIDDEN + cluster_extra, None) == []
+        # Cluster-wide: only reading CRDs and namespace names (kopf's scans).
+        cluster_needed = [*CLUSTER_NEEDED, ("list", "namespaces"), ("watch", "namespaces")]
+        assert denied(kube_cluster, user, cluster_needed, None) == []
+        cluster_forbidden = [c for c in CLUSTER_FORBIDDEN if c[1] != "namespaces" or c[0] != "list"]
+        cluster_extra = [("patch", "clusterkopfpeerings.kopf.dev"), ("get", "namespaces")]
+        assert allowed(kube_cluster, user, cluster_forbidden + cluster_extra, None) == []
         assert allowed(kube_cluster, user, [("list", "basemodels.lorafleet.io")], None) == []
     finally:
         identity.remove()

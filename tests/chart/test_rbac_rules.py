@@ -18,7 +18,7 @@ from tests.chart.helm import ROOT, by_kind, template
 
 INSTALL = ROOT / "manifests" / "install" / "10-lorafleet.yaml"
 #: Cluster-scoped resources: granted cluster-wide even in namespaced mode (read-only).
-CLUSTER_SCOPED = {"customresourcedefinitions", "clusterkopfpeerings"}
+CLUSTER_SCOPED = {"customresourcedefinitions", "clusterkopfpeerings", "namespaces"}
 
 
 def explain(perms: set, where: dict[operator_calls.Permission, list[str]]) -> str:
