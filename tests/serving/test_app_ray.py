@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 GEN_APP = "tinyllama"
 CLS_APP = "tinybert"
+MULTI_APP = "twin"  # two Model replicas, one adapter each at most: multiplexed routing
 MAX_TOKENS_LIMIT = 64
 MODEL_NUM_CPUS = 0.5
 
@@ -52,17 +53,18 @@ def app_configs(
     *,
     max_adapters: int = 2,
 ) -> dict[str, Any]:
-    """The serve config of both test applications, built by the operator's builder.
+    """The serve config of the test applications, built by the operator's builder.
 
     Args:
-        base: Generation base folder (served as ``tinyllama`` at ``/``).
+        base: Generation base folder (served as ``tinyllama`` at ``/`` and as ``twin`` at
+            ``/twin`` with two Model replicas, ``max_adapters`` 1 and adapters alpha, beta).
         adapters: Its adapter registry (name -> folder).
         cls_base: Classification base folder (served as ``tinybert`` at ``/cls``).
         cls_adapters: Its adapter registry (name -> folder); labels from ``CLS_LABELS``.
         max_adapters: ``maxAdaptersPerReplica`` of the generation base.
 
     Returns:
-        ``{"applications": [generation app, classification app]}``.
+        ``{"applications": [generation app, classification app, twin app]}``.
     """
     gen_spec = BaseModelSpec.model_validate(
         {
@@ -105,7 +107,23 @@ def app_configs(
         num_gpus=0,
         route_prefix="/cls",
     )
-    return {"applications": gen["applications"] + cls["applications"]}
+    twin_spec = BaseModelSpec.model_validate(
+        {
+            "source": {"uri": f"file://{base}"},
+            "task": "text-generation",
+            "serving": {"gpus": 0, "replicas": 2, "maxAdaptersPerReplica": 1},
+        }
+    )
+    twin = build_serve_config(
+        MULTI_APP,
+        str(base),
+        twin_spec,
+        {n: {"path": str(adapters[n]), "rank": 8} for n in ("alpha", "beta")},
+        num_cpus=MODEL_NUM_CPUS,
+        num_gpus=0,
+        route_prefix=f"/{MULTI_APP}",
+    )
+    return {"applications": gen["applications"] + cls["applications"] + twin["applications"]}
 
 
 def model_user_config(config: dict[str, Any], app: str = GEN_APP) -> dict[str, Any]:
@@ -383,3 +401,47 @@ def test_user_config_adds_and_removes_adapters_in_place(
     assert {m for m, _, _ in outcomes} == {"alpha", GEN_APP}
     assert len(outcomes) >= 4
     assert replica_pids(serve_status(ray_cluster.dashboard_url)) == pids_before
+
+
+def test_multiplexed_routing_prefers_the_replica_holding_the_adapter(
+    ray_cluster: RayCluster, deployed: dict
+) -> None:
+    """Two replicas holding one adapter each: after warm-up no request causes another load."""
+    url = f"{ray_cluster.http_url}/{MULTI_APP}"
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url))[(MULTI_APP, "Model")]
+    assert len(pids) == 2
+
+    def complete(model: str) -> None:
+        body = {"model": model, "prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0}
+        assert requests.post(f"{url}/v1/completions", json=body, timeout=120).status_code == 200
+
+    def stats_by_pid() -> dict[int, dict[str, Any]]:
+        seen: dict[int, dict[str, Any]] = {}
+        for _ in range(60):  # /stats carries no model id: any replica answers
+            info = requests.get(f"{url}/stats", timeout=30).json()
+            seen[info["pid"]] = info
+            if len(seen) == 2:
+                break
+        assert set(seen) == set(pids), seen.keys()
+        return seen
+
+    # Warm up: alpha lands on one replica; once Serve knows (ids are pushed every 0.1 s),
+    # beta goes to the replica with the fewest adapters, the other one.
+    complete("alpha")
+    time.sleep(2.0)
+    complete("beta")
+    time.sleep(2.0)
+    before = stats_by_pid()
+    for _ in range(6):
+        complete("alpha")
+        complete("beta")
+    after = stats_by_pid()
+    holders = {
+        name: [p for p, i in after.items() if name in i["multiplexed"]]
+        for name in ("alpha", "beta")
+    }
+    assert len(holders["alpha"]) == 1 and len(holders["beta"]) == 1, holders
+    assert holders["alpha"] != holders["beta"], holders
+    for pid in pids:
+        assert after[pid]["stats"]["loads"] == before[pid]["stats"]["loads"], (pid, after[pid])
+        assert after[pid]["stats"]["evictions"] == before[pid]["stats"]["evictions"]
