@@ -8,7 +8,7 @@
   (tests, single-process use).
 
 Routes (reference with curl examples: ``docs/api.md``): ``GET /health``, ``GET /ready``,
-``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
+``GET /stats`` (the answering model replica's pid, adapters and counters), ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (both with
 ``stream: true`` as server-sent events, https://html.spec.whatwg.org/multipage/server-sent-events.html,
 ending in ``data: [DONE]``) and, for ``text-classification`` bases, ``POST /v1/classify``.
 
