@@ -208,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             hub.throttle(repo_id, min(rate or 10**12, 100_000_000))
             have = kill_at_half(work / "dest-resume", repo_id, weights, hub.endpoint)
             hub.throttle(repo_id, rate)
+            served_before = hub.served_bytes(repo_id)
             resumed_s, report = timed_install(work / "dest-resume", "resume", repo_id)
+            resumed_bytes = hub.served_bytes(repo_id) - served_before
             manifest = json.loads((Path(report["path"]) / "lorafleet.json").read_text())
             digests = {f["path"]: f["sha256"] for f in manifest["files"]}
             import hashlib
@@ -217,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             if digests["model.safetensors"] != want:
                 raise SystemExit("resumed install has a wrong digest")
             print(
-                f"killed at {have} of {weights} bytes ({100 * have / weights:.0f}%); resumed_s={resumed_s:.3f}"
+                f"killed at {have} of {weights} bytes ({100 * have / weights:.0f}%); "
+                f"resumed_s={resumed_s:.3f} fetching {resumed_bytes} bytes"
             )
             print(
                 f"link limit: {'none (loopback)' if rate is None else f'{args.link_mbps:g} Mbit/s per download'}"

@@ -183,7 +183,7 @@ _LAUNCHER = textwrap.dedent(
             rev, _, file_path = rev_path.partition("/")
             lfs = lfs_object(repo_id, unquote(rev), unquote(file_path))
             if lfs is not None:
-                return await self.serve_lfs(send, scope["method"], repo_id, lfs, rng, rate)
+                return await self.serve_lfs(receive, send, scope["method"], repo_id, lfs, rng, rate)
             if scope["method"] != "GET":
                 return await self.app(scope, receive, send)
             start = end = None
@@ -230,7 +230,7 @@ _LAUNCHER = textwrap.dedent(
 
             return await self.app(scope, receive, wrapped_send)
 
-        async def serve_lfs(self, send, method, repo_id, lfs, rng, rate):
+        async def serve_lfs(self, receive, send, method, repo_id, lfs, rng, rate):
             commit, oid, obj = lfs
             total = os.path.getsize(obj)
             start, end, status = 0, total - 1, 200
@@ -256,9 +256,17 @@ _LAUNCHER = textwrap.dedent(
             if method == "HEAD":
                 return await send({"type": "http.response.body", "body": b""})
             t0, sent, left = time.monotonic(), 0, end - start + 1
+            gone = asyncio.Event()
+
+            async def watch():  # uvicorn drops writes to a closed connection silently
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+
+            watcher = asyncio.create_task(watch())
             with open(obj, "rb") as fh:
                 fh.seek(start)
-                while left > 0:
+                while left > 0 and not gone.is_set():
                     chunk = fh.read(min(CHUNK, left))
                     if not chunk:
                         break
@@ -270,7 +278,8 @@ _LAUNCHER = textwrap.dedent(
                         ahead = sent / rate - (time.monotonic() - t0)
                         if ahead > 0:
                             await asyncio.sleep(ahead)
-            if left > 0:
+            watcher.cancel()
+            if left > 0 and not gone.is_set():
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     host, port = sys.argv[1], int(sys.argv[2])

@@ -80,24 +80,23 @@ def fetch_resumable(
     if expected.size is not None and have > expected.size:
         part.unlink()
         have = 0
-    if have:
-        with part.open("rb") as fh:
-            while chunk := fh.read(8 * CHUNK_BYTES):
-                hashers.update(chunk)
     if expected.size is not None and have == expected.size:
+        _hash_prefix(hashers, part, have)
         return hashers.digests()
     req_headers = dict(headers or {})
     if have:
         req_headers["Range"] = f"bytes={have}-"
     with session.get(url, headers=req_headers, stream=True, timeout=CONNECT_READ_TIMEOUT_S) as resp:
         check_response(resp)
-        mode = "ab"
+        prefix = have
         if have and resp.status_code != 206:  # the server ignored the range: start over
-            hashers = _Hashers(expected)
-            mode = "wb"
-        elif not have:
-            mode = "wb"
-        with part.open(mode) as fh, _HashingThread(hashers) as hashing:
+            prefix = 0
+        mode = "ab" if prefix else "wb"
+        # the bytes already on disk are hashed on the hashing thread while the rest arrives
+        with (
+            _HashingThread(hashers, part if prefix else None, prefix) as hashing,
+            part.open(mode) as fh,
+        ):
             for chunk in resp.iter_content(CHUNK_BYTES):
                 fh.write(chunk)
                 hashing.feed(chunk)
@@ -108,19 +107,36 @@ def fetch_resumable(
     return hashers.digests()
 
 
+def _hash_prefix(hashers: _Hashers, path: Path, nbytes: int) -> None:
+    """Hash the first ``nbytes`` of ``path`` (the part kept from an earlier run)."""
+    with path.open("rb") as fh:
+        left = nbytes
+        while left > 0 and (chunk := fh.read(min(8 * CHUNK_BYTES, left))):
+            hashers.update(chunk)
+            left -= len(chunk)
+
+
 class _HashingThread:
     """Hashes chunks on a second thread while the first keeps receiving and writing.
 
     hashlib releases the GIL on large buffers, so hashing overlaps the network and disk work.
     """
 
-    def __init__(self, hashers: _Hashers) -> None:
+    def __init__(
+        self, hashers: _Hashers, prefix_file: Path | None = None, prefix_bytes: int = 0
+    ) -> None:
         self._hashers = hashers
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        self._prefix = (prefix_file, prefix_bytes)
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
         self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
         self._error: BaseException | None = None
 
     def _run(self) -> None:
+        try:
+            if self._prefix[0] is not None:
+                _hash_prefix(self._hashers, *self._prefix)
+        except BaseException as exc:
+            self._error = exc
         while (chunk := self._queue.get()) is not None:
             try:
                 self._hashers.update(chunk)
