@@ -254,7 +254,9 @@ class Engine:
         Args:
             name: Served name (must not be loaded already).
             path: Folder with ``adapter_config.json`` and ``adapter_model.safetensors`` (or .bin).
-            labels: Label names of the adapter's own classification head, if it has one.
+            labels: Label names of the adapter's own classification head (``{"0": name}`` or a
+                list); default: the base's names when the head has as many outputs, else
+                ``LABEL_<i>``.
 
         Returns:
             The :class:`AdapterInfo`.
@@ -348,6 +350,8 @@ class Engine:
         head_labels = None
         if head is not None:
             n = _head_outputs(head)
+            if labels is None and self.base_labels is not None and n == len(self.base_labels):
+                labels = self.base_labels  # same size as the base head: its names, unless given
             try:
                 head_labels = _labels_list(labels, n, f"adapter {name!r}")
             except InvalidRequestError as exc:

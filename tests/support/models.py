@@ -512,6 +512,90 @@ def make_lora_adapter(
     return out
 
 
+def reference_greedy(
+    base_path: str | Path,
+    adapter_path: str | Path | None,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+) -> list[int]:
+    """Greedy tokens from plain transformers + peft with only ``adapter_path`` active.
+
+    The reference the engine must match: ``PeftModel.from_pretrained`` on a freshly loaded
+    float32 base, one prompt, ``generate(do_sample=False)``.
+
+    Args:
+        base_path: Base model folder.
+        adapter_path: Adapter folder, or ``None`` for the bare base.
+        prompt_ids: Prompt token ids.
+        max_new_tokens: Tokens to generate at most (stops after an end-of-sequence token).
+
+    Returns:
+        The generated ids (including the end-of-sequence token if produced).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    model.eval()
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.config.pad_token_id,
+        )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+def reference_logits(
+    base_path: str | Path, adapter_path: str | Path | None, texts: list[str]
+) -> list[list[float]]:
+    """Classification logits from plain transformers + peft with only ``adapter_path`` active.
+
+    An adapter with its own head of ``n`` labels is applied to a base loaded with
+    ``num_labels=n`` (``ignore_mismatched_sizes``), as a user of peft would; peft then puts the
+    saved head in place.
+
+    Args:
+        base_path: Base model folder.
+        adapter_path: Adapter folder, or ``None`` for the bare base.
+        texts: Texts, each run on its own (no padding).
+
+    Returns:
+        Logits per text.
+    """
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_path)
+    kwargs = {}
+    if adapter_path is not None:
+        weights = load_file(str(Path(adapter_path) / "adapter_model.safetensors"))
+        head = weights.get("base_model.model.classifier.weight")
+        if head is not None:
+            kwargs = {"num_labels": head.shape[0], "ignore_mismatched_sizes": True}
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_path, dtype=torch.float32, **kwargs
+    )
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path))
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            out.append(model(**tok([text], return_tensors="pt")).logits[0].tolist())
+    return out
+
+
 # ----------------------------------------------------------------------------- fixtures
 
 

@@ -1,0 +1,267 @@
+"""Engine outputs equal plain peft with only that adapter active (CPU, tiny models)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+from lorafleet_serving.engine import Engine, GenerationRow
+from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError
+from peft.tuners.lora import LoraLayer
+
+from tests.support.models import reference_greedy, reference_logits
+
+PROMPTS = [
+    "the cat eats an apple",
+    "hello",
+    "a dog sees the river near the sea after lunch",
+    "the model serves many tokens",
+]
+MAX_NEW = 12
+CLS_TEXTS = ["i love this movie", "the weather is terrible today", "sport music science", "hi"]
+TOPIC_LABELS = {"0": "sport", "1": "politics", "2": "science", "3": "business"}
+
+
+@pytest.fixture(scope="module")
+def gen_engine(tiny_causal_lm: Path, tiny_lora_adapters: dict) -> Engine:
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+    for name, path in tiny_lora_adapters.items():
+        engine.load_adapter(name, path)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def references(tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_engine: Engine) -> dict:
+    """(adapter or None, prompt) -> peft greedy tokens."""
+    out = {}
+    for name in [None, *tiny_lora_adapters]:
+        path = tiny_lora_adapters[name] if name else None
+        for prompt in PROMPTS:
+            ids = gen_engine.encode_prompt(prompt)
+            out[name, prompt] = reference_greedy(tiny_causal_lm, path, ids, MAX_NEW)
+    return out
+
+
+def test_mixed_batch_matches_peft_per_row(gen_engine: Engine, tiny_lora_adapters, references):
+    """One batch: every prompt x (base + every adapter), rows interleaved, left padded."""
+    names = [None, *tiny_lora_adapters]
+    combos = [(n, p) for p in PROMPTS for n in names]
+    rows = [
+        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
+        for n, p in combos
+    ]
+    gen_engine.generate(rows)
+    distinct = {tuple(references[c]) for c in combos if c[1] == PROMPTS[0]}
+    assert len(distinct) == len(names), "adapters must change the output for the test to mean much"
+    for combo, row in zip(combos, rows, strict=True):
+        assert row.token_ids == references[combo], combo
+        assert row.finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("adapter", [None, "alpha", "gamma"])
+def test_uniform_batch_matches_peft(gen_engine: Engine, references, adapter):
+    rows = [
+        GenerationRow(
+            gen_engine.encode_prompt(p), slot=gen_engine.slot(adapter), max_tokens=MAX_NEW
+        )
+        for p in PROMPTS
+    ]
+    gen_engine.generate(rows)
+    for prompt, row in zip(PROMPTS, rows, strict=True):
+        assert row.token_ids == references[adapter, prompt]
+
+
+def test_stop_string_cuts_text_and_stops(gen_engine: Engine):
+    ids = gen_engine.encode_prompt(PROMPTS[0])
+    (full,) = gen_engine.generate(
+        [GenerationRow(ids, slot=gen_engine.slot("alpha"), max_tokens=24)]
+    )
+    text = full.text
+    k = next(
+        i
+        for i in range(2, len(text) - 2)
+        if text[i : i + 2].isascii() and text[i : i + 2].strip() and text.find(text[i : i + 2]) == i
+    )
+    stop = text[k : k + 2]
+    (row,) = gen_engine.generate(
+        [GenerationRow(ids, slot=gen_engine.slot("alpha"), max_tokens=24, stop=[stop])]
+    )
+    assert row.finish_reason == "stop"
+    assert row.text == text[:k]
+    assert len(row.token_ids) < len(full.token_ids)
+    assert row.token_ids == full.token_ids[: len(row.token_ids)]
+
+
+def test_sampling_seeded_and_top_p(gen_engine: Engine, references):
+    ids = gen_engine.encode_prompt(PROMPTS[2])
+    slot = gen_engine.slot("beta")
+
+    def sample(seed: int | None, top_p: float = 1.0) -> list[int]:
+        row = GenerationRow(
+            ids, slot=slot, max_tokens=MAX_NEW, temperature=1.5, top_p=top_p, seed=seed
+        )
+        return gen_engine.generate([row])[0].token_ids
+
+    assert sample(7) == sample(7)
+    assert len({tuple(sample(s)) for s in range(4)}) > 1
+    # A vanishing nucleus keeps only the arg-max token: sampling degenerates to greedy.
+    assert sample(3, top_p=1e-9) == references["beta", PROMPTS[2]]
+
+
+def test_finished_rows_leave_the_batch(gen_engine: Engine, references):
+    """Rows with different max_tokens: short ones drop out, the long ones stay correct."""
+    rows = [
+        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot("delta"), max_tokens=n)
+        for p, n in zip(PROMPTS, [1, MAX_NEW, 3, MAX_NEW], strict=True)
+    ]
+    batch = gen_engine.start_generation(rows)
+    active_sizes = []
+    while not batch.done:
+        active_sizes.append(len(batch.active))
+        batch.step()
+    assert active_sizes[0] == 4 and active_sizes[-1] <= 2
+    for prompt, row in zip(PROMPTS, rows, strict=True):
+        ref = references["delta", prompt]
+        assert row.token_ids == ref[: row.max_tokens]
+
+
+def test_encode_prompt_rejects_bad_input(gen_engine: Engine):
+    with pytest.raises(InvalidRequestError) as err:
+        gen_engine.encode_prompt("")
+    assert err.value.param == "prompt"
+    with pytest.raises(InvalidRequestError, match="token ids"):
+        gen_engine.encode_prompt([1, 2, 10**9])
+
+
+# ----------------------------------------------------------------------------- classification
+
+
+@pytest.fixture(scope="module")
+def cls_engine(tiny_classifier: Path, tiny_cls_adapters: dict) -> Engine:
+    engine = Engine(tiny_classifier, "text-classification", max_adapters=3)
+    engine.load_adapter("sentiment", tiny_cls_adapters["sentiment"])
+    engine.load_adapter("topic", tiny_cls_adapters["topic"], labels=TOPIC_LABELS)
+    engine.load_adapter("plain", tiny_cls_adapters["plain"])
+    return engine
+
+
+def test_classification_mixed_batch_matches_peft(
+    cls_engine: Engine, tiny_classifier, tiny_cls_adapters
+):
+    names = [None, "sentiment", "topic", "plain"]
+    combos = [(n, t) for t in CLS_TEXTS for n in names]
+    out = cls_engine.classify([t for _, t in combos], [n for n, _ in combos])
+    for (name, text), (labels, logits) in zip(combos, out, strict=True):
+        (ref,) = reference_logits(tiny_classifier, tiny_cls_adapters.get(name), [text])
+        assert len(logits) == len(ref) == len(labels)
+        assert max(abs(a - b) for a, b in zip(logits, ref, strict=True)) < 1e-4, (name, text)
+        if name == "topic":
+            assert labels == ["sport", "politics", "science", "business"]
+        else:
+            assert labels == ["negative", "positive"]
+    # The adapters really change the logits.
+    by_name = {n: lg for (n, t), (_, lg) in zip(combos, out, strict=True) if t == CLS_TEXTS[0]}
+    assert by_name["plain"] != by_name[None] and by_name["sentiment"] != by_name[None]
+
+
+def test_head_labels_must_fit(tiny_classifier, tiny_cls_adapters):
+    engine = Engine(tiny_classifier, "text-classification", max_adapters=2)
+    before = engine.tensor_bytes()
+    with pytest.raises(AdapterLoadError, match="labels"):
+        engine.load_adapter("topic", tiny_cls_adapters["topic"], labels={"0": "a", "1": "b"})
+    assert engine.tensor_bytes() == before
+    assert not any(isinstance(m, LoraLayer) and m.lora_A for m in engine.model.modules())
+
+
+# ----------------------------------------------------------------------------- load / unload
+
+
+def test_unload_really_frees_memory(tiny_causal_lm, tiny_lora_adapters):
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    baseline = engine.tensor_bytes()
+    engine.load_adapter("gamma", tiny_lora_adapters["gamma"])
+    engine.load_adapter("beta", tiny_lora_adapters["beta"])
+    loaded = engine.tensor_bytes()
+    assert loaded > baseline * 1.05, "loading adapters must show up in the measurement"
+    peft_weight = next(
+        m.lora_A[engine.adapters["gamma"].peft_name].weight
+        for m in engine.model.modules()
+        if isinstance(m, LoraLayer) and engine.adapters["gamma"].peft_name in m.lora_A
+    )
+    ref = weakref.ref(peft_weight)
+    del peft_weight
+    engine.unload_adapter("gamma")
+    assert ref() is None, "peft's adapter weights are still referenced after unload"
+    engine.unload_adapter("beta")
+    after = engine.tensor_bytes()
+    assert abs(after - baseline) <= 0.05 * baseline
+    assert engine.lora.nbytes() == 0
+    # And it reloads transparently, giving the same output as before.
+    ids = engine.encode_prompt(PROMPTS[0])
+    engine.load_adapter("gamma", tiny_lora_adapters["gamma"])
+    (row,) = engine.generate([GenerationRow(ids, slot=engine.slot("gamma"), max_tokens=6)])
+    assert row.token_ids == reference_greedy(tiny_causal_lm, tiny_lora_adapters["gamma"], ids, 6)
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_broken_adapters_raise_and_leave_engine_intact(
+    tiny_causal_lm, tiny_lora_adapters, tmp_path
+):
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine.load_adapter("alpha", tiny_lora_adapters["alpha"])
+    before = engine.tensor_bytes()
+    garbage = _copy(tiny_lora_adapters["beta"], tmp_path / "garbage")
+    (garbage / "adapter_model.safetensors").write_bytes(b"not safetensors" * 8)
+    wrong_targets = _copy(tiny_lora_adapters["beta"], tmp_path / "targets")
+    cfg = json.loads((wrong_targets / "adapter_config.json").read_text())
+    cfg["target_modules"] = ["no_such_proj"]
+    (wrong_targets / "adapter_config.json").write_text(json.dumps(cfg))
+    truncated = _copy(tiny_lora_adapters["gamma"], tmp_path / "truncated")
+    data = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    cases = {
+        tmp_path / "missing": "adapter_config.json",
+        garbage: "weights cannot be read",
+        wrong_targets: "does not fit",
+        truncated: "weights cannot be read",
+    }
+    for path, reason in cases.items():
+        with pytest.raises(AdapterLoadError, match=reason) as err:
+            engine.load_adapter("bad", path)
+        assert err.value.status_code == 503 and err.value.code == "adapter_unavailable"
+        assert "bad" not in engine.adapters
+        assert engine.tensor_bytes() == before
+    ids = engine.encode_prompt(PROMPTS[1])
+    (row,) = engine.generate([GenerationRow(ids, slot=engine.slot("alpha"), max_tokens=6)])
+    assert row.token_ids == reference_greedy(tiny_causal_lm, tiny_lora_adapters["alpha"], ids, 6)
+
+
+def test_served_names_with_dots_work(tiny_causal_lm, tiny_lora_adapters):
+    """peft keys adapters inside module paths; served names like 'acme.v1' must still load."""
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine.load_adapter("acme.v1", tiny_lora_adapters["alpha"])
+    engine.load_adapter("a", tiny_lora_adapters["beta"])  # 'a' is contained in "lora_"
+    ids = engine.encode_prompt(PROMPTS[0])
+    rows = [GenerationRow(ids, slot=engine.slot(n), max_tokens=6) for n in ("acme.v1", "a")]
+    engine.generate(rows)
+    assert rows[0].token_ids == reference_greedy(
+        tiny_causal_lm, tiny_lora_adapters["alpha"], ids, 6
+    )
+    assert rows[1].token_ids == reference_greedy(tiny_causal_lm, tiny_lora_adapters["beta"], ids, 6)
+
+
+def test_dtype_and_task_validation(tiny_causal_lm):
+    with pytest.raises(InvalidRequestError, match="task"):
+        Engine(tiny_causal_lm, "summarization")
+    with pytest.raises(InvalidRequestError, match="dtype"):
+        Engine(tiny_causal_lm, "text-generation", dtype="int3")
+    engine = Engine(tiny_causal_lm, "text-generation", dtype="bfloat16")
+    assert next(engine.model.parameters()).dtype == torch.bfloat16
