@@ -369,3 +369,21 @@ def test_real_minilm_as_classification_base_with_adapter(tmp_path):
     ad = _install_adapter(tmp_path, adapter, Path(report["path"]), max_rank=8)
     assert ad["ok"], ad
     assert ad["rank"] == 4 and ad["numLabels"] == 2
+
+
+def test_finished_adapter_is_revalidated_for_a_stricter_request(
+    tmp_path, bert_adapter, installed_bert, gpt2
+):
+    first = _install_adapter(tmp_path, bert_adapter, installed_bert, max_rank=16)
+    assert first["ok"], first
+    same = _install_adapter(tmp_path, bert_adapter, installed_bert, max_rank=16)
+    assert same["ok"] and "already installed" in same["message"]
+    stricter = _install_adapter(tmp_path, bert_adapter, installed_bert, max_rank=4)
+    assert stricter["reason"] == "RankExceedsLimit"
+    gpt2_report = install(
+        "base", namespace="ml", name="gpt2", source=f"file://{gpt2}", dest=tmp_path / "dest"
+    )
+    assert gpt2_report["ok"], gpt2_report
+    moved = _install_adapter(tmp_path, bert_adapter, Path(gpt2_report["path"]))
+    assert moved["reason"] == "TargetModulesNotFound" and "GPT2" in moved["message"]
+    assert Path(first["path"]).is_dir()  # the finished install stays

@@ -203,6 +203,13 @@ def _install(
         raise InstallError(INVALID_SOURCE, f"--dest {dest} is not an existing folder")
 
     target = Target(dest, namespace, kind, name)
+    opts = {
+        "task": task,
+        "num_labels": num_labels,
+        "base_path": base_path,
+        "base_source": base_source,
+        "max_rank": max_rank,
+    }
     # A pinned revision names the folder before any network call: a finished install is then a
     # no-op even when the source is unreachable.
     pinned = None
@@ -211,7 +218,7 @@ def _install(
         if is_commit or not source.startswith("hf://"):
             pinned = read_manifest(target.final_path(revision))
     if pinned is not None:
-        return _already(pinned, target.final_path(revision))
+        return _already(pinned, target.final_path(revision), opts)
     src = open_source(
         source,
         revision=revision,
@@ -238,11 +245,11 @@ def _install(
 
     done = read_manifest(final)
     if done is not None:
-        return _already(done, final)
+        return _already(done, final, opts)
     with target.lock(deadline):
         done = read_manifest(final)
         if done is not None:
-            return _already(done, final)
+            return _already(done, final, opts)
         if final.exists():  # no manifest: not ours or a broken leftover; never overwrite
             raise InstallError(
                 INTERNAL_ERROR,
@@ -292,11 +299,66 @@ def _install(
         return report
 
 
-def _already(manifest: dict, final: Path) -> dict:
+def _already(manifest: dict, final: Path, opts: dict) -> dict:
+    """The report of a finished install, re-validated when this run asks for something else.
+
+    A base installed for another ``task``/``num_labels``, or an adapter checked against another
+    base folder, base source or a larger ``max_rank``, is validated again (read-only) against
+    the new request; the files stay as they are.
+
+    Raises:
+        InstallError: The existing install does not satisfy this request.
+    """
     report = dict(manifest["report"])
+    if report.get("kind") == "adapter":
+        base = manifest.get("base") or {}
+        stale = (
+            str(opts["base_path"]) != base.get("path")
+            or opts["base_source"] != base.get("source")
+            or (opts["max_rank"] is not None and report.get("rank", 0) > opts["max_rank"])
+        )
+        if stale:
+            from .validate_adapter import validate_adapter
+
+            facts = validate_adapter(
+                final,
+                base_path=opts["base_path"],
+                base_source=opts["base_source"],
+                max_rank=opts["max_rank"],
+            )
+            report.update(_adapter_fields(facts))
+    elif (opts["task"] is not None and opts["task"] != report.get("task")) or (
+        opts["num_labels"] is not None and opts["num_labels"] != report.get("numLabels")
+    ):
+        from .validate_base import validate_base
+
+        facts = validate_base(final, task=opts["task"], num_labels=opts["num_labels"])
+        report.update(_base_fields(facts))
+    report = {k: v for k, v in report.items() if v is not None}
     report["message"] = f"already installed at {final}"
     report["path"] = str(final)
     return report
+
+
+def _base_fields(facts) -> dict:
+    return {
+        "task": facts.task,
+        "numLabels": facts.num_labels,
+        "architecture": facts.architecture,
+        "labels": facts.labels,
+    }
+
+
+def _adapter_fields(facts) -> dict:
+    return {
+        "rank": facts.rank,
+        "loraAlpha": facts.lora_alpha,
+        "targetModules": facts.target_modules,
+        "modulesToSave": facts.modules_to_save,
+        "numLabels": facts.num_labels,
+        "labels": facts.labels,
+        "baseMatches": facts.base_matches,
+    }
 
 
 def _prune_unlisted(files_dir: Path, listing: Listing) -> None:
@@ -400,12 +462,7 @@ def _stage_and_promote(
             strict=strict,
         )
         findings = facts.findings
-        report.update(
-            task=facts.task,
-            numLabels=facts.num_labels,
-            architecture=facts.architecture,
-            labels=facts.labels,
-        )
+        report.update(_base_fields(facts))
     else:
         from .validate_adapter import validate_adapter
 
@@ -413,15 +470,7 @@ def _stage_and_promote(
             files_dir, base_path=base_path, base_source=base_source, max_rank=max_rank
         )
         findings = facts.findings
-        report.update(
-            rank=facts.rank,
-            loraAlpha=facts.lora_alpha,
-            targetModules=facts.target_modules,
-            modulesToSave=facts.modules_to_save,
-            numLabels=facts.num_labels,
-            labels=facts.labels,
-            baseMatches=facts.base_matches,
-        )
+        report.update(_adapter_fields(facts))
 
     entries = []
     for path in sorted(p for p in files_dir.rglob("*") if p.is_file()):
