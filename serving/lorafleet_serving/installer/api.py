@@ -139,7 +139,7 @@ def install(
         except InstallError as exc:
             result["report"] = _fail(exc.reason, exc.message, kind)
         except Exception as exc:  # report, never crash without a reason
-            traceback.print_exc(file=sys.stderr)
+            print(redact(traceback.format_exc()), file=sys.stderr)
             result["report"] = _fail(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", kind)
 
     if timeout is None:
