@@ -37,7 +37,7 @@ def _state(folder: Path) -> dict:
 
 def _install_base(tmp_path: Path, source: Path, **kw) -> dict:
     dest = tmp_path / "dest"
-    dest.mkdir(exist_ok=True)
+    dest.mkdir(parents=True, exist_ok=True)
     kw.setdefault("task", "text-classification")
     kw.setdefault("num_labels", 2)
     return install("base", namespace="ml", name="bert", source=f"file://{source}", dest=dest, **kw)
@@ -193,6 +193,12 @@ def test_sharded_index_naming_missing_shard(tmp_path, bert2):
     index = json.loads((src / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) >= 2
+    complete = _install_base(tmp_path / "complete", src)
+    assert complete["ok"], complete
+    assert {p.name for p in Path(complete["path"]).iterdir()} >= {
+        *shards,
+        "model.safetensors.index.json",
+    }
     (src / shards[-1]).unlink()
     report = _install_base(tmp_path, src)
     assert report["reason"] == "MissingShard"
