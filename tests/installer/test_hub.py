@@ -260,3 +260,25 @@ def test_concurrent_installers_of_the_same_target(tmp_path, hub_env, bert_repo):
     reports = [json.loads((tmp_path / f"r{i}.log").read_text().splitlines()[-1]) for i in range(2)]
     assert {r["path"] for r in reports} == {str(tmp_path / "ml" / "basemodels" / "bert" / sha)}
     assert sorted(os.listdir(tmp_path / "ml" / "basemodels" / "bert")) == [sha]
+
+
+def test_checkpoint_and_subfolder_from_the_hub(tmp_path, hub_env, bert2):
+    from safetensors.torch import load_file
+
+    src = tmp_path / "src"
+    shutil.copytree(bert2, src / "model")
+    state = load_file(str(bert2 / "model.safetensors"))
+    (src / "ckpts").mkdir()
+    torch.save({f"module.{k}": v for k, v in state.items()}, src / "ckpts" / "last.pt")
+    sha = hub_env.create_repo("acme/with-ckpt", src)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = _base(dest, "acme/with-ckpt/model", checkpoint="hf://acme/with-ckpt/ckpts/last.pt")
+    assert report["ok"], report
+    final = Path(report["path"])
+    assert final.name.startswith(sha + "-ckpt-")
+    assert (final / "config.json").is_file() and not (final / "model").exists()
+    assert not list(final.rglob("*.pt"))
+    manifest = json.loads((final / "lorafleet.json").read_text())
+    assert manifest["checkpoint"]["uri"] == "hf://acme/with-ckpt/ckpts/last.pt"
+    assert any(f["code"] == "PrefixStripped" for f in manifest["findings"])
