@@ -3,12 +3,19 @@
 Tests that run the operator (the end-to-end test above all) can run it as the chart's
 ServiceAccount instead of the admin, which proves the chart's RBAC suffices:
 
-    from tests.chart.operator_identity import operator_sa_kubeconfig  # registers the fixture
+    from tests.chart.operator_identity import operator_sa_kubeconfig  # noqa: F401 (fixture)
 
-    def test_end_to_end(operator_sa_kubeconfig, namespace, ...):
-        # operator_sa_kubeconfig: a kubeconfig Path whose user is a TokenRequest token of
-        # the chart's ServiceAccount, bound by the chart's ClusterRole (cluster-wide mode).
-        with KopfRunner([...], env={"KUBECONFIG": str(operator_sa_kubeconfig)}): ...
+    def test_end_to_end(operator_sa_kubeconfig, namespace, monkeypatch, ...):  # noqa: F811
+        # A kubeconfig Path whose user is a TokenRequest token of the chart's
+        # ServiceAccount, bound by the chart's ClusterRole (cluster-wide mode).
+        monkeypatch.setenv("KUBECONFIG", str(operator_sa_kubeconfig))
+        with KopfRunner(["run", "--standalone", "-A", "-m", "lorafleet_operator.handlers"]):
+            ...  # the operator's startup handler loads this kubeconfig; kopf logs in with it
+
+Only the ServiceAccount, the ClusterRole and its binding are applied (no CRDs, no peering
+object: apply those, or run the operator ``--standalone``). Clients of the test itself should
+use an explicit admin ``ApiClient`` (the ``kube_api`` fixture), since the operator's startup
+replaces the ``kubernetes`` package's default configuration in the same process.
 
 Or call :func:`install_operator_identity` directly (for namespaced mode, or several
 namespaces) and :meth:`OperatorIdentity.remove` when done.

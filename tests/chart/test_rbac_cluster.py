@@ -18,7 +18,12 @@ import yaml
 from tests.chart import operator_calls
 from tests.chart.conftest import apply_crds
 from tests.chart.helm import CHART, run_helm, template
-from tests.chart.operator_identity import FIELD_MANAGER, OperatorIdentity, install_operator_identity
+from tests.chart.operator_identity import (
+    FIELD_MANAGER,
+    OperatorIdentity,
+    install_operator_identity,
+    operator_sa_kubeconfig,  # noqa: F401 (the fixture other suites import the same way)
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -248,3 +253,26 @@ def test_identity_removal_leaves_no_cluster_scoped_objects(
     )
     assert gone.stdout.strip() == ""
     assert not identity.kubeconfig.exists()
+
+
+def test_operator_sa_kubeconfig_fixture(
+    kube_cluster: Any,
+    namespace: str,
+    operator_sa_kubeconfig: Path,  # noqa: F811 (the imported fixture)
+) -> None:
+    """The fixture the end-to-end test imports: a working kubeconfig for the chart's SA."""
+    base = [kube_cluster.kubectl, "--kubeconfig", str(operator_sa_kubeconfig), "-n", namespace]
+    who = subprocess.run(
+        [*base, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert who.stdout.startswith(f"system:serviceaccount:{namespace}:lorafleet-"), who.stderr
+    can = subprocess.run(
+        [*base, "auth", "can-i", "create", "jobs.batch"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert can.stdout.strip() == "yes"
+    secrets = subprocess.run(
+        [*base, "get", "secrets"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
