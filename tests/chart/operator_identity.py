@@ -5,12 +5,15 @@ ServiceAccount instead of the admin, which proves the chart's RBAC suffices:
 
     from tests.chart.operator_identity import operator_sa_kubeconfig  # noqa: F401 (fixture)
 
-    def test_end_to_end(operator_sa_kubeconfig, namespace, monkeypatch, ...):  # noqa: F811
+    def test_end_to_end(operator_sa_kubeconfig, namespace, ...):  # noqa: F811
         # A kubeconfig Path whose user is a TokenRequest token of the chart's
         # ServiceAccount, bound by the chart's ClusterRole (cluster-wide mode).
-        monkeypatch.setenv("KUBECONFIG", str(operator_sa_kubeconfig))
-        with KopfRunner(["run", "--standalone", "-A", "-m", "lorafleet_operator.handlers"]):
-            ...  # the operator's startup handler loads this kubeconfig; kopf logs in with it
+        with kubeconfig_in_process(operator_sa_kubeconfig), KopfRunner([...]):
+            ...  # kopf logs in with it; the operator's startup handler loads it
+
+(:func:`kubeconfig_in_process` is needed in-process: the ``kubernetes`` package reads
+``KUBECONFIG`` once, at import. An operator run as a subprocess just gets ``KUBECONFIG`` in
+its environment, as tests/chart/test_operator_identity.py does.)
 
 Only the ServiceAccount, the ClusterRole and its binding are applied (no CRDs, no peering
 object: apply those, or run the operator ``--standalone``). Clients of the test itself should
@@ -28,6 +31,8 @@ The token is written only into the kubeconfig file (mode 0600), never logged.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -214,6 +219,33 @@ def install_operator_identity(
         identity.remove()
         raise
     return identity
+
+
+@contextlib.contextmanager
+def kubeconfig_in_process(path: Path) -> Iterator[Path]:
+    """Make ``path`` the kubeconfig that kopf and ``kubernetes.config.load_kube_config()`` use
+    in this process, restoring the previous one on exit.
+
+    Args:
+        path: A kubeconfig file.
+
+    Yields:
+        ``path``.
+    """
+    from kubernetes.config import kube_config
+
+    old_env = os.environ.get("KUBECONFIG")
+    old_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    os.environ["KUBECONFIG"] = str(path)
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
+    try:
+        yield path
+    finally:
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
+        if old_env is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old_env
 
 
 @pytest.fixture
