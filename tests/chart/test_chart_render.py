@@ -165,7 +165,6 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert env["LORAFLEET_METRICS_PORT"] == "9191"
     assert env["LORAFLEET_RUN_AS_USER"] == "20001"
     assert pod["securityContext"]["runAsUser"] == 20001
-    assert env["LORAFLEET_SERVE_PORT"] == "8001"
     assert env["LORAFLEET_READY_TIMEOUT_S"] == "600"
     assert env["LORAFLEET_POLL_INTERVAL_S"] == "5"
     assert env["LORAFLEET_DEBOUNCE_S"] == "0.5"

@@ -29,8 +29,6 @@ install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyR
   value: {{ .Values.image.pullPolicy | quote }}
 - name: LORAFLEET_RAY_VERSION
   value: {{ .Values.serving.rayVersion | quote }}
-- name: LORAFLEET_SERVE_PORT
-  value: {{ .Values.serving.port | quote }}
 - name: LORAFLEET_READY_TIMEOUT_S
   value: {{ .Values.serving.readyTimeoutSeconds | quote }}
 - name: LORAFLEET_DEFAULT_CLAIM
