@@ -273,7 +273,10 @@ class Fleet:
                     entry["labels"] = labels
                 registry[obj.served_name] = entry
             app_name = app_names[base.key]
-            route = "/" if len(bases) == 1 else f"/{app_name}"
+            # One Serve HTTP proxy per Ray cluster: "/" only when this up owns the cluster and
+            # serves a single BaseModel; otherwise each application under /<name>.
+            own_root = len(bases) == 1 and not self.shared_cluster
+            route = "/" if own_root else f"/{app_name}"
             labels = spec.id2label or record.get("labels")
             num_cpus = (
                 parse_cpu_quantity(spec.serving.cpu) if spec.serving.cpu else LOCAL_MODEL_NUM_CPUS

@@ -242,7 +242,7 @@ def run_installer(
                     proc.wait()
                 raise
         sample = read_progress(progress_file)
-        if sample is not None and on_progress is not None:
+        if sample is not None and sample != last and on_progress is not None:
             on_progress(sample)
         report = read_report(report_file)
     if report is None:

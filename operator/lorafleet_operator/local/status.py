@@ -160,7 +160,7 @@ def render(state: dict[str, Any], console: Any) -> None:
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NAME", "TASK", "PHASE", "REASON", "REVISION", "SIZE", "ADAPTERS", "AGE"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for key in sorted(bases):
         r = bases[key]
         ns, name = key.split("/", 2)[1:]
@@ -184,7 +184,7 @@ def render(state: dict[str, Any], console: Any) -> None:
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NAME", "BASE", "RANK", "PHASE", "REASON", "REVISION", "SIZE", "AGE"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     for key in sorted(adapters):
         r = adapters[key]
         ns, name = key.split("/", 2)[1:]
@@ -226,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # piped: never truncate columns
+        console = Console(highlight=False, soft_wrap=True, width=200)
     home = args.home.resolve()
     state = load_state(home)
     code = 0

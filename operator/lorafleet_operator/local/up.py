@@ -118,6 +118,8 @@ class _Console:
         from rich.console import Console
 
         self.console = Console(stderr=False, highlight=False, soft_wrap=True)
+        if not self.console.is_terminal:  # piped to a log: never truncate table columns
+            self.console = Console(highlight=False, soft_wrap=True, width=200)
         self._bars: dict[str, Any] = {}
         self._progress = None
         self._last_line: dict[str, float] = {}
@@ -299,7 +301,7 @@ def _print_served(out: _Console, fleet: Any, seconds: float) -> None:
 
     table = Table(title=f"served models (ready in {seconds:.1f} s)", title_justify="left")
     for column in ("MODEL", "KIND", "BASE", "PHASE", "ENDPOINT"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=True)
     for key, obj in fleet.objects.items():
         record = fleet.state.get(key)
         base = "" if obj.kind == "BaseModel" else obj.spec.base_model
