@@ -3,25 +3,29 @@
 Tests that run the operator (the end-to-end test above all) can run it as the chart's
 ServiceAccount instead of the admin, which proves the chart's RBAC suffices:
 
-    from tests.chart.operator_identity import operator_sa_kubeconfig  # noqa: F401 (fixture)
+    from tests.chart.operator_identity import (  # noqa: F401 (a fixture)
+        kubeconfig_in_process, operator_sa_kubeconfig,
+    )
 
     def test_end_to_end(operator_sa_kubeconfig, namespace, ...):  # noqa: F811
         # A kubeconfig Path whose user is a TokenRequest token of the chart's
-        # ServiceAccount, bound by the chart's ClusterRole (cluster-wide mode).
-        with kubeconfig_in_process(operator_sa_kubeconfig), KopfRunner([...]):
+        # ServiceAccount, bound by the chart's Role in `namespace` (namespaced mode).
+        with kubeconfig_in_process(operator_sa_kubeconfig), KopfRunner(
+            ["run", "--standalone", "--namespace", namespace, "-m", "lorafleet_operator.handlers"]
+        ):
             ...  # kopf logs in with it; the operator's startup handler loads it
 
-(:func:`kubeconfig_in_process` is needed in-process: the ``kubernetes`` package reads
-``KUBECONFIG`` once, at import. An operator run as a subprocess just gets ``KUBECONFIG`` in
-its environment, as tests/chart/test_operator_identity.py does.)
+:func:`kubeconfig_in_process` is needed in-process because the ``kubernetes`` package reads
+``KUBECONFIG`` once, at import; an operator run as a subprocess just gets ``KUBECONFIG`` in
+its environment (tests/chart/test_operator_identity.py does that). The operator's startup
+also replaces the ``kubernetes`` package's default configuration in the same process, so the
+test's own calls (including teardown) should use an explicit admin ``ApiClient`` such as the
+``kube_api`` fixture.
 
-Only the ServiceAccount, the ClusterRole and its binding are applied (no CRDs, no peering
-object: apply those, or run the operator ``--standalone``). Clients of the test itself should
-use an explicit admin ``ApiClient`` (the ``kube_api`` fixture), since the operator's startup
-replaces the ``kubernetes`` package's default configuration in the same process.
-
-Or call :func:`install_operator_identity` directly (for namespaced mode, or several
-namespaces) and :meth:`OperatorIdentity.remove` when done.
+Only the ServiceAccount and its RBAC are applied: no CRDs and no peering object (apply those,
+or run the operator ``--standalone``). The fixture grants namespaced mode, a Role in
+``namespace``; for cluster-wide mode (or several namespaces) call
+:func:`install_operator_identity` and :meth:`OperatorIdentity.remove` when done.
 
 The RBAC objects are rendered by the real helm from ``charts/lorafleet`` (templates
 ``serviceaccount.yaml`` and ``rbac.yaml`` only) and applied with server-side apply; the token
@@ -250,9 +254,10 @@ def kubeconfig_in_process(path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def operator_sa_kubeconfig(kube_cluster: Any, namespace: str) -> Iterator[Path]:
-    """A kubeconfig for the chart's operator ServiceAccount (cluster-wide RBAC) in
-    ``namespace``, authenticated with a TokenRequest token; its RBAC is removed afterwards."""
-    identity = install_operator_identity(kube_cluster, namespace)
+    """A kubeconfig for the chart's operator ServiceAccount, authenticated with a TokenRequest
+    token, with the chart's namespaced-mode RBAC for ``namespace`` (``watchNamespaces:
+    [namespace]``): run the operator with ``--namespace <namespace>``. Removed afterwards."""
+    identity = install_operator_identity(kube_cluster, namespace, watch_namespaces=[namespace])
     try:
         yield identity.kubeconfig
     finally:
