@@ -49,6 +49,7 @@ class Listing:
 
     @property
     def total_bytes(self) -> int | None:
+        """Sum of the files' sizes in bytes, or None when any size is unknown."""
         sizes = [f.expected.size for f in self.files]
         return None if any(s is None for s in sizes) else sum(sizes)
 

@@ -79,6 +79,7 @@ class S3Source:
 
     @property
     def client(self):
+        """The boto3 S3 client (created on first use; endpoint/credentials from the env)."""
         if self._client is None:
             import boto3
             from botocore.config import Config
