@@ -333,18 +333,16 @@ class Engine:
                 )
             if meta:
                 raise AdapterLoadError(name, f"{len(meta)} LoRA weights missing, e.g. {meta[0]}")
-            for module in self.model.modules():
-                # peft's autocast may have made adapter weights float32; keep the model dtype.
-                if hasattr(module, "lora_A") and internal in module.lora_A:
-                    module.lora_A[internal].to(self.dtype)
-                    module.lora_B[internal].to(self.dtype)
             slot = self.lora.add(name, self.model, peft_name=internal)
         except AdapterLoadError:
-            self._drop_peft_adapter(internal)
             raise
         except Exception as exc:
-            self._drop_peft_adapter(internal)
             raise AdapterLoadError(name, f"weights do not fit the base model: {exc}") from exc
+        finally:
+            # peft is the loader; the stacked slot is the resident copy. Dropping peft's copy
+            # right away keeps memory single and peft's module tree the size of the base, so
+            # the next load costs the same however many adapters are resident.
+            self._drop_peft_adapter(internal, collect=False)
         if created:
             logger.info("peft model created around %s", type(self.model).__name__)
         head_labels = None
@@ -356,7 +354,6 @@ class Engine:
                 head_labels = _labels_list(labels, n, f"adapter {name!r}")
             except InvalidRequestError as exc:
                 self.lora.remove(name)
-                self._drop_peft_adapter(internal)
                 raise AdapterLoadError(name, exc.message) from exc
         elif self.task == "text-classification" and labels is not None:
             assert self.base_labels is not None
@@ -364,7 +361,6 @@ class Engine:
                 head_labels = _labels_list(labels, len(self.base_labels), f"adapter {name!r}")
             except InvalidRequestError as exc:
                 self.lora.remove(name)
-                self._drop_peft_adapter(internal)
                 raise AdapterLoadError(name, exc.message) from exc
         nbytes = sum(t.numel() * t.element_size() for t in weights.values())
         info = AdapterInfo(
@@ -414,13 +410,14 @@ class Engine:
             )
         return params
 
-    def _drop_peft_adapter(self, name: str) -> None:
+    def _drop_peft_adapter(self, name: str, *, collect: bool = True) -> None:
         if self.peft is not None and name in self.peft.peft_config:
             with warnings.catch_warnings():
                 # "Adapter X was active which is now deleted": expected, adapters are disabled.
                 warnings.simplefilter("ignore", UserWarning)
                 self.peft.delete_adapter(name)
-        self._free_memory()
+        if collect:
+            self._free_memory()
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -438,8 +435,8 @@ class Engine:
         """
         info = self.adapters.pop(name)
         self.lora.remove(name)
-        self._drop_peft_adapter(info.peft_name)
         info.head = None
+        self._free_memory()
 
     def slot(self, adapter: str | None) -> int:
         """The batched-LoRA slot of a loaded adapter (``0`` for ``None``/``"__base__"``).

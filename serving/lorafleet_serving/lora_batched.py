@@ -55,7 +55,7 @@ class _StackedLayer:
     out_features: int
     a: torch.Tensor | None = None
     b: torch.Tensor | None = None
-    occupied: set[int] = field(default_factory=set)
+    ranks: dict[int, int] = field(default_factory=dict)  # slot -> that adapter's rank here
 
     @property
     def rank(self) -> int:
@@ -195,7 +195,7 @@ class BatchedLoRA:
             layer.b[slot].zero_()
             layer.a[slot, :r].copy_(a.to(self.dtype))
             layer.b[slot, :, :r].copy_(b.to(self.dtype))
-            layer.occupied.add(slot)
+            layer.ranks[slot] = r
         # Any layer peft injected must stay disabled, including ones of other adapters.
         for module in model.modules():
             if isinstance(module, LoraLayer):
@@ -214,21 +214,15 @@ class BatchedLoRA:
         """
         slot = self._slots.pop(name)
         for layer in self._layers.values():
-            if slot in layer.occupied:
-                layer.occupied.discard(slot)
+            if slot in layer.ranks:
+                del layer.ranks[slot]
                 assert layer.a is not None and layer.b is not None
                 layer.a[slot].zero_()
                 layer.b[slot].zero_()
-            if not layer.occupied:
+            if not layer.ranks:
                 layer.a = layer.b = None
-            elif layer.rank > (need := self._needed_rank(layer)):
+            elif layer.rank > (need := max(layer.ranks.values())):
                 self._reallocate(layer, self.capacity, need)
-
-    def _needed_rank(self, layer: _StackedLayer) -> int:
-        assert layer.a is not None
-        nonzero = layer.a.abs().sum(dim=(0, 2)) != 0
-        idx = torch.nonzero(nonzero)
-        return int(idx.max().item()) + 1 if idx.numel() else 1
 
     def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
         a = torch.zeros(capacity + 1, rank, layer.in_features, dtype=self.dtype, device=self.device)
@@ -278,7 +272,7 @@ class BatchedLoRA:
         layer = self._layers.get(qualname)
         if plan is None or layer is None or layer.a is None or layer.b is None:
             return None
-        if not (plan.slots & layer.occupied):
+        if plan.slots.isdisjoint(layer.ranks):
             return None
         if x.shape[0] != plan.index.shape[0]:
             raise RuntimeError(

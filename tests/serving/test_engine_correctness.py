@@ -187,19 +187,18 @@ def test_unload_really_frees_memory(tiny_causal_lm, tiny_lora_adapters):
     engine.load_adapter("beta", tiny_lora_adapters["beta"])
     loaded = engine.tensor_bytes()
     assert loaded > baseline * 1.05, "loading adapters must show up in the measurement"
-    peft_weight = next(
-        m.lora_A[engine.adapters["gamma"].peft_name].weight
-        for m in engine.model.modules()
-        if isinstance(m, LoraLayer) and engine.adapters["gamma"].peft_name in m.lora_A
-    )
-    ref = weakref.ref(peft_weight)
-    del peft_weight
+    # peft only loads: its copy is dropped at once, the stacked slot is the resident copy.
+    assert not any(isinstance(m, LoraLayer) and m.lora_A for m in engine.model.modules())
+    stack = next(layer.a for layer in engine.lora._layers.values() if layer.a is not None)
+    ref = weakref.ref(stack)
+    del stack
     engine.unload_adapter("gamma")
-    assert ref() is None, "peft's adapter weights are still referenced after unload"
+    assert engine.tensor_bytes() < loaded
     engine.unload_adapter("beta")
     after = engine.tensor_bytes()
     assert abs(after - baseline) <= 0.05 * baseline
     assert engine.lora.nbytes() == 0
+    assert ref() is None, "the stacked LoRA weights are still referenced after unload"
     # And it reloads transparently, giving the same output as before.
     ids = engine.encode_prompt(PROMPTS[0])
     engine.load_adapter("gamma", tiny_lora_adapters["gamma"])
