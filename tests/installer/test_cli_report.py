@@ -249,3 +249,17 @@ def test_pinned_revision_reinstall_needs_no_source(tmp_path, bert2):
     assert (
         again["ok"] and again["path"] == first["path"] and "already installed" in again["message"]
     )
+
+
+def test_cli_adapter_install_with_patterns(tmp_path, bert_adapter, installed_bert):
+    report_file = tmp_path / "report"
+    proc = _run(
+        "adapter", "--namespace", "ml", "--name", "topic", "--source", f"file://{bert_adapter}",
+        "--dest", str(tmp_path), "--base-path", str(installed_bert), "--max-rank", "16",
+        "--ignore-pattern", "README.md", "--report-file", str(report_file),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_file.read_text().splitlines()[-1])
+    assert report["kind"] == "adapter" and report["rank"] == 8 and report["numLabels"] == 4
+    assert not (Path(report["path"]) / "README.md").exists()
+    assert (bert_adapter / "README.md").exists()
