@@ -6,7 +6,8 @@
   from this file's own templates and vocabulary.
 
 The held-out test split is built from templates *and* slot words that the training split never
-uses, so its accuracy measures generalisation, not memorisation. Output: JSON Lines files
+uses, plus hand-written sentences in free phrasing (20 per sentiment label, 10 per topic), so
+its accuracy measures generalisation, not memorisation. Output: JSON Lines files
 ``<name>.train.jsonl`` / ``<name>.test.jsonl`` with ``{"text": str, "label": int}`` per line and
 ``<name>.labels.json`` mapping label id (string) to name, next to this script.
 
@@ -336,6 +337,106 @@ TOPIC_TEMPLATES = (
 )
 
 
+# Hand-written held-out sentences in free phrasing (no template, partly no shared vocabulary):
+# they keep the test split from being only a re-shuffle of the training templates.
+HANDWRITTEN_SENTIMENT = {
+    1: [
+        "Absolutely love it, my kids fight over who gets to use it.",
+        "Shipping was fast and the thing just works, no complaints at all.",
+        "Great value for the price, I ended up ordering a second one.",
+        "Surprisingly good sound for something this small.",
+        "Exactly as described and the instructions were clear.",
+        "Comfortable enough to wear all day, which I did not expect.",
+        "It replaced two gadgets on my counter and does both jobs better.",
+        "Quiet, quick and easy to clean. Happy customer here.",
+        "The colour is even nicer in person than in the pictures.",
+        "After three months of daily use it still feels like new.",
+        "Setup took five minutes and it has not missed a beat since.",
+        "My old one lasted ten years; this one feels even sturdier.",
+        "Highly recommended, it made my mornings so much easier.",
+        "Good battery life and the app is actually pleasant to use.",
+        "Perfect gift, my dad has not stopped talking about it.",
+        "Keeps drinks cold for hours, exactly what I wanted.",
+        "Nice and light, and it folds away neatly in a drawer.",
+        "The customer support replaced a missing screw within a day.",
+        "Five stars, would happily buy from this brand again.",
+        "It looks expensive and performs even better than it looks.",
+    ],
+    0: [
+        "Stopped charging after two weeks and the seller ignored me.",
+        "The zipper broke the first time I used it.",
+        "Loud, slow and it leaks water all over the counter.",
+        "Nothing like the pictures, the material feels like paper.",
+        "I want my money back, this was a complete waste.",
+        "The screen cracked in my bag even though it was in a case.",
+        "Instructions are missing and half the screws do not fit.",
+        "It rattles constantly and the noise drives me mad.",
+        "Returned it the same day, the smell alone was unbearable.",
+        "Way too small, and the sizing chart was completely wrong.",
+        "The app crashes every time I try to connect it.",
+        "Arrived late, scratched and with a dead battery.",
+        "Cheaply made junk that fell apart within a month.",
+        "Customer service hung up on me twice, avoid this company.",
+        "It burns the toast on every setting, even the lowest.",
+        "Uncomfortable straps that dig into my shoulders.",
+        "The lid does not close properly so everything spills.",
+        "Stopped working right after the warranty ran out.",
+        "Misleading listing, it is not waterproof at all.",
+        "Terrible purchase, I regret not reading the reviews first.",
+    ],
+}
+HANDWRITTEN_TOPIC = {
+    0: [
+        "Thousands flee as fighting spreads to the northern provinces",
+        "Leaders gather in Brussels to discuss the refugee crisis",
+        "Election results disputed after weeks of unrest in the capital",
+        "Embassy staff evacuated as tensions rise along the border",
+        "New government sworn in after months of coalition talks",
+        "UN calls for aid access to the besieged city",
+        "Protesters demand the resignation of the interior minister",
+        "Treaty signed to end decades of territorial dispute",
+        "Earthquake relief convoys reach remote mountain villages",
+        "President visits neighbouring country to repair diplomatic ties",
+    ],
+    1: [
+        "Late goal sends underdogs into the cup semifinals",
+        "Marathon winner sets a new course record in the rain",
+        "Star forward out for the season with a knee injury",
+        "Coach sacked after a run of seven straight defeats",
+        "Home side clinches the title with two games to spare",
+        "Swimmer takes gold in the four hundred metres freestyle",
+        "Tennis champion knocked out in the second round",
+        "Rugby team announces squad for the autumn internationals",
+        "Golfer holes a final putt to win the championship by one shot",
+        "Basketball rookie scores forty points in his debut",
+    ],
+    2: [
+        "Retail sales slump as shoppers cut back on spending",
+        "Tech giant posts record quarterly revenue",
+        "Stocks tumble as investors fear a recession",
+        "Airline to cut routes after fuel costs soar",
+        "Factory output rises for the third month in a row",
+        "Bank raises mortgage rates for new customers",
+        "Supermarket chain agrees to buy its smaller rival",
+        "Unemployment falls to its lowest level in a decade",
+        "Oil company shares jump after a surprise dividend",
+        "Start-up raises millions from venture capital investors",
+    ],
+    3: [
+        "Telescope captures the most distant galaxy yet seen",
+        "Scientists edit genes to make crops resist drought",
+        "Mars rover finds traces of an ancient lake bed",
+        "New vaccine shows promise in early clinical trials",
+        "Researchers build a chip that mimics the human brain",
+        "Fossil discovery sheds light on the first land animals",
+        "Engineers test a rocket engine that runs on methane",
+        "Study links deep sea microbes to the origin of life",
+        "Physicists cool atoms to a billionth of a degree above zero",
+        "Satellite data reveals faster melting of polar ice",
+    ],
+}
+
+
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -376,6 +477,12 @@ def _topic(rng: random.Random, split: int, count: int) -> list[dict]:
     return rows
 
 
+def _handwritten(rng: random.Random, sentences: dict[int, list[str]]) -> list[dict]:
+    rows = [{"text": t, "label": label} for label, texts in sentences.items() for t in texts]
+    rng.shuffle(rows)
+    return rows
+
+
 def _dedupe(rows: list[dict], exclude: set[str] = frozenset()) -> list[dict]:
     seen = set(exclude)
     out = []
@@ -400,9 +507,11 @@ def main() -> None:
     rng = random.Random(SEED)
     train = _dedupe(_sentiment(rng, 0, 480))
     test = _dedupe(_sentiment(rng, 1, 200), {r["text"] for r in train})
+    test += _handwritten(rng, HANDWRITTEN_SENTIMENT)
     _write("sentiment", train, test, {"0": "negative", "1": "positive"})
     train = _dedupe(_topic(rng, 0, 480))
     test = _dedupe(_topic(rng, 1, 200), {r["text"] for r in train})
+    test += _handwritten(rng, HANDWRITTEN_TOPIC)
     _write("topic", train, test, {"0": "world", "1": "sports", "2": "business", "3": "science"})
 
 
