@@ -182,17 +182,20 @@ KCFG
 start_bg() {  # name args...: start a process in its own session, record its pid
   local name=$1
   shift
-  setsid "$@" > "$run_dir/$name.log" 2>&1 < /dev/null &
+  # Close the lock descriptors: a child holding them would block every later up/down.
+  setsid "$@" > "$run_dir/$name.log" 2>&1 < /dev/null 7>&- 8>&- &
   echo $! > "$run_dir/$name.pid"
 }
 
-wait_for() {  # description seconds command...
-  local what=$1 secs=$2 i
+wait_for() {  # component seconds command...: poll until command succeeds or component exits
+  local name=$1 secs=$2 i
   shift 2
   for ((i = 0; i < secs * 5; i++)); do
     if "$@" >/dev/null 2>&1; then return 0; fi
+    pid_alive "$(cat "$run_dir/$name.pid")" || { log "$name exited early"; return 1; }
     sleep 0.2
   done
+  log "$name not ready after $secs s"
   return 1
 }
 
@@ -256,7 +259,7 @@ cmd_up() {
     --authorization-mode Node,RBAC \
     --service-account-issuer "$issuer" --api-audiences "$issuer" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 \
+    --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \
     --allow-privileged=true --profiling=false \
     --cert-dir "$run_dir/apiserver-certs" -v 1
   wait_for kube-apiserver 120 curl_ready "https://127.0.0.1:$APISERVER_PORT/readyz" \
@@ -271,7 +274,7 @@ cmd_up() {
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$run_dir/kcm-certs" \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --use-service-account-credentials=false \
-    --controllers garbagecollector,namespace,job,ttl-after-finished,serviceaccount-token,serviceaccount,root-ca-certificate-publisher \
+    --controllers garbagecollector,namespace,job,ttl-after-finished,serviceaccount-token,serviceaccount,root-ca-cert-publisher \
     --leader-elect=false --profiling=false \
     --concurrent-gc-syncs 5 --namespace-sync-period 10s -v 1
   wait_for kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz" \

@@ -703,8 +703,6 @@ class KubeletStandIn:
         body = {
             "status": {
                 "phase": phase,
-                "hostIP": "127.0.0.1",
-                "podIP": "127.0.0.1",
                 "startTime": start_time,
                 "conditions": conditions,
                 "initContainerStatuses": [v for k, v in statuses.items() if k in init_names],
