@@ -95,6 +95,7 @@ class Fleet:
         *,
         shared_cluster: bool = False,
         timeout_s: float = 600.0,
+        reinstall: bool = False,
     ) -> None:
         self.home = Path(home).resolve()
         self.models_root = self.home / "models"
@@ -106,6 +107,8 @@ class Fleet:
         self.out = reporter
         self.shared_cluster = shared_cluster
         self.timeout_s = timeout_s
+        #: Keys whose previous install must not be reused (``--reinstall``: all at start-up).
+        self._no_reuse: set[str] | None = set() if not reinstall else None
         self.objects: dict[str, LocalObject] = {}
         #: Application name -> the config last deployed (and RUNNING).
         self.deployed: dict[str, dict[str, Any]] = {}
@@ -115,6 +118,8 @@ class Fleet:
     # -- installs --------------------------------------------------------------------------
 
     def _reusable(self, obj: LocalObject, base_path: str | None) -> dict[str, Any] | None:
+        if self._no_reuse is None or obj.key in self._no_reuse:
+            return None
         record = self.state.objects.get(obj.key) or {}
         path = record.get("path")
         if (
@@ -318,6 +323,7 @@ class Fleet:
         """
         previous = self.objects
         self.objects = {o.key: o for o in objects}
+        reinstall_all = self._no_reuse is None
         records: dict[str, dict[str, Any]] = {}
         base_records: dict[tuple[str, str], dict[str, Any]] = {}
         for obj in objects:
@@ -333,13 +339,17 @@ class Fleet:
                 record = self._install(obj, base)
                 if record is not None:
                     records[obj.key] = record
+        if reinstall_all:  # --reinstall applies to the first apply only
+            self._no_reuse = set()
         apps = self.build_configs(records)
         wanted = {a["name"]: a for a in apps}
         gone = set(self.deployed) - set(wanted)
         changed = [a for a in apps if self.deployed.get(a["name"]) != a]
         if changed or gone:
+            changed_names = {a["name"] for a in changed}
             for key in records:
-                self.state.update(key, phase="Deploying", reason="Deploying", message="")
+                if self._app_of(self.objects[key]) in changed_names:
+                    self.state.update(key, phase="Deploying", reason="Deploying", message="")
             kinds = ", ".join(_describe_change(self.deployed.get(a["name"]), a) for a in changed)
             if gone:
                 kinds += (", " if kinds else "") + f"removing {sorted(gone)}"

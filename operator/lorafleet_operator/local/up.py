@@ -51,11 +51,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "up",
         help="install and serve a folder of BaseModel/LoraAdapter manifests on this machine",
         description=(
-            "Local mode: validate the BaseModel and LoraAdapter manifests in DIR, install "
-            "them with lorafleet-install into HOME/models, serve them with Ray Serve on "
-            "127.0.0.1:PORT, then follow DIR: added or changed LoraAdapters are installed and "
-            "served in place (no restart), removed ones are unloaded. Ctrl-C stops everything "
-            "it started."
+            "Local mode: validate the BaseModel and LoraAdapter manifests in DIR, install them\n"
+            "with lorafleet-install into HOME/models, serve them with Ray Serve on\n"
+            "127.0.0.1:PORT, then follow DIR: added or changed LoraAdapters are installed and\n"
+            "served in place (no restart), removed ones are unloaded (404). Ctrl-C stops\n"
+            "everything it started. Installs are reused by the next `up` on the same HOME."
         ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -100,6 +100,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="CPUs the local Ray head may schedule (default: this machine's, at least 2)",
+    )
+    parser.add_argument(
+        "--reinstall",
+        action="store_true",
+        help=(
+            "run the installer for every object even when HOME holds an install of the same "
+            "spec (e.g. to pick up a new commit of an hf:// branch)"
+        ),
     )
     parser.add_argument(
         "--timeout",
@@ -198,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
     directory = args.directory.resolve()
     home = args.home.resolve()
     try:
+        snapshot = _snapshot(directory)
         objects, skipped = load_manifests(directory)
     except (NotADirectoryError, ManifestsInvalid) as exc:
         out.error(f"{exc}")
@@ -246,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
             Reporter(out.info, out.error, out.progress, out.install_done),
             shared_cluster=bool(args.ray_dashboard),
             timeout_s=args.timeout,
+            reinstall=args.reinstall,
         )
         fleet.state.set_top(
             pid=os.getpid(),
@@ -263,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
             while True:
                 time.sleep(3600)
         else:
-            _watch(out, fleet, directory, load_manifests, ManifestsInvalid, DeployFailed)
+            _watch(out, fleet, directory, snapshot, load_manifests, ManifestsInvalid, DeployFailed)
     except KeyboardInterrupt:
         out.info("stopping")
     except DeployFailed as exc:
@@ -319,7 +329,21 @@ def _print_served(out: _Console, fleet: Any, seconds: float) -> None:
     sys.stdout.flush()
 
 
-def _watch(out, fleet, directory, load_manifests, invalid_error, deploy_failed) -> None:
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (size, mtime in ns) of the manifest files of ``directory``."""
+    from lorafleet_operator.local.manifests import manifest_files
+
+    out = {}
+    for path in manifest_files(directory):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out[path.name] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _watch(out, fleet, directory, snapshot, load_manifests, invalid_error, deploy_failed) -> None:
     from watchfiles import watch
 
     def manifest_filter(change: Any, path: str) -> bool:
@@ -327,14 +351,21 @@ def _watch(out, fleet, directory, load_manifests, invalid_error, deploy_failed) 
         return name.endswith((".yaml", ".yml")) and not name.startswith(".")
 
     out.info(f"following {directory} for changes (Ctrl-C to stop)")
+    applied = snapshot
     for changes in watch(
         directory,
         watch_filter=manifest_filter,
         debounce=400,
         recursive=False,
         raise_interrupt=True,
+        rust_timeout=2000,
+        yield_on_timeout=True,
     ):
-        names = sorted({os.path.basename(p) for _, p in changes})
+        current = _snapshot(directory)
+        if not changes and current == applied:
+            continue  # periodic check: nothing changed (also covers the watcher's start-up)
+        applied = current
+        names = sorted({os.path.basename(p) for _, p in changes}) or ["the folder"]
         out.info(f"change in {', '.join(names)}")
         try:
             objects, _ = load_manifests(directory)

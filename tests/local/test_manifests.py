@@ -1,0 +1,201 @@
+"""Unit tests of local mode's manifest reading, installer arguments, state file and status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lorafleet_operator.local.install import install_args, read_progress, read_report
+from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
+from lorafleet_operator.local.state import LocalState
+from lorafleet_operator.local.status import render, summary
+from rich.console import Console
+
+BASE = """\
+apiVersion: lorafleet.io/v1alpha1
+kind: BaseModel
+metadata: {name: minilm}
+spec:
+  source: {uri: "file://weights/base"}
+  task: text-classification
+  id2label: {"0": neg, "1": pos}
+  serving: {maxRank: 16}
+"""
+ADAPTERS = """\
+apiVersion: lorafleet.io/v1alpha1
+kind: LoraAdapter
+metadata: {name: sentiment}
+spec:
+  baseModel: minilm
+  source: {uri: "file://weights/sentiment"}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: unrelated}
+---
+apiVersion: lorafleet.io/v1alpha1
+kind: LoraAdapter
+metadata: {name: topic, namespace: default}
+spec:
+  baseModel: minilm
+  servedName: topic-v1
+  source: {uri: "file://weights/topic"}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for name in ("base", "sentiment", "topic"):
+        (tmp_path / "weights" / name).mkdir(parents=True)
+        (tmp_path / "weights" / name / "config.json").write_text("{}")
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "adapters.yml").write_text(ADAPTERS)
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    return tmp_path
+
+
+def test_reads_multi_document_files_and_resolves_relative_file_uris(folder: Path) -> None:
+    objects, skipped = load_manifests(folder)
+
+    assert [o.key for o in objects] == [
+        "BaseModel/default/minilm",
+        "LoraAdapter/default/sentiment",
+        "LoraAdapter/default/topic",
+    ]
+    assert objects[0].spec.source.uri == f"file://{folder / 'weights' / 'base'}"
+    assert objects[2].served_name == "topic-v1"
+    assert objects[1].served_name == "sentiment"
+    assert len(skipped) == 1 and "ConfigMap" in skipped[0]
+    assert objects[0].source_stamp == [("config.json", 2, objects[0].source_stamp[0][2])]
+
+
+def test_fingerprint_changes_with_spec_and_local_files(folder: Path) -> None:
+    before = {o.key: o.fingerprint for o in load_manifests(folder)[0]}
+    (folder / "weights" / "topic" / "adapter_model.safetensors").write_bytes(b"x" * 10)
+    after = {o.key: o.fingerprint for o in load_manifests(folder)[0]}
+    assert before["LoraAdapter/default/topic"] != after["LoraAdapter/default/topic"]
+    assert before["LoraAdapter/default/sentiment"] == after["LoraAdapter/default/sentiment"]
+    (folder / "base.yaml").write_text(BASE.replace("maxRank: 16", "maxRank: 32"))
+    again = {o.key: o.fingerprint for o in load_manifests(folder)[0]}
+    assert again["BaseModel/default/minilm"] != after["BaseModel/default/minilm"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "needles"),
+    [
+        (BASE.replace("task: text-classification", "task: translation"), ["spec.task"]),
+        (BASE.replace("maxRank: 16", "maxRank: 16, gpu: 1"), ["spec.serving.gpu"]),
+        (BASE.replace("weights/base", "weights/missing"), ["spec.source.uri", "does not exist"]),
+        (BASE.replace("name: minilm", "name: MiniLM"), ["metadata.name"]),
+        (BASE.replace("lorafleet.io/v1alpha1", "lorafleet.io/v9"), ["apiVersion"]),
+        (BASE + "  extra: [", ["not valid YAML"]),
+    ],
+)
+def test_a_bad_field_names_file_object_and_field(
+    folder: Path, broken: str, needles: list[str]
+) -> None:
+    (folder / "base.yaml").write_text(broken)
+    with pytest.raises(ManifestsInvalid) as info:
+        load_manifests(folder)
+    message = str(info.value)
+    assert str(folder / "base.yaml") in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_references_duplicates_and_served_name_clashes(folder: Path) -> None:
+    (folder / "more.yaml").write_text(
+        ADAPTERS.split("---")[0].replace("baseModel: minilm", "baseModel: nope")
+        + "---\n"
+        + ADAPTERS.split("---")[0]
+        .replace("name: sentiment", "name: other")
+        .replace("baseModel: minilm", "baseModel: minilm\n  servedName: topic-v1")
+    )
+    with pytest.raises(ManifestsInvalid) as info:
+        load_manifests(folder)
+    errors = info.value.errors
+    assert any("spec.baseModel" in e and "'nope'" in e for e in errors)
+    assert any("metadata.name" in e and "duplicate" in e for e in errors)
+    assert any("spec.servedName" in e and "topic-v1" in e for e in errors)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError, match="does not exist"):
+        load_manifests(tmp_path / "nope")
+
+
+def test_install_args_follow_the_installer_command_line(folder: Path, tmp_path: Path) -> None:
+    base, sentiment, _ = load_manifests(folder)[0]
+    root = tmp_path / "models"
+
+    args = install_args(base, root)
+
+    assert args[:9] == [
+        "base",
+        "--namespace",
+        "default",
+        "--name",
+        "minilm",
+        "--source",
+        f"file://{folder / 'weights' / 'base'}",
+        "--dest",
+        str(root),
+    ]
+    assert args[args.index("--task") + 1] == "text-classification"
+    assert args[args.index("--num-labels") + 1] == "2"
+    assert args[args.index("--max-rank") + 1] == "16"
+
+    args = install_args(sentiment, root, base_path="/m/base", base_source="hf://a/b", max_rank=16)
+    assert args[0] == "adapter"
+    assert args[args.index("--base-path") + 1] == "/m/base"
+    assert args[args.index("--base-source") + 1] == "hf://a/b"
+    assert args[args.index("--max-rank") + 1] == "16"
+    with pytest.raises(ValueError, match="not installed"):
+        install_args(sentiment, root)
+
+
+def test_report_and_progress_files(tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    assert read_report(report) is None
+    report.write_text('garbage\n{"ok": true, "path": "/x"}\n\n')
+    assert read_report(report) == {"ok": True, "path": "/x"}
+    report.write_text("{not json")
+    assert read_report(report) is None
+    progress = tmp_path / "progress"
+    assert read_progress(progress) is None
+    progress.write_text(json.dumps({"bytesDone": 5, "bytesTotal": None, "updatedAt": 1.0}))
+    sample = read_progress(progress)
+    assert sample is not None and sample.bytes_done == 5 and sample.bytes_total is None
+
+
+def test_state_file_and_status_table(tmp_path: Path) -> None:
+    state = LocalState(tmp_path)
+    state.update(
+        "BaseModel/default/minilm",
+        phase="Ready",
+        reason="Serving",
+        task="text-classification",
+        resolvedRevision="sha256-0123456789abcdef0123",
+        sizeBytes=3 * 1024 * 1024,
+    )
+    state.update(
+        "LoraAdapter/default/topic",
+        phase="Failed",
+        reason="TargetModulesNotFound",
+        message="module c_attn not in BertForSequenceClassification",
+        baseModel="minilm",
+        rank=8,
+    )
+    with pytest.raises(ValueError, match="unknown phase"):
+        state.update("BaseModel/default/minilm", phase="Running")
+
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["objects"]["BaseModel/default/minilm"]["phase"] == "Ready"
+    assert summary(data) == "failed"
+    console = Console(width=200, record=True)
+    render(data, console)
+    text = console.export_text()
+    assert "minilm" in text and "3.0Mi" in text and "sha256-01234" in text
+    assert "TargetModulesNotFound" in text and "module c_attn" in text
+    assert LocalState(tmp_path).objects.keys() == data["objects"].keys()
