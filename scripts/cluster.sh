@@ -273,7 +273,7 @@ cmd_up() {
     --authorization-kubeconfig "$run_dir/controller-manager.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$KCM_PORT" --cert-dir "$run_dir/kcm-certs" \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
-    --use-service-account-credentials=false \
+    --use-service-account-credentials=true \
     --controllers garbagecollector,namespace,job,ttl-after-finished,serviceaccount-token,serviceaccount,root-ca-cert-publisher \
     --leader-elect=false --profiling=false \
     --concurrent-gc-syncs 5 --namespace-sync-period 10s -v 1
