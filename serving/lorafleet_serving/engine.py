@@ -420,9 +420,12 @@ class Engine:
             self._free_memory()
 
     def _free_memory(self) -> None:
-        gc.collect()
+        # Tensors are freed by reference counting as soon as the slot and peft's modules drop
+        # them; a young-generation collection (about 1 ms, a full one takes ~200 ms with torch
+        # and transformers loaded) catches the short-lived cycles a load leaves behind.
+        gc.collect(1)
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.empty_cache()  # hand freed blocks back to the driver
 
     def unload_adapter(self, name: str) -> None:
         """Remove adapter ``name`` from the model and free its memory.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -36,11 +37,19 @@ BASE_SLOT = 0
 
 @dataclass
 class _RowPlan:
-    """Per-forward routing: slot per row, and shortcuts when the batch is uniform."""
+    """Per-forward routing: slot per row, shortcuts, and the gathered weights of a mixed batch.
+
+    A generation batch runs many decode steps with the same rows, so the per-row gathered
+    matrices (``A[slot[n]]``, ``B[slot[n]]``, transposed for ``bmm``) are computed once per layer
+    and reused while the rows and the stacks do not change, within ``budget`` bytes.
+    """
 
     index: torch.Tensor  # [N] int64 slot per row, on the model's device
     slots: frozenset[int]  # distinct slots present (including 0 if any base row)
     single: int | None  # the only slot when every row uses the same one
+    version: int  # BatchedLoRA._version when made; stale after any load/unload
+    budget: int  # bytes still allowed for gathered weights
+    gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,9 +85,18 @@ class BatchedLoRA:
         capacity: Maximum number of adapters resident at once (slots ``1..capacity``).
         dtype: Compute dtype of the stacks (the base model's dtype).
         device: Device of the stacks (the base model's device).
+        gather_budget_bytes: Bytes of per-row gathered weights a routing may keep across the
+            decode steps of a batch (beyond it, weights are gathered again in every step).
     """
 
-    def __init__(self, capacity: int, *, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        gather_budget_bytes: int = 256 * 2**20,
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"BatchedLoRA: capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -88,6 +106,9 @@ class BatchedLoRA:
         self._hooked: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._slots: dict[str, int] = {}
         self._plan = threading.local()
+        self._version = 0
+        self._plans: OrderedDict[tuple[int, ...], _RowPlan] = OrderedDict()
+        self.gather_budget_bytes = gather_budget_bytes
 
     # ------------------------------------------------------------------ registry of slots
 
@@ -201,6 +222,7 @@ class BatchedLoRA:
             if isinstance(module, LoraLayer):
                 module.enable_adapters(False)
         self._slots[name] = slot
+        self._invalidate()
         return slot
 
     def remove(self, name: str) -> None:
@@ -213,6 +235,7 @@ class BatchedLoRA:
             KeyError: The adapter is not resident.
         """
         slot = self._slots.pop(name)
+        self._invalidate()
         for layer in self._layers.values():
             if slot in layer.ranks:
                 del layer.ranks[slot]
@@ -224,7 +247,12 @@ class BatchedLoRA:
             elif layer.rank > (need := max(layer.ranks.values())):
                 self._reallocate(layer, self.capacity, need)
 
+    def _invalidate(self) -> None:
+        self._version += 1
+        self._plans.clear()
+
     def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
+        self._invalidate()
         a = torch.zeros(capacity + 1, rank, layer.in_features, dtype=self.dtype, device=self.device)
         b = torch.zeros(
             capacity + 1, layer.out_features, rank, dtype=self.dtype, device=self.device
@@ -257,9 +285,17 @@ class BatchedLoRA:
         Yields:
             Nothing; the routing is undone on exit.
         """
-        index = torch.tensor(slots, dtype=torch.long, device=self.device)
-        distinct = frozenset(slots)
-        plan = _RowPlan(index, distinct, next(iter(distinct)) if len(distinct) == 1 else None)
+        key = tuple(slots)
+        plan = self._plans.get(key)
+        if plan is None or plan.version != self._version:
+            index = torch.tensor(slots, dtype=torch.long, device=self.device)
+            distinct = frozenset(slots)
+            single = next(iter(distinct)) if len(distinct) == 1 else None
+            plan = _RowPlan(index, distinct, single, self._version, self.gather_budget_bytes)
+            self._plans[key] = plan
+            while len(self._plans) > 4:  # a few batches may interleave their steps
+                self._plans.popitem(last=False)
+        self._plans.move_to_end(key)
         previous = getattr(self._plan, "value", None)
         self._plan.value = plan
         try:
@@ -286,8 +322,16 @@ class BatchedLoRA:
             delta = nn.functional.linear(nn.functional.linear(x, layer.a[k]), layer.b[k])
         else:
             x3 = x if x.dim() == 3 else x.unsqueeze(1)
-            a = layer.a.index_select(0, plan.index)  # [N, r, in]
-            b = layer.b.index_select(0, plan.index)  # [N, out, r]
-            delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
+            gathered = plan.gathered.get(qualname)
+            if gathered is None:
+                # [N, in, r] and [N, r, out]: each row's own adapter matrices (BGMV gather).
+                a_t = layer.a.index_select(0, plan.index).transpose(1, 2).contiguous()
+                b_t = layer.b.index_select(0, plan.index).transpose(1, 2).contiguous()
+                gathered = (a_t, b_t)
+                size = (a_t.numel() + b_t.numel()) * a_t.element_size()
+                if size <= plan.budget:
+                    plan.budget -= size
+                    plan.gathered[qualname] = gathered
+            delta = torch.bmm(torch.bmm(x3, gathered[0]), gathered[1])
             delta = delta.view(*x.shape[:-1], layer.out_features)
         return out + delta.to(out.dtype)

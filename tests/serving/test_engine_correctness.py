@@ -264,3 +264,28 @@ def test_dtype_and_task_validation(tiny_causal_lm):
         Engine(tiny_causal_lm, "text-generation", dtype="int3")
     engine = Engine(tiny_causal_lm, "text-generation", dtype="bfloat16")
     assert next(engine.model.parameters()).dtype == torch.bfloat16
+
+
+def test_slot_reuse_after_unload_uses_the_new_weights(tiny_causal_lm, tiny_lora_adapters):
+    """Same slot tuple, different adapter in the slot: no stale gathered weights are used."""
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine.load_adapter("alpha", tiny_lora_adapters["alpha"])
+    engine.load_adapter("beta", tiny_lora_adapters["beta"])
+    ids = engine.encode_prompt(PROMPTS[0])
+
+    def mixed(second: str) -> list[list[int]]:
+        rows = [
+            GenerationRow(ids, slot=engine.slot(n), max_tokens=6)
+            for n in ("alpha", second, "alpha")
+        ]
+        return [r.token_ids for r in engine.generate(rows)]
+
+    first = mixed("beta")
+    slot = engine.slot("beta")
+    engine.unload_adapter("beta")
+    engine.load_adapter("delta", tiny_lora_adapters["delta"])
+    assert engine.slot("delta") == slot
+    second = mixed("delta")
+    assert first[0] == second[0] == second[2]
+    assert second[1] == reference_greedy(tiny_causal_lm, tiny_lora_adapters["delta"], ids, 6)
+    assert second[1] != first[1]
