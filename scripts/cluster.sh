@@ -15,7 +15,9 @@
 # `build` is a no-op. Run state (certs, etcd data, logs, pids, kubeconfig) lives in
 # ${LORAFLEET_CLUSTER_DIR:-~/.cache/lorafleet/cluster-run}; `up` starts from a fresh one.
 # Ports: LORAFLEET_APISERVER_PORT, LORAFLEET_ETCD_PORT, LORAFLEET_ETCD_PEER_PORT,
-# LORAFLEET_KCM_PORT (default: free ports chosen at `up`).
+# LORAFLEET_KCM_PORT (default: free ports chosen at `up`). With LORAFLEET_CLUSTER_OWNER_PID
+# set, `up` also leaves a reaper that stops the control plane once that process has exited.
+# KUBECTL selects the kubectl used to install the KubeRay CRDs.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,8 @@ K8S_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 KUBERAY_VERSION=v1.5.0
 
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+# -mod=readonly: the build never rewrites go.mod/go.sum (they are part of the cache key).
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 export PATH="$PATH:/usr/local/go/bin"
 cache_root=${LORAFLEET_CLUSTER_CACHE:-$HOME/.cache/lorafleet/cluster}
 run_dir=${LORAFLEET_CLUSTER_DIR:-$HOME/.cache/lorafleet/cluster-run}
@@ -200,7 +203,7 @@ wait_for() {  # component seconds command...: poll until command succeeds or com
 }
 
 curl_ready() {  # url [cert key]
-  curl -fsS --max-time 2 --cacert "$run_dir/pki/ca.crt" \
+  curl -fs --max-time 2 --cacert "$run_dir/pki/ca.crt" \
     --cert "$run_dir/pki/admin.crt" --key "$run_dir/pki/admin.key" "$1" | grep -qx ok
 }
 
@@ -220,6 +223,7 @@ cmd_up() {
       return 0
     fi
   fi
+  stop_reaper
   stop_all  # whatever is left of an earlier run that died half-way
   rm -rf "$run_dir"
   mkdir -p "$run_dir"
@@ -281,6 +285,12 @@ cmd_up() {
     || { tail -n 30 "$run_dir/kube-controller-manager.log" >&2; stop_all; die "kube-controller-manager did not become healthy (log: $run_dir/kube-controller-manager.log)"; }
 
   install_kuberay_crds "$kubectl" "$kubeconfig"
+  if [ -n "${LORAFLEET_CLUSTER_OWNER_PID:-}" ]; then
+    # Stop the control plane when the owning process (e.g. a pytest session) dies without
+    # calling `down` (killed by a timeout or SIGKILL).
+    setsid bash "$here/scripts/cluster.sh" _reap "$LORAFLEET_CLUSTER_OWNER_PID" > "$run_dir/reaper.log" 2>&1 < /dev/null 7>&- 8>&- &
+    echo $! > "$run_dir/reaper.pid"
+  fi
   log "up in $((SECONDS - started)) s: kube-apiserver https://127.0.0.1:$APISERVER_PORT (logs in $run_dir)"
   cmd_env
 }
@@ -322,7 +332,25 @@ cmd_down() {
   [ -d "$run_dir" ] || { log "not running"; return 0; }
   exec 7>"$run_dir.lock"
   flock 7
+  stop_reaper
   stop_all
+}
+
+stop_reaper() {
+  local pid
+  pid=$(cat "$run_dir/reaper.pid" 2>/dev/null || true)
+  if pid_alive "$pid" && grep -q "_reap" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+  fi
+  rm -f "$run_dir/reaper.pid"
+}
+
+cmd_reap() {  # owner-pid: wait for the owner to exit, then stop what `up` started
+  local owner=$1
+  while pid_alive "$owner"; do sleep 2; done
+  log "owner process $owner is gone: stopping the control plane"
+  stop_all
+  rm -f "$run_dir/reaper.pid"
 }
 
 cmd_env() {
@@ -373,6 +401,7 @@ main() {
     env) cmd_env ;;
     status) cmd_status ;;
     paths) cmd_paths ;;
+    _reap) cmd_reap "$2" ;;
     *) die "usage: $0 build|up|down|env|status|paths" ;;
   esac
 }

@@ -147,6 +147,8 @@ def _script(cmd: str, env: dict[str, str], timeout: float) -> subprocess.Complet
 def _script_env(run_dir: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["LORAFLEET_CLUSTER_DIR"] = str(run_dir)
+    # If this session dies without teardown, the script's reaper stops the control plane.
+    env["LORAFLEET_CLUSTER_OWNER_PID"] = str(os.getpid())
     venv_kubectl = Path(sys.executable).parent / "kubectl"
     if "KUBECTL" not in env and venv_kubectl.exists():
         env["KUBECTL"] = str(venv_kubectl)
