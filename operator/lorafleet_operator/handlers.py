@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -169,7 +170,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     try:
         kube_config.load_incluster_config()
     except kube_config.ConfigException:
-        kube_config.load_kube_config()
+        # The client reads KUBECONFIG when imported; read it again now.
+        kube_config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
     configuration = client.Configuration.get_default_copy()
     configuration.connection_pool_maxsize = 32
     STATE.api_client = client.ApiClient(configuration)
@@ -188,6 +190,16 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.job_created,
     ):
         cache.clear()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """Authenticate kopf in-cluster (service account) or from ``KUBECONFIG`` read at start-up.
+
+    kopf's default client-library login reads the kubeconfig path the ``kubernetes`` package
+    captured when it was imported; this one reads the environment when the operator starts.
+    """
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 # --------------------------------------------------------------------------------- indexes

@@ -245,20 +245,27 @@ def test_install_serve_add_and_delete_adapters(
             "BaseModel adapters count",
             lambda: (_get(custom, namespace, "basemodels", "tiny")["status"].get("adapters")) == 2,
         )
+        # Delete an adapter: out of the registry, files removed, finalizer gone.
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "alpha")
+        wait_for("alpha gone", lambda: _get(custom, namespace, "loraadapters", "alpha") is None, 60)
+        assert set(_registry(_rayservice(custom, namespace, "tiny"))) == {"beta"}
+        assert not local_alpha.exists()
+        assert wait_for(
+            "BaseModel adapters count 1",
+            lambda: (_get(custom, namespace, "basemodels", "tiny")["status"].get("adapters")) == 1,
+        )
         # Deleting the base waits for its adapters and says which.
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", "tiny")
         wait_for(
             "blockedBy",
             lambda: (
                 (_get(custom, namespace, "basemodels", "tiny")["status"].get("blockedBy"))
-                == ["alpha", "beta"]
+                == ["beta"]
             ),
         )
-        # Delete an adapter: out of the registry, files removed, finalizer gone.
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "alpha")
-        wait_for("alpha gone", lambda: _get(custom, namespace, "loraadapters", "alpha") is None, 60)
-        assert "alpha" not in _registry(_rayservice(custom, namespace, "tiny"))
-        assert not local_alpha.exists()
+        assert _cond(_get(custom, namespace, "basemodels", "tiny"), "Deleting")["reason"] == (
+            "AdaptersRemain"
+        )
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "beta")
         wait_for("base gone", lambda: _get(custom, namespace, "basemodels", "tiny") is None, 60)
     kubelet.stop()

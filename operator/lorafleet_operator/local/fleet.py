@@ -37,7 +37,7 @@ from lorafleet_operator.local.install import (
     installer_command,
     run_installer,
 )
-from lorafleet_operator.local.manifests import LocalObject
+from lorafleet_operator.local.manifests import LocalObject, display_uri
 from lorafleet_operator.local.serve_rest import DeployFailed, ServeREST
 from lorafleet_operator.local.state import LocalState
 from lorafleet_operator.models import (
@@ -172,10 +172,10 @@ class Fleet:
             task=str(obj.spec.task) if isinstance(obj.spec, BaseModelSpec) else None,
             phase="Installing",
             reason="Installing",
-            message=f"installing from {obj.spec.source.uri}",
+            message=f"installing from {display_uri(obj.spec.source.uri)}",
             progress=None,
         )
-        self.out.info(f"{obj.key}: installing from {obj.spec.source.uri}")
+        self.out.info(f"{obj.key}: installing from {display_uri(obj.spec.source.uri)}")
         max_rank = None
         base_source = None
         if base is not None:

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -99,6 +100,21 @@ class LocalObject:
         payload = {"kind": self.kind, "spec": self.spec.to_wire(), "files": self.source_stamp}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+def display_uri(uri: str) -> str:
+    """A URI safe to print or store: user info and query string (tokens, signatures) removed.
+
+    Args:
+        uri: A source URI such as ``https://user:token@host/file?X-Amz-Signature=...``.
+
+    Returns:
+        The URI without ``user:password@`` and without ``?query``/``#fragment``
+        (``https://host/file``).
+    """
+    parts = urlsplit(uri)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def resolve_file_uri(uri: str, manifest_file: Path) -> str:
