@@ -68,6 +68,15 @@ def test_helm_runs(kube_cluster: KubeCluster) -> None:
         [kube_cluster.helm, "version", "--short"], capture_output=True, text=True, check=True
     )
     assert out.stdout.startswith("v3.")
+    # helm reaches the cluster through the kubeconfig and sees its real version.
+    listed = subprocess.run(
+        [kube_cluster.helm, "list", "--all-namespaces", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env=kube_cluster.env,
+        check=True,
+    )
+    assert json.loads(listed.stdout) == []
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +308,27 @@ def test_rayservice_schema_rejects_invalid_and_accepts_valid(kube_api: Any, name
     created = create(_rayservice("good"))
     assert created["metadata"]["uid"]
     assert created["spec"]["serveConfigV2"].startswith("applications:")
+
+
+def test_service_account_token_request_and_rbac(
+    kube_cluster: KubeCluster, kube_api: Any, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "installer"}})
+    token = core.create_namespaced_service_account_token(
+        "installer", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+    assert token.count(".") == 2  # a signed JWT from the TokenRequest API
+
+    cfg = client.Configuration()
+    cfg.host = kube_cluster.server
+    cfg.ssl_ca_cert = str(kube_cluster.run_dir / "pki" / "ca.crt")
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    with client.ApiClient(cfg) as sa_api:
+        review = client.AuthenticationV1Api(sa_api).create_self_subject_review({})
+        assert review.status.user_info.username == f"system:serviceaccount:{namespace}:installer"
+        # No RoleBinding: RBAC refuses it.
+        with pytest.raises(ApiException) as err:
+            client.CoreV1Api(sa_api).list_namespaced_secret(namespace)
+        assert err.value.status == 403
