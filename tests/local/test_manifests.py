@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from lorafleet_operator.local.install import install_args, read_progress, read_report
-from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
+from lorafleet_operator.local.manifests import ManifestsInvalid, display_uri, load_manifests
 from lorafleet_operator.local.state import LocalState
 from lorafleet_operator.local.status import render, summary
 from rich.console import Console
@@ -199,3 +199,10 @@ def test_state_file_and_status_table(tmp_path: Path) -> None:
     assert "minilm" in text and "3.0Mi" in text and "sha256-01234" in text
     assert "TargetModulesNotFound" in text and "module c_attn" in text
     assert LocalState(tmp_path).objects.keys() == data["objects"].keys()
+
+
+def test_display_uri_drops_credentials_and_signatures() -> None:
+    uri = "https://user:s3cr3t@example.com/m/model.tar?X-Amz-Signature=abc#frag"
+    assert display_uri(uri) == "https://example.com/m/model.tar"
+    assert display_uri("hf://org/repo") == "hf://org/repo"
+    assert display_uri("file:///tmp/x") == "file:///tmp/x"
