@@ -45,25 +45,34 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _PEFT_PREFIX = "base_model.model."
 
 
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype, device: torch.device, checkpoint_dtype: Any = None
+) -> torch.dtype:
     """Map a dtype name to a torch dtype.
 
     Args:
         dtype: ``"auto"``, ``"float32"``, ``"float16"``, ``"bfloat16"`` or a ``torch.dtype``.
-            ``"auto"`` is float32 on cpu (half precision matmuls are slow there) and the
-            checkpoint's dtype (``torch_dtype`` in config.json, else float16) on cuda.
+            ``"auto"`` is float32 on cpu (half-precision matmuls are slow there) and, on a GPU,
+            the checkpoint's half-precision dtype (``dtype``/``torch_dtype`` in config.json) if
+            it has one, else float16.
         device: Target device.
+        checkpoint_dtype: The checkpoint's recorded dtype (a ``torch.dtype`` or its name).
 
     Returns:
-        The torch dtype, or ``None``-free ``torch.float32`` etc.
+        The torch dtype.
 
     Raises:
-        InvalidRequestError: Unknown name.
+        InvalidRequestError: Unknown name (``param="dtype"``).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        if device.type == "cpu":
+            return torch.float32
+        recorded = str(checkpoint_dtype).removeprefix("torch.") if checkpoint_dtype else ""
+        if recorded == "bfloat16" and (device.type != "cuda" or torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
     if dtype not in _DTYPES:
         raise InvalidRequestError(
             f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}", param="dtype"
@@ -157,6 +166,7 @@ class Engine:
         max_adapters: int = 8,
     ) -> None:
         from transformers import (
+            AutoConfig,
             AutoModelForCausalLM,
             AutoModelForSequenceClassification,
             AutoTokenizer,
@@ -167,7 +177,9 @@ class Engine:
         self.base_path = str(base_path)
         self.task = task
         self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = resolve_dtype(dtype, self.device)
+        base_config = AutoConfig.from_pretrained(self.base_path)
+        recorded = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+        self.dtype = resolve_dtype(dtype, self.device, recorded)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path)
         auto = (
             AutoModelForCausalLM
@@ -308,9 +320,12 @@ class Engine:
         created = False
         try:
             if self.peft is None:
-                self.peft = PeftModel(
-                    self.model, peft_config, adapter_name=internal, low_cpu_mem_usage=True
-                )
+                with warnings.catch_warnings():
+                    # peft probes the deprecated ``is_gradient_checkpointing`` attribute.
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.peft = PeftModel(
+                        self.model, peft_config, adapter_name=internal, low_cpu_mem_usage=True
+                    )
                 created = True
             else:
                 self.peft.add_adapter(internal, peft_config, low_cpu_mem_usage=True)
@@ -637,7 +652,7 @@ class GenerationRow:
         stop: Stop strings.
         seed: Sampling seed or ``None``.
         token_ids: Generated ids so far.
-        text: Completion text so far (full decode, before stop truncation).
+        text: Completion text decoded so far (before stop truncation).
         emitted: Number of characters of the final text already handed out as deltas.
         finish_reason: ``None`` while running.
         cancelled: Set by the caller to drop the row at the next step.
@@ -656,6 +671,8 @@ class GenerationRow:
     finish_reason: FinishReason | None = None
     cancelled: bool = False
     generator: torch.Generator | None = None
+    prefix_offset: int = 0
+    read_offset: int = 0
 
 
 @dataclass
@@ -782,25 +799,29 @@ class GenerationBatch:
     def _advance(self, i: int, row: GenerationRow, token: int) -> StepEvent:
         tok = self.engine.tokenizer
         row.token_ids.append(token)
+        ids = row.token_ids
         finish: FinishReason | None = None
         if token in self.engine.eos_token_ids:
             finish = "stop"
-        text = tok.decode(row.token_ids, skip_special_tokens=True)
-        row.text = text
-        cut = len(text)
-        for s in row.stop:
-            pos = text.find(s)
-            if s and pos != -1:
-                cut = min(cut, pos)
-                finish = "stop"
-        if finish is None and len(row.token_ids) >= row.max_tokens:
+        elif len(ids) >= row.max_tokens:
             finish = "length"
-        if finish is not None:
-            safe = cut
-        else:
-            safe = len(text) - _held_back(text, row.stop)
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character
-                safe = min(safe, len(text.rstrip("\ufffd")))
+        # Incremental detokenisation with prefix/read offsets (as in vLLM): decode only the
+        # last few tokens each step and commit text once it no longer ends in an incomplete
+        # UTF-8 sequence (U+FFFD); on the last step commit whatever there is. Decoding the
+        # whole sequence every step would be quadratic in the completion length.
+        prefix = tok.decode(ids[row.prefix_offset : row.read_offset], skip_special_tokens=True)
+        new = tok.decode(ids[row.prefix_offset :], skip_special_tokens=True)
+        if len(new) > len(prefix) and (finish is not None or not new.endswith("\ufffd")):
+            row.text += new[len(prefix) :]
+            row.prefix_offset, row.read_offset = row.read_offset, len(ids)
+        text = row.text
+        cut = len(text)
+        for stop in row.stop:
+            pos = text.find(stop)
+            if pos != -1 and pos < cut:
+                cut = pos
+                finish = "stop"
+        safe = cut if finish is not None else len(text) - _held_back(text, row.stop)
         delta = text[row.emitted : safe] if safe > row.emitted else ""
         row.emitted = max(row.emitted, safe)
         if finish is not None:

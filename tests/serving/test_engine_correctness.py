@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.engine import Engine, GenerationRow
+from lorafleet_serving.engine import Engine, GenerationRow, resolve_dtype
 from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError
 from peft.tuners.lora import LoraLayer
 
@@ -60,6 +60,8 @@ def test_mixed_batch_matches_peft_per_row(gen_engine: Engine, tiny_lora_adapters
     for combo, row in zip(combos, rows, strict=True):
         assert row.token_ids == references[combo], combo
         assert row.finish_reason in ("stop", "length")
+        # Incremental detokenisation gives the same text as decoding the whole completion.
+        assert row.text == gen_engine.tokenizer.decode(row.token_ids, skip_special_tokens=True)
 
 
 @pytest.mark.parametrize("adapter", [None, "alpha", "gamma"])
@@ -264,6 +266,11 @@ def test_dtype_and_task_validation(tiny_causal_lm):
         Engine(tiny_causal_lm, "text-generation", dtype="int3")
     engine = Engine(tiny_causal_lm, "text-generation", dtype="bfloat16")
     assert next(engine.model.parameters()).dtype == torch.bfloat16
+    cpu, gpu = torch.device("cpu"), torch.device("meta")  # meta stands in for an accelerator
+    assert resolve_dtype("auto", cpu, "bfloat16") == torch.float32
+    assert resolve_dtype("auto", gpu, "bfloat16") == torch.bfloat16
+    assert resolve_dtype("auto", gpu, torch.float32) == torch.float16
+    assert resolve_dtype("float16", cpu) == torch.float16
 
 
 def test_slot_reuse_after_unload_uses_the_new_weights(tiny_causal_lm, tiny_lora_adapters):
