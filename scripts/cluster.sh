@@ -134,14 +134,20 @@ gen_certs() {
   (
     cd "$d"
     umask 077
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 3650 \
-      -subj "/CN=lorafleet-test-ca" -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
-    sign() {  # name subject extensions
+    make_ca() {  # name common-name
+      openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.crt" -days 3650 \
+        -subj "/CN=$2" -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" 2>/dev/null
+    }
+    make_ca ca lorafleet-test-ca
+    # The aggregation layer's own CA (requestheader authentication), as kubeadm sets it up.
+    make_ca front-proxy-ca lorafleet-test-front-proxy-ca
+    sign() {  # name subject extensions [ca]
+      local ca=${4:-ca}
       openssl req -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.csr" -subj "$2" 2>/dev/null
       printf '%s\n' "$3" > "$1.ext"
-      openssl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$1.crt" \
-        -days 3650 -extfile "$1.ext" 2>/dev/null
+      openssl x509 -req -in "$1.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial \
+        -out "$1.crt" -days 3650 -extfile "$1.ext" 2>/dev/null
       rm -f "$1.csr" "$1.ext"
     }
     sign apiserver "/CN=kube-apiserver" "$(printf '%s\n' \
@@ -153,6 +159,7 @@ keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth'
     sign admin "/O=system:masters/CN=lorafleet-admin" "$client"
     sign controller-manager "/CN=system:kube-controller-manager" "$client"
+    sign front-proxy-client "/CN=front-proxy-client" "$client" front-proxy-ca
     # Service-account token signing key pair (TokenRequest API, token controller).
     openssl genrsa -out sa.key 2048 2>/dev/null
     openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
@@ -260,6 +267,12 @@ cmd_up() {
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
+    --requestheader-client-ca-file "$pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$pki/front-proxy-client.crt" \
+    --proxy-client-key-file "$pki/front-proxy-client.key" \
     --authorization-mode Node,RBAC \
     --service-account-issuer "$issuer" --api-audiences "$issuer" \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
