@@ -296,3 +296,26 @@ def test_slot_reuse_after_unload_uses_the_new_weights(tiny_causal_lm, tiny_lora_
     assert first[0] == second[0] == second[2]
     assert second[1] == reference_greedy(tiny_causal_lm, tiny_lora_adapters["delta"], ids, 6)
     assert second[1] != first[1]
+
+
+def test_gpt2_conv1d_layers_match_peft(tmp_path):
+    """GPT-2 keeps its weights in Conv1D (fan_in_fan_out); the batched path must still agree."""
+    from tests.support.models import make_lora_adapter, make_tiny_causal_lm
+
+    base = make_tiny_causal_lm(tmp_path / "gpt2", arch="gpt2")
+    adapters = {
+        "attn": make_lora_adapter(base, tmp_path / "attn", seed=1),
+        "all": make_lora_adapter(
+            base, tmp_path / "all", seed=2, target_modules=["c_attn", "c_proj", "c_fc"]
+        ),
+    }
+    engine = Engine(base, "text-generation", max_adapters=2)
+    for name, path in adapters.items():
+        engine.load_adapter(name, path)
+    ids = engine.encode_prompt(PROMPTS[0])
+    names = [None, "attn", "all"]
+    rows = [GenerationRow(ids, slot=engine.slot(n), max_tokens=8) for n in names]
+    engine.generate(rows)
+    for name, row in zip(names, rows, strict=True):
+        assert row.token_ids == reference_greedy(base, adapters.get(name), ids, 8), name
+    assert rows[1].token_ids != rows[2].token_ids
