@@ -426,7 +426,11 @@ class Fleet:
         self.deployed = {}
 
     def mark_stopped(self) -> None:
-        """Record that nothing is served any more (phases back to ``Installed``)."""
+        """Record that nothing is served any more.
+
+        Ready/Deploying objects go back to ``Installed``; an interrupted install becomes
+        ``Pending`` with reason ``InstallInterrupted``.
+        """
         for record in self.state.objects.values():
             if record.get("phase") in ("Ready", "Deploying"):
                 record.update(
@@ -435,6 +439,12 @@ class Fleet:
                     message="installed; not served (lorafleet up is not running)",
                 )
                 record.pop("endpoint", None)
+            elif record.get("phase") == "Installing":
+                record.update(
+                    phase="Pending",
+                    reason="InstallInterrupted",
+                    message="the install was interrupted; the next `lorafleet up` resumes it",
+                )
         self.state.set_top(pid=None, endpoint=None, dashboard=None)
 
 

@@ -222,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"{o.kind}/{o.name}" for o in objects)
     )
 
+    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
+    # an inherited SIG_IGN; `kill -INT` must stop `up` all the same.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     head = None
     serve = None
