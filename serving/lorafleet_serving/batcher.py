@@ -65,6 +65,7 @@ class MixedBatcher(Generic[T]):
         self.batches = 0
         self.items = 0
         self.batch_sizes: list[int] = []
+        self.joined = 0  # items taken by take_nowait into running batches
 
     def submit(self, item: T) -> None:
         """Queue ``item`` for the next batch (starts the collecting task on first use).
@@ -77,6 +78,24 @@ class MixedBatcher(Generic[T]):
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._collect())
         self._queue.put_nowait(item)
+
+    def take_nowait(self, limit: int) -> list[T]:
+        """Take up to ``limit`` queued items without waiting (for joining a running batch).
+
+        Args:
+            limit: Most items to take.
+
+        Returns:
+            The items, oldest first (empty when none is queued).
+        """
+        taken: list[T] = []
+        while self._queue is not None and len(taken) < limit:
+            try:
+                taken.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        self.joined += len(taken)
+        return taken
 
     @property
     def mean_batch_size(self) -> float:

@@ -829,6 +829,89 @@ class GenerationBatch:
             row.text = text[:cut]
         return StepEvent(row=i, token_id=token, text=delta, finish_reason=finish)
 
+    def can_join(self) -> bool:
+        """Whether rows may join this batch between steps (its KV cache can be merged).
+
+        True before the first step and, after it, when every cache layer is a plain
+        ``DynamicLayer`` (sliding-window or linear-attention layers are not merged).
+        """
+        from transformers.cache_utils import DynamicLayer
+
+        if self._mask is None:
+            return True
+        if self.cache is None:
+            return False
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def add(self, rows: list[GenerationRow]) -> list[StepEvent]:
+        """Join ``rows`` to the running batch at a step boundary (continuous batching).
+
+        The new rows are prefilled on their own (with their adapters), then their KV cache,
+        attention mask and positions are merged into the batch: both sides are left-padded
+        to the longer sequence (padding is masked out) and stacked on the batch dimension.
+        Their rows are numbered after the existing ones.
+
+        Args:
+            rows: Requests to add.
+
+        Returns:
+            The events of the new rows' first generated token (row indices in this batch).
+
+        Raises:
+            RuntimeError: :meth:`can_join` is false.
+        """
+        if not self.can_join():
+            raise RuntimeError("this batch's KV cache cannot take new rows")
+        offset = len(self.rows)
+        self.rows.extend(rows)
+        if self._mask is None:  # not started: the rows simply take part in the prefill
+            self.active.extend(range(offset, offset + len(rows)))
+            return []
+        joining = GenerationBatch(self.engine, rows)
+        events = joining.step()
+        for event in events:
+            event.row += offset
+        if joining.active:
+            self._merge(joining, offset)
+        return events
+
+    def _merge(self, other: GenerationBatch, offset: int) -> None:
+        assert self._mask is not None and other._mask is not None
+        assert self._positions is not None and other._positions is not None
+        assert self._last is not None and other._last is not None
+        length, other_length = self._mask.shape[1], other._mask.shape[1]
+        total = max(length, other_length)
+
+        def left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+            if n == 0:
+                return t
+            shape = list(t.shape)
+            shape[dim] = n
+            return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [
+                    left_pad(mine.keys, total - length, -2),
+                    left_pad(theirs.keys, total - other_length, -2),
+                ]
+            )
+            mine.values = torch.cat(
+                [
+                    left_pad(mine.values, total - length, -2),
+                    left_pad(theirs.values, total - other_length, -2),
+                ]
+            )
+        self._mask = torch.cat(
+            [
+                left_pad(self._mask, total - length, 1),
+                left_pad(other._mask, total - other_length, 1),
+            ]
+        )
+        self._positions = torch.cat([self._positions[:, -1:], other._positions[:, -1:]])
+        self._last = torch.cat([self._last, other._last])
+        self.active.extend(offset + i for i in other.active)
+
     def _drop(self, rows: list[int]) -> None:
         if not rows:
             return

@@ -95,7 +95,8 @@ class ModelServer:
         batch_wait_timeout_s: Longest wait for more requests after the first, seconds.
         max_tokens_limit: Upper bound on ``max_tokens`` per request.
         max_concurrent_batches: Batches in flight at once (their steps interleave on the
-            worker thread; > 1 keeps a long generation from holding up new requests).
+            worker thread). With 1, requests arriving while a generation batch runs join it
+            between steps (continuous batching) as long as it has room.
 
     Raises:
         InvalidRequestError: Bad ``task``, ``dtype``, labels or limits.
@@ -114,7 +115,7 @@ class ModelServer:
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.005,
         max_tokens_limit: int = 2048,
-        max_concurrent_batches: int = 2,
+        max_concurrent_batches: int = 1,
     ) -> None:
         for name, value in (
             ("max_adapters", max_adapters),
@@ -152,6 +153,7 @@ class ModelServer:
             on_error=self._fail_classification,
         )
         self._background: set[asyncio.Task[None]] = set()
+        self._running_batches: set[Any] = set()
         self.requests = 0
         self.failed_requests = 0
 
@@ -408,34 +410,59 @@ class ModelServer:
         )
         return _GenItem(request=req, adapter=adapter, prompt_ids=prompt_ids)
 
+    def _row_for(self, item: _GenItem) -> GenerationRow:
+        req = item.request
+        item.row = GenerationRow(
+            prompt_ids=item.prompt_ids,
+            slot=self.engine.slot(item.adapter),
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            stop=req.stop,
+            seed=req.seed,
+        )
+        return item.row
+
     async def _run_generation(self, items: list[_GenItem]) -> None:
-        live: list[_GenItem] = []
-        rows: list[GenerationRow] = []
-        for item in items:
-            if item.cancelled:
-                continue
-            req = item.request
-            item.row = GenerationRow(
-                prompt_ids=item.prompt_ids,
-                slot=self.engine.slot(item.adapter),
-                max_tokens=req.max_tokens,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                stop=req.stop,
-                seed=req.seed,
-            )
-            live.append(item)
-            rows.append(item.row)
-        if not rows:
+        """Decode one batch step by step; queued requests join it between steps.
+
+        Continuous batching: while the batch has room (``max_batch_size``), requests waiting
+        in the batcher are prefilled and merged into it at the next step boundary instead of
+        waiting for the whole batch to finish.
+        """
+        live = [item for item in items if not item.cancelled]
+        if not live:
             return
-        batch = self.engine.start_generation(rows)
-        while not batch.done:
-            for item in live:
-                if item.cancelled and item.row is not None:
-                    item.row.cancelled = True
-            events: list[StepEvent] = await self._call(batch.step)
-            for event in events:
-                live[event.row].queue.put_nowait(event)
+        batch = self.engine.start_generation([self._row_for(item) for item in live])
+        self._running_batches.add(batch)
+        try:
+            while not batch.done:
+                room = self._gen_batcher.max_batch_size - len(batch.active)
+                if room > 0 and batch.can_join():
+                    joining = [i for i in self._gen_batcher.take_nowait(room) if not i.cancelled]
+                    if joining:
+                        live.extend(joining)
+                        rows = [self._row_for(item) for item in joining]
+                        try:
+                            events = await self._call(batch.add, rows)
+                        except Exception as exc:
+                            self._fail_generation(joining, exc)  # the running rows go on
+                            events = []
+                        self._dispatch(live, events)
+                for item in live:
+                    if item.cancelled and item.row is not None:
+                        item.row.cancelled = True
+                if batch.done:
+                    break
+                events = await self._call(batch.step)
+                self._dispatch(live, events)
+        finally:
+            self._running_batches.discard(batch)
+
+    @staticmethod
+    def _dispatch(live: list[_GenItem], events: list[StepEvent]) -> None:
+        for event in events:
+            live[event.row].queue.put_nowait(event)
 
     def _fail_generation(self, items: list[_GenItem], exc: BaseException) -> None:
         logger.error("generation batch of %d failed: %s", len(items), exc)

@@ -319,3 +319,32 @@ def test_gpt2_conv1d_layers_match_peft(tmp_path):
     for name, row in zip(names, rows, strict=True):
         assert row.token_ids == reference_greedy(base, adapters.get(name), ids, 8), name
     assert rows[1].token_ids != rows[2].token_ids
+
+
+def test_rows_join_a_running_batch_and_stay_correct(gen_engine: Engine, references):
+    """Continuous batching: rows added between steps (other lengths, adapters) match peft."""
+    first = [
+        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
+        for p, n in ((PROMPTS[2], "alpha"), (PROMPTS[1], None))
+    ]
+    batch = gen_engine.start_generation(first)
+    for _ in range(4):
+        batch.step()
+    assert batch.can_join()
+    late = [
+        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
+        for p, n in ((PROMPTS[0], "gamma"), (PROMPTS[2], "beta"), (PROMPTS[3], "delta"))
+    ]
+    events = batch.add(late)
+    assert sorted(e.row for e in events) == [2, 3, 4]
+    assert len(batch.active) == 5
+    while not batch.done:
+        batch.step()
+    expected = [
+        references["alpha", PROMPTS[2]],
+        references[None, PROMPTS[1]],
+        references["gamma", PROMPTS[0]],
+        references["beta", PROMPTS[2]],
+        references["delta", PROMPTS[3]],
+    ]
+    assert [r.token_ids for r in first + late] == expected

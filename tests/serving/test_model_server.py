@@ -186,6 +186,34 @@ async def test_event_loop_stays_responsive_while_generating(tiny_causal_lm):
         await server.close()
 
 
+async def test_requests_arriving_mid_generation_join_the_running_batch(
+    tiny_causal_lm, tiny_lora_adapters, refs
+):
+    server = ModelServer(
+        tiny_causal_lm, "text-generation", max_batch_size=8, batch_wait_timeout_s=0.0
+    )
+    try:
+        server.apply_user_config(registry(tiny_lora_adapters))
+        for name in ("alpha", "beta"):
+            await server.ensure_adapter(name)
+        long_req = GenerateRequest(PROMPTS[2], adapter="alpha", max_tokens=MAX_NEW)
+        stream = server.generate_stream(long_req)
+        deltas = [await anext(stream), await anext(stream)]  # the batch is running now
+        late = await asyncio.gather(
+            server.generate(GenerateRequest(PROMPTS[0], adapter="beta", max_tokens=MAX_NEW)),
+            server.generate(GenerateRequest(PROMPTS[1], max_tokens=MAX_NEW)),
+        )
+        deltas += [d async for d in stream]
+        assert [d.token_id for d in deltas] == refs["alpha", PROMPTS[2]]
+        assert late[0].token_ids == refs["beta", PROMPTS[0]]
+        assert late[1].token_ids == refs[None, PROMPTS[1]]
+        stats = server.stats()
+        assert stats["generation_batches"] == 1, stats
+        assert server._gen_batcher.joined == 2
+    finally:
+        await server.close()
+
+
 # ----------------------------------------------------------------------------- errors
 
 
