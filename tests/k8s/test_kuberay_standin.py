@@ -106,3 +106,37 @@ def test_rayservice_is_deployed_and_becomes_ready(
         if time.monotonic() > deadline:
             pytest.fail("user_config change did not reach the replica")
         time.sleep(0.5)
+
+
+def test_watcher_mode_deploys_and_removes_with_the_rayservice(
+    kube_api: Any, namespace: str, kuberay_standin: Any, ray_cluster: Any, tmp_path: Path
+) -> None:
+    api = client.CustomObjectsApi(kube_api)
+    standin = kuberay_standin(ray_cluster.dashboard_url, path_map={"/models": str(tmp_path)})
+    standin.start([namespace], interval=0.5)
+    api.create_namespaced_custom_object(
+        "ray.io", "v1", namespace, "rayservices", _rayservice("watched", _serve_config({}))
+    )
+    deadline = time.monotonic() + 240
+    while True:
+        obj = api.get_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", "watched")
+        if (obj.get("status") or {}).get("serviceStatus") == "Running":
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"RayService not Running: {obj.get('status')}, errors {standin.errors}")
+        time.sleep(0.5)
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    assert _get(ray_cluster.http_url + "/")["user_config"] == {"adapters": {}}
+
+    api.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", "watched")
+    deadline = time.monotonic() + 120
+    while "echo" in (
+        requests.get(ray_cluster.dashboard_url + "/api/serve/applications/", timeout=10)
+        .json()
+        .get("applications")
+        or {}
+    ):
+        if time.monotonic() > deadline:
+            pytest.fail("the application stayed on Ray after its RayService was deleted")
+        time.sleep(0.5)
+    assert not standin.errors

@@ -384,7 +384,9 @@ class KubeRayStandIn:
                 "reason": reason,
                 "message": message,
                 "observedGeneration": obj["metadata"].get("generation", 0),
-                "lastTransitionTime": _now() if changed else prev["lastTransitionTime"],
+                "lastTransitionTime": (
+                    _now() if changed else prev.get("lastTransitionTime") or _now()
+                ),
             }
 
         if ready:
