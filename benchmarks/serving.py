@@ -238,31 +238,31 @@ class NaivePeft:
 def load_times(base: Path, paths: list[Path], repeats: int) -> tuple[float, float, float]:
     """(very first load, median load with 0 resident, median load with 63 resident), seconds.
 
-    Uses the engine directly with 64 slots; "load" is :meth:`Engine.load_adapter` (peft reads
-    and injects the adapter, weights are copied into the stacked slot).
+    Two engines with 64 slots: one empty, one holding 63 adapters. Repetitions alternate between
+    them (load, time, unload), so background load on a shared machine hits both alike. "Load"
+    is :meth:`Engine.load_adapter`: peft reads and injects the adapter, its weights are copied
+    into the stacked slot and peft's copy is dropped.
     """
     from lorafleet_serving.engine import Engine
 
-    engine = Engine(base, "text-generation", max_adapters=len(paths))
+    empty = Engine(base, "text-generation", max_adapters=len(paths))
+    full = Engine(base, "text-generation", max_adapters=len(paths))
 
-    def timed(name: str, path: Path) -> float:
+    def timed(engine: Engine, name: str, path: Path) -> float:
         gc.collect()
         t0 = time.perf_counter()
         engine.load_adapter(name, path)
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        engine.unload_adapter(name)
+        return elapsed
 
-    very_first = timed("first", paths[0])
-    engine.unload_adapter("first")
-    first = []
-    for i in range(repeats):
-        first.append(timed("one", paths[i % len(paths)]))
-        engine.unload_adapter("one")
+    very_first = timed(empty, "first", paths[0])
     for i, path in enumerate(paths[:-1]):
-        engine.load_adapter(f"resident-{i}", path)
-    last = []
+        full.load_adapter(f"resident-{i}", path)
+    first, last = [], []
     for _ in range(repeats):
-        last.append(timed("sixty-fourth", paths[-1]))
-        engine.unload_adapter("sixty-fourth")
+        first.append(timed(empty, "one", paths[-1]))
+        last.append(timed(full, "sixty-fourth", paths[-1]))
     return very_first, statistics.median(first), statistics.median(last)
 
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     n_requests = args.requests or (128 if args.quick else 256)
     max_tokens = args.max_tokens or (32 if args.quick else 64)
-    repeats = 7 if args.quick else 21
+    repeats = 15 if args.quick else 41
     rounds = 5 if args.quick else 7
     if args.threads:
         torch.set_num_threads(args.threads)
