@@ -135,6 +135,7 @@ class ModelServer:
             base_path, task, dtype=dtype, device=device, labels=labels, max_adapters=max_adapters
         )
         self.max_tokens_limit = max_tokens_limit
+        self._tensor_bytes = self.engine.tensor_bytes()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafleet-engine")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters)
@@ -186,11 +187,19 @@ class ModelServer:
         self._loop = loop
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
 
+    def _measured(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        finally:
+            self._tensor_bytes = self.engine.tensor_bytes()
+
     async def _load_adapter(self, spec: AdapterSpec) -> None:
-        await self._call(self.engine.load_adapter, spec.name, spec.path, spec.labels)
+        await self._call(
+            self._measured, self.engine.load_adapter, spec.name, spec.path, spec.labels
+        )
 
     async def _unload_adapter(self, name: str) -> None:
-        await self._call(self.engine.unload_adapter, name)
+        await self._call(self._measured, self.engine.unload_adapter, name)
 
     # ----------------------------------------------------------------- registry
 
@@ -345,7 +354,9 @@ class ModelServer:
             "failed_requests": self.failed_requests,
             "resident": self.cache.resident(),
             "registered": len(self.cache.registry),
-            "tensor_bytes": self.engine.tensor_bytes(),
+            # Measured on the worker thread after each load/unload: walking the model here
+            # could race with peft injecting modules on that thread.
+            "tensor_bytes": self._tensor_bytes,
         }
 
     @contextlib.asynccontextmanager
