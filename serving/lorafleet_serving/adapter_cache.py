@@ -4,7 +4,8 @@ At most ``max_adapters`` adapters are resident. A request *leases* its adapter
 (:meth:`AdapterCache.lease`): the adapter is loaded if needed - one load at a time per adapter,
 however many requests arrive for it at once - and pinned until the request finishes, so an
 adapter in use is never evicted under it. When a load needs room the least recently used
-unpinned adapter is evicted; if all are pinned, the load waits for one to be released.
+unpinned adapter is evicted; if all are pinned, the load waits for one to be released, and
+meanwhile new leases wait too, so steady traffic to resident adapters cannot starve it.
 
 The cache only does bookkeeping; loading and unloading are the ``load``/``unload`` coroutines it
 is given (the model server runs them on the engine's worker thread).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,6 +118,9 @@ class AdapterCache:
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._evicting: set[str] = set()
         self._reserved: set[str] = set()  # loads that have room and are running
+        self._starving = 0  # loads waiting because every resident adapter is pinned
+        self._wanted: Counter[str] = Counter()  # leases waiting for a load of the adapter
+        self._room_queue: deque[str] = deque()  # loads waiting for a place, first come first
         self._changed: asyncio.Condition | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.loads: Counter[str] = Counter()
@@ -180,7 +184,21 @@ class AdapterCache:
             AdapterLoadError: Its files failed to load.
         """
         while True:
-            await self.ensure(name)
+            # While this lease waits for a load of ``name``, ``name`` is "wanted": it is not
+            # evicted between the load finishing and this task resuming to pin it.
+            self._wanted[name] += 1
+            try:
+                waited_for_load = await self.ensure(name)
+            finally:
+                self._wanted[name] -= 1
+                if self._wanted[name] <= 0:
+                    del self._wanted[name]
+            if self._starving and not waited_for_load:
+                # A load is waiting because every resident adapter is in use: new pins on
+                # resident adapters wait until it has its room, or steady traffic to them
+                # would starve it forever.
+                await self._wait_change()
+                continue
             if name in self._resident and name not in self._evicting:
                 break
         self._pins[name] += 1
@@ -193,44 +211,46 @@ class AdapterCache:
                 del self._pins[name]
                 await self._notify()
 
-    async def ensure(self, name: str) -> None:
+    async def ensure(self, name: str) -> bool:
         """Load ``name`` if it is not resident (single flight); mark it most recently used.
 
         Args:
             name: Registered adapter.
 
+        Returns:
+            True if this call waited for a load of ``name`` (its own or a concurrent one).
+
         Raises:
             UnknownModelError: Not registered.
             AdapterLoadError: Its files failed to load (every concurrent waiter gets it).
         """
+        waited = False
         while True:
             if name not in self.registry:
                 raise UnknownModelError(name)
             if name in self._resident and name not in self._evicting:
                 self._resident.move_to_end(name)
-                return
+                return waited
             pending = self._loading.get(name)
             if pending is not None:
+                waited = True
                 await asyncio.shield(pending)
                 continue
             if name in self._evicting:
                 await self._wait_change()
                 continue
-            break
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._loading[name] = future
-        # The load runs as its own task: a cancelled requester (client gone) must not leave the
-        # engine half-loaded; the other waiters still get the adapter.
-        task = loop.create_task(self._run_load(name, self.registry[name], future))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        await asyncio.shield(future)
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[None] = loop.create_future()
+            self._loading[name] = future
+            # The load runs as its own task: a cancelled requester (client gone) must not leave
+            # the engine half-loaded; the other waiters still get the adapter.
+            task = loop.create_task(self._run_load(name, self.registry[name], future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _run_load(self, name: str, spec: AdapterSpec, future: asyncio.Future[None]) -> None:
         try:
-            await self._make_room()
-            self._reserved.add(name)
+            await self._make_room(name)
             current = self.registry.get(name)
             if current is None or current.path != spec.path:
                 raise UnknownModelError(name)
@@ -260,17 +280,44 @@ class AdapterCache:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cond.wait(), timeout=1.0)
 
-    async def _make_room(self) -> None:
-        """Evict LRU unpinned adapters until a load fits; wait while all are pinned."""
-        while len(self._resident) + len(self._reserved) >= self.max_adapters:
-            victim = next(
-                (n for n in self._resident if not self._pins[n] and n not in self._evicting),
-                None,
-            )
-            if victim is None:
-                await self._wait_change()
-                continue
-            await self.evict(victim)
+    async def _make_room(self, name: str) -> None:
+        """Wait for ``name``'s turn, evict LRU idle adapters until it fits, reserve its place.
+
+        Loads take places first come, first served (``_room_queue``). While the load at the head
+        finds every resident adapter in use, new leases on resident adapters wait
+        (``_starving``), so steady traffic to them cannot starve it. There is no await between
+        the capacity check and the reservation, so two loads never take the same place.
+        """
+        self._room_queue.append(name)
+        starving = False
+        try:
+            while True:
+                if self._room_queue[0] != name:
+                    await self._wait_change()
+                    continue
+                if len(self._resident) + len(self._reserved) < self.max_adapters:
+                    self._reserved.add(name)
+                    return
+                victim = next(
+                    (
+                        n
+                        for n in self._resident
+                        if not self._pins[n] and not self._wanted[n] and n not in self._evicting
+                    ),
+                    None,
+                )
+                if victim is None:
+                    if not starving:
+                        starving = True
+                        self._starving += 1
+                    await self._wait_change()
+                    continue
+                await self.evict(victim)
+        finally:
+            self._room_queue.remove(name)
+            if starving:
+                self._starving -= 1
+            await self._notify()
 
     async def evict(self, name: str) -> bool:
         """Unload ``name`` now if it is resident and not pinned; else when its last lease ends.

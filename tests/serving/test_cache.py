@@ -106,7 +106,7 @@ async def test_failed_load_reaches_every_waiter_then_retries():
     )
     assert all(isinstance(r, AdapterLoadError) for r in results[:5])
     assert "invalid header" in str(results[0])
-    assert results[5] is None and cache.resident() == ["a"]
+    assert results[5] is True and cache.resident() == ["a"]
     assert engine.log.count(("load", "b")) == 1
     assert cache.load_failures == {"b": 1}
     engine.broken.clear()  # files fixed: the next request loads it
@@ -171,3 +171,23 @@ def test_spec_validation_names_the_field():
         AdapterSpec.from_config("x", {"path": "/p", "rank": "eight"})
     spec = AdapterSpec.from_config("x", {"path": "/p", "rank": 8, "labels": ["n", "p"], "sha": "1"})
     assert spec.as_dict() == {"path": "/p", "rank": 8, "labels": {"0": "n", "1": "p"}, "sha": "1"}
+
+
+async def test_steady_traffic_to_resident_adapters_does_not_starve_a_load():
+    engine = FakeEngine(delay_s=0.0)
+    cache = make_cache(engine, 1)
+    stop = False
+
+    async def busy_a() -> None:
+        while not stop:
+            async with cache.lease("a"):
+                await asyncio.sleep(0.01)
+
+    workers = [asyncio.create_task(busy_a()) for _ in range(4)]
+    await asyncio.sleep(0.05)  # "a" is pinned at every moment from now on
+    async with asyncio.timeout(5):
+        async with cache.lease("b"):
+            assert engine.loaded == {"b"}
+    stop = True
+    await asyncio.gather(*workers)
+    assert cache.loads["b"] == 1 and cache.loads["a"] >= 2
