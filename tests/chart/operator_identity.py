@@ -7,20 +7,23 @@ ServiceAccount instead of the admin, which proves the chart's RBAC suffices:
         kubeconfig_in_process, operator_sa_kubeconfig,
     )
 
-    def test_end_to_end(operator_sa_kubeconfig, namespace, ...):  # noqa: F811
-        # A kubeconfig Path whose user is a TokenRequest token of the chart's
-        # ServiceAccount, bound by the chart's Role in `namespace` (namespaced mode).
-        with kubeconfig_in_process(operator_sa_kubeconfig), KopfRunner(
-            ["run", "--standalone", "--namespace", namespace, "-m", "lorafleet_operator.handlers"]
-        ):
-            ...  # kopf logs in with it; the operator's startup handler loads it
+    @pytest.fixture
+    def run_operator(run_operator, operator_sa_kubeconfig):  # noqa: F811 (wraps conftest's)
+        # operator_sa_kubeconfig: a kubeconfig Path whose user is a TokenRequest token of the
+        # chart's ServiceAccount, bound by the chart's Role in `namespace` (namespaced mode).
+        @contextlib.contextmanager
+        def start(**env):
+            with kubeconfig_in_process(operator_sa_kubeconfig), run_operator(**env) as runner:
+                yield runner
+
+        return start
 
 :func:`kubeconfig_in_process` is needed in-process because the ``kubernetes`` package reads
-``KUBECONFIG`` once, at import; an operator run as a subprocess just gets ``KUBECONFIG`` in
-its environment (tests/chart/test_operator_identity.py does that). The operator's startup
-also replaces the ``kubernetes`` package's default configuration in the same process, so the
-test's own calls (including teardown) should use an explicit admin ``ApiClient`` such as the
-``kube_api`` fixture.
+``KUBECONFIG`` once, at import; on exit it also restores the package's default client
+configuration, which the operator's startup handler replaces. An operator run as a
+subprocess just gets ``KUBECONFIG`` in its environment (tests/chart/test_operator_identity.py
+does that). Seen working: tests/operator/test_operator_e2e.py passes with its ``run_operator``
+wrapped as above (the in-process kopf operator then holds only the chart's Role).
 
 Only the ServiceAccount and its RBAC are applied: no CRDs and no peering object (apply those,
 or run the operator ``--standalone``). The fixture grants namespaced mode, a Role in
@@ -228,7 +231,8 @@ def install_operator_identity(
 @contextlib.contextmanager
 def kubeconfig_in_process(path: Path) -> Iterator[Path]:
     """Make ``path`` the kubeconfig that kopf and ``kubernetes.config.load_kube_config()`` use
-    in this process, restoring the previous one on exit.
+    in this process; on exit restore the previous one and the ``kubernetes`` package's default
+    client configuration (which an operator started inside replaces with ``path``'s).
 
     Args:
         path: A kubeconfig file.
@@ -236,15 +240,18 @@ def kubeconfig_in_process(path: Path) -> Iterator[Path]:
     Yields:
         ``path``.
     """
+    from kubernetes import client
     from kubernetes.config import kube_config
 
     old_env = os.environ.get("KUBECONFIG")
     old_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+    old_configuration = client.Configuration.get_default_copy()
     os.environ["KUBECONFIG"] = str(path)
     kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(path)
     try:
         yield path
     finally:
+        client.Configuration.set_default(old_configuration)
         kube_config.KUBE_CONFIG_DEFAULT_LOCATION = old_default
         if old_env is None:
             os.environ.pop("KUBECONFIG", None)

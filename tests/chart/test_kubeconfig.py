@@ -53,5 +53,7 @@ def test_kubeconfig_in_process_is_what_load_kube_config_reads(tmp_path: Path) ->
             assert loaded.host == "https://127.0.0.1:6443"
             assert "Bearer tok.en" in loaded.api_key.values()
         assert os.environ.get("KUBECONFIG") == before
+        # The default client configuration the operator replaced is back.
+        assert client.Configuration.get_default_copy().host == saved.host
     finally:
         client.Configuration.set_default(saved)
