@@ -157,6 +157,8 @@ class ModelServer:
         self._running_batches: set[Any] = set()
         self.requests = 0
         self.failed_requests = 0
+        self._steps = 0
+        self._row_steps = 0
 
     # ----------------------------------------------------------------- properties
 
@@ -337,8 +339,9 @@ class ModelServer:
         Returns:
             ``loads`` (per adapter), ``load_failures`` (per adapter), ``evictions``,
             ``batches``, ``mean_batch_size``, ``generation_batches``,
-            ``classification_batches``, ``requests``, ``failed_requests``, ``resident``,
-            ``registered``, ``tensor_bytes``.
+            ``classification_batches``, ``joined`` (requests that joined a running generation
+            batch), ``generation_steps``, ``mean_rows_per_step`` (decode rows per forward pass),
+            ``requests``, ``failed_requests``, ``resident``, ``registered``, ``tensor_bytes``.
         """
         gen, cls = self._gen_batcher, self._cls_batcher
         batches = gen.batches + cls.batches
@@ -350,6 +353,9 @@ class ModelServer:
             "mean_batch_size": (gen.items + cls.items) / batches if batches else 0.0,
             "generation_batches": gen.batches,
             "classification_batches": cls.batches,
+            "joined": gen.joined,
+            "generation_steps": self._steps,
+            "mean_rows_per_step": self._row_steps / self._steps if self._steps else 0.0,
             "requests": self.requests,
             "failed_requests": self.failed_requests,
             "resident": self.cache.resident(),
@@ -466,6 +472,8 @@ class ModelServer:
                 if batch.done:
                     break
                 events = await self._call(batch.step)
+                self._steps += 1
+                self._row_steps += len(events)
                 self._dispatch(live, events)
         finally:
             self._running_batches.discard(batch)
