@@ -584,6 +584,7 @@ class Engine:
         Raises:
             ValueError: ``texts`` and ``adapters`` differ in length, or the task is not
                 classification.
+            KeyError: An adapter is not loaded.
         """
         if self.task != "text-classification":
             raise ValueError("classify needs a text-classification base")
@@ -597,26 +598,34 @@ class Engine:
             list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
         ).to(self.device)
         slots = [self.slot(a) for a in adapters]
+        infos = [None if a in (None, BASE_ADAPTER) else self.adapters[a] for a in adapters]
+        results: list[tuple[list[str], list[float]] | None] = [None] * len(texts)
         with torch.inference_mode(), self.lora.rows(slots):
-            base_logits = self.model(**enc).logits
-            features = self._features
+            base_logits = self.model(**enc).logits  # [N, base labels]
+            features = self._features  # the head's input: [N, H] (BERT) or [N, T, H]
             self._features = None
-            results: list[tuple[list[str], list[float]]] = []
-            for i, name in enumerate(adapters):
-                info = self.adapters.get(name) if name not in (None, BASE_ADAPTER) else None
+            own_heads: dict[str, list[int]] = {}
+            for i, info in enumerate(infos):
                 if info is not None and info.head is not None:
-                    assert features is not None
-                    logits = torch.func.functional_call(
-                        self._head_module, info.head, (features[i : i + 1],)
-                    )
-                    if logits.dim() == 3:  # decoder-style head applied to every position
-                        logits = logits[0, _last_token_index(enc["input_ids"][i], self.config)]
-                    labels = info.labels or []
-                    results.append((labels, logits.reshape(-1).float().tolist()))
+                    own_heads.setdefault(info.name, []).append(i)
                 else:
                     labels = (info.labels if info is not None else None) or self.base_labels
-                    results.append((labels, base_logits[i].float().tolist()))
-        return results
+                    results[i] = (labels, base_logits[i].float().tolist())
+            for name, rows in own_heads.items():
+                # One call of each adapter's own head on its rows' shared-encoder features.
+                info = self.adapters[name]
+                assert features is not None and info.head is not None
+                index = torch.tensor(rows, device=features.device)
+                logits = torch.func.functional_call(
+                    self._head_module, info.head, (features.index_select(0, index),)
+                )
+                for n, i in enumerate(rows):
+                    row = logits[n]
+                    if row.dim() == 2:  # decoder-style head on every position: pool the last
+                        row = row[_last_token_index(enc["input_ids"][i], self.config)]
+                    results[i] = (info.labels or [], row.float().tolist())
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
 
 
 def _head_outputs(head: dict[str, torch.Tensor]) -> int:
