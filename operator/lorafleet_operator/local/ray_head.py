@@ -58,6 +58,22 @@ def ray_env() -> dict[str, str]:
     return env
 
 
+def _new_session_dying_with_parent() -> None:
+    """``preexec_fn`` of ``ray start``: own session; SIGTERM when ``lorafleet up`` dies.
+
+    ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` (Linux, ``man 2 prctl``) makes the kernel send SIGTERM to
+    ``ray start --block`` if ``lorafleet up`` is killed without a chance to clean up (SIGKILL),
+    and ``ray start --block`` then shuts down the processes it started.
+    """
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            pr_set_pdeathsig = 1
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @dataclass
 class LocalRayHead:
     """A Ray head started by ``lorafleet up``.
@@ -130,7 +146,11 @@ class LocalRayHead:
         log = temp_dir / "ray-start.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=ray_env(), start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=ray_env(),
+                preexec_fn=_new_session_dying_with_parent,
             )
         head = cls(
             dashboard_url=f"http://{LOOPBACK}:{dash_port}",

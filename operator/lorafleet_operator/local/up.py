@@ -14,6 +14,7 @@ started. ``HOME/state.json`` records phase, reason, revision, size and path per 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -133,10 +134,12 @@ class _Console:
         self._last_line: dict[str, float] = {}
 
     def info(self, text: str) -> None:
-        self.console.print(f"[bold cyan]lorafleet[/] {_escape(text)}")
+        with contextlib.suppress(OSError):  # a closed terminal must not stop the clean-up
+            self.console.print(f"[bold cyan]lorafleet[/] {_escape(text)}")
 
     def error(self, text: str) -> None:
-        self.console.print(f"[bold red]lorafleet[/] {_escape(text)}")
+        with contextlib.suppress(OSError):
+            self.console.print(f"[bold red]lorafleet[/] {_escape(text)}")
 
     def progress(self, key: str, sample: Any) -> None:
         if not self.console.is_terminal:
@@ -224,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
     # an inherited SIG_IGN; `kill -INT` must stop `up` all the same.
-    signal.signal(signal.SIGINT, _raise_interrupt)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # SIGHUP too: closing the terminal must not orphan the Ray head.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupt)
     head = None
     serve = None
     fleet = None
@@ -288,8 +292,8 @@ def run(args: argparse.Namespace) -> int:
         out.error(f"{type(exc).__name__}: {exc}")
         code = EXIT_FAILED
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)  # let the clean-up finish
         try:
             if fleet is not None and head is None:
                 try:
@@ -306,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
     return code
 
 
