@@ -895,6 +895,7 @@ class GenerationBatch:
         total = max(length, other_length)
 
         def left_pad(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+            """``t`` with ``n`` zeros prepended along ``dim`` (masked-out padding)."""
             if n == 0:
                 return t
             shape = list(t.shape)

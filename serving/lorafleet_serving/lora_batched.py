@@ -68,9 +68,11 @@ class _StackedLayer:
 
     @property
     def rank(self) -> int:
+        """Padded rank of the stacks (0 before allocation)."""
         return 0 if self.a is None else self.a.shape[1]
 
     def nbytes(self) -> int:
+        """Bytes held by this layer's stacks."""
         if self.a is None or self.b is None:
             return 0
         return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
@@ -271,6 +273,7 @@ class BatchedLoRA:
             return
 
         def hook(_mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            """Forward hook: the layer's output plus this batch's per-row LoRA delta."""
             return self._apply(qualname, args[0], output)
 
         self._hooked[qualname] = module.register_forward_hook(hook)
