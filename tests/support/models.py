@@ -10,6 +10,8 @@ fixtures built on them:
   WordPiece tokenizer.
 - :func:`make_lora_adapter` - a peft LoRA adapter over one of the above, saved with
   ``save_pretrained`` (safetensors); its outputs differ from the base's.
+- :func:`reference_greedy`, :func:`reference_logits` - what plain transformers + peft answer
+  with only one adapter active: the reference serving results are compared with.
 
 Fixtures: ``tiny_causal_lm``, ``tiny_classifier`` (paths), ``tiny_lora_adapters`` and
 ``tiny_cls_adapters`` (dicts adapter name -> path).
@@ -616,7 +618,7 @@ def tiny_lora_adapters(tmp_path_factory: pytest.TempPathFactory, tiny_causal_lm:
     """Four LoRA adapters over ``tiny_causal_lm`` whose greedy outputs differ.
 
     ``alpha`` (r=8, q/v), ``beta`` (r=4, q/k/v/o), ``gamma`` (r=16, all linear layers of the
-    decoder, trained 3 steps), ``delta`` (r=8, q/v, rsLoRA-free, different seed).
+    decoder, trained 3 steps), ``delta`` (r=8, lora_alpha=8 so scaling 1, q/v).
     """
     root = tmp_path_factory.mktemp("tiny-llama-adapters")
     specs = {
