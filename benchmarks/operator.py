@@ -212,7 +212,11 @@ def run(args: argparse.Namespace) -> int:
                 os.killpg(operator.pid, signal.SIGKILL)
 
         stack.callback(stop_operator)
-        kubelet = KubeletStandIn(volume_map={CLAIM: volume})
+        kubelet = KubeletStandIn(
+            client.ApiClient(),
+            volume_map={CLAIM: volume},
+            path_prefix=[str(bindir), str(Path(sys.executable).parent)],
+        )
         kubelet.start([ns], interval=0.3, workers=2)
         stack.callback(kubelet.stop)
         stop = threading.Event()

@@ -97,6 +97,7 @@ class _State:
         # (namespace, base) -> served name -> entry (None: removed).
         self.hints: dict[tuple[str, str], dict[str, dict[str, Any] | None]] = defaultdict(dict)
         self.deploy_started: dict[tuple[str, str], float] = {}
+        self.registry_writes: dict[tuple[str, str], float] = {}
         self.job_created: dict[str, float] = {}
         self.base_index: Any = None
         self.adapter_index: Any = None
@@ -631,10 +632,21 @@ class Reconciler:
             self.logger.info("created RayService %s", rs_name)
         else:
             patch: dict[str, Any] = {}
+            deferred: float | None = None
             if (rs.get("spec") or {}).get("serveConfigV2") != config_yaml:
-                patch.setdefault("spec", {})["serveConfigV2"] = config_yaml
                 if registry_of((rs.get("spec") or {}).get("serveConfigV2")) == registry:
                     STATE.deploy_started[bm_key] = time.monotonic()  # args changed: a roll
+                    patch.setdefault("spec", {})["serveConfigV2"] = config_yaml
+                else:
+                    # Only the adapter registry changed: coalesce bursts into one write per
+                    # registry_write_interval_s.
+                    since = time.monotonic() - STATE.registry_writes.get(bm_key, 0.0)
+                    wait = self.settings.registry_write_interval_s - since
+                    if wait > 0:
+                        deferred = wait
+                    else:
+                        patch.setdefault("spec", {})["serveConfigV2"] = config_yaml
+                        STATE.registry_writes[bm_key] = time.monotonic()
             annotations = (rs.get("metadata") or {}).get("annotations") or {}
             if annotations.get(CLUSTER_HASH_ANNOTATION) != cluster_hash:
                 patch.setdefault("spec", {})["rayClusterConfig"] = desired["spec"][
@@ -642,6 +654,8 @@ class Reconciler:
                 ]
                 patch["metadata"] = {"annotations": {CLUSTER_HASH_ANNOTATION: cluster_hash}}
                 STATE.deploy_started[bm_key] = time.monotonic()
+            if deferred is not None and not patch:
+                return deferred
             if patch:
                 rs = await _call(
                     STATE.custom.patch_namespaced_custom_object,

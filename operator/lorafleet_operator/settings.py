@@ -20,6 +20,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_READY_TIMEOUT_S`` | ``900`` | seconds a RayService may take to become ready before ``Degraded`` |
 | ``LORAFLEET_POLL_INTERVAL_S`` | ``2`` | seconds between checks of running Jobs / RayServices |
 | ``LORAFLEET_DEBOUNCE_S`` | ``1.0`` | coalescing window of serve-config writes, in seconds |
+| ``LORAFLEET_REGISTRY_WRITE_INTERVAL_S`` | ``4.0`` | least time between adapter-registry writes of one BaseModel |
 | ``LORAFLEET_MODELS_LOCAL_ROOT`` | unset | where the operator itself sees the volume (to read progress files) |
 | ``LORAFLEET_SERVE_PORT`` | ``8000`` | Ray Serve HTTP port, used in ``status.endpoint`` |
 | ``LORAFLEET_METRICS_PORT`` | ``9090`` | Prometheus metrics port (0 disables) |
@@ -50,6 +51,7 @@ ENV_RUN_AS_USER = "LORAFLEET_RUN_AS_USER"
 ENV_READY_TIMEOUT_S = "LORAFLEET_READY_TIMEOUT_S"
 ENV_POLL_INTERVAL_S = "LORAFLEET_POLL_INTERVAL_S"
 ENV_DEBOUNCE_S = "LORAFLEET_DEBOUNCE_S"
+ENV_REGISTRY_WRITE_INTERVAL_S = "LORAFLEET_REGISTRY_WRITE_INTERVAL_S"
 ENV_MODELS_LOCAL_ROOT = "LORAFLEET_MODELS_LOCAL_ROOT"
 ENV_SERVE_PORT = "LORAFLEET_SERVE_PORT"
 ENV_METRICS_PORT = "LORAFLEET_METRICS_PORT"
@@ -85,6 +87,8 @@ class Settings:
         ready_timeout_s: Seconds a RayService may take to become ready before ``Degraded``.
         poll_interval_s: Seconds between checks of running Jobs and RayServices.
         debounce_s: Coalescing window of serve config writes (seconds).
+        registry_write_interval_s: Least time between two adapter-registry (user_config)
+            writes of one BaseModel, in seconds; a burst of adapter changes waits for it.
         models_local_root: Where the operator sees the volume (to read progress files), or None.
         serve_port: Ray Serve HTTP port (for ``status.endpoint``).
         metrics_port: Prometheus port, 0 disables.
@@ -109,6 +113,7 @@ class Settings:
     ready_timeout_s: float = 900.0
     poll_interval_s: float = 2.0
     debounce_s: float = 1.0
+    registry_write_interval_s: float = 4.0
     models_local_root: str | None = None
     serve_port: int = 8000
     metrics_port: int = 9090
@@ -150,6 +155,7 @@ _ENV_FIELDS: dict[str, str] = {
     "ready_timeout_s": ENV_READY_TIMEOUT_S,
     "poll_interval_s": ENV_POLL_INTERVAL_S,
     "debounce_s": ENV_DEBOUNCE_S,
+    "registry_write_interval_s": ENV_REGISTRY_WRITE_INTERVAL_S,
     "models_local_root": ENV_MODELS_LOCAL_ROOT,
     "serve_port": ENV_SERVE_PORT,
     "metrics_port": ENV_METRICS_PORT,
