@@ -34,13 +34,14 @@ TOPIC = {"0": "sport", "1": "politics", "2": "science", "3": "business"}
 APP = "tinybert"
 
 
-def _base(source: Path) -> dict:
+def _base(source: Path | str) -> dict:
+    uri = source if isinstance(source, str) else f"file://{source}"
     return {
         "apiVersion": "lorafleet.io/v1alpha1",
         "kind": "BaseModel",
         "metadata": {"name": APP},
         "spec": {
-            "source": {"uri": f"file://{source}"},
+            "source": {"uri": uri},
             "task": "text-classification",
             "id2label": SENTIMENT,
             "serving": {"maxAdaptersPerReplica": 4, "maxBatchSize": 8},
@@ -69,7 +70,9 @@ def _write(path: Path, *docs: dict) -> None:
 class UpProcess:
     """A ``lorafleet up`` subprocess with its output in a log file."""
 
-    def __init__(self, directory: Path, home: Path, dashboard: str, log: Path) -> None:
+    def __init__(
+        self, directory: Path, home: Path, dashboard: str, log: Path, env: dict | None = None
+    ) -> None:
         self.log = log
         self.started = time.monotonic()
         self.out = open(log, "wb")  # noqa: SIM115 - closed in stop()
@@ -88,7 +91,7 @@ class UpProcess:
             ],
             stdout=self.out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200", **(env or {})},
         )
 
     def text(self) -> str:
@@ -183,21 +186,27 @@ class TestUp:
         cls,
         tmp_path_factory: pytest.TempPathFactory,
         ray_cluster,
+        olah_hub,
         tiny_classifier: Path,
         tiny_cls_adapters: dict,
     ) -> Iterator[dict]:
         root = tmp_path_factory.mktemp("local-up")
         folder = root / "manifests"
         folder.mkdir()
-        _write(folder / "base.yaml", _base(tiny_classifier))
+        # The base comes from a Hub (the offline olah mirror, via HF_ENDPOINT), the adapters
+        # from local folders (file://).
+        commit = olah_hub.create_repo("lorafleet-local/tiny-bert", tiny_classifier)
+        _write(folder / "base.yaml", _base("hf://lorafleet-local/tiny-bert"))
         _write(
             folder / "adapters.yaml",
             _adapter("sentiment", tiny_cls_adapters["sentiment"], SENTIMENT),
             _adapter("topic", tiny_cls_adapters["topic"], TOPIC),
         )
         home = root / "home"
-        up = UpProcess(folder, home, ray_cluster.dashboard_url, root / "up-1.log")
+        env = {"HF_ENDPOINT": olah_hub.endpoint}
+        up = UpProcess(folder, home, ray_cluster.dashboard_url, root / "up-1.log", env)
         info = {
+            "commit": commit,
             "up": up,
             "folder": folder,
             "home": home,
@@ -241,7 +250,8 @@ class TestUp:
             "LoraAdapter/default/topic": "Ready",
         }
         base = state["objects"][f"BaseModel/default/{APP}"]
-        assert base["sizeBytes"] > 0 and base["resolvedRevision"]
+        assert base["sizeBytes"] > 0
+        assert base["resolvedRevision"] == fleet["commit"]  # the Hub commit of main
         assert Path(base["path"], "lorafleet.json").is_file()
         assert "bytes" in fleet["up"].text()  # installer progress was shown
 
@@ -309,6 +319,7 @@ class TestUp:
             fleet["home"],
             fleet["cluster"].dashboard_url,
             fleet["root"] / "up-2.log",
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},  # no Hub: reusing must not need one
         )
         fleet["up"] = second
         second.wait_for("following", timeout=120)
