@@ -233,4 +233,4 @@ run curl -sS "$gen/v1/completions" -H 'Content-Type: application/json' \
   -d '{"model": "poet", "prompt": "the cat", "max_tokens": 4}'
 echo
 
-say "done: everything above was served by lorafleet up on 127.0.0.1:$port; now stopping it"
+say "done in ${SECONDS} s: everything above was served by lorafleet up on 127.0.0.1:$port"
