@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +208,17 @@ def test_display_uri_drops_credentials_and_signatures() -> None:
     assert display_uri(uri) == "https://example.com/m/model.tar"
     assert display_uri("hf://org/repo") == "hf://org/repo"
     assert display_uri("file:///tmp/x") == "file:///tmp/x"
+
+
+def test_local_mode_never_imports_torch_or_ray() -> None:
+    code = (
+        "import sys\n"
+        "import lorafleet_operator.cli as cli\n"
+        "import lorafleet_operator.local.fleet, lorafleet_operator.local.ray_head\n"
+        "cli.build_parser()\n"
+        "bad = [m for m in ('torch', 'transformers', 'peft', 'ray', 'lorafleet_serving')"
+        " if m in sys.modules]\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
