@@ -284,7 +284,10 @@ def test_failure_reasons(
     """SourceNotFound, TargetModulesNotFound, retries exhausted, Degraded after the timeout."""
     kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
     kubelet.start([namespace])
-    with run_operator(READY_TIMEOUT_S="3"), ReadinessWriter(namespace, ready=False):
+    with (
+        run_operator(READY_TIMEOUT_S="3", JOB_BACKOFF_LIMIT="1"),
+        ReadinessWriter(namespace, ready=False),
+    ):
         custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -305,7 +308,9 @@ def test_failure_reasons(
             timeout=120,
         )
         assert _cond(missing, "Installed")["reason"] == "SourceNotFound", missing["status"]
-        assert "BackoffLimitExceeded" in _cond(missing, "Installed")["message"]
+        # The Job retried (backoffLimit 1) and exhausted its retries; the reason is the
+        # installer's, the message says how the Job ended.
+        assert "BackoffLimitExceeded after 2 attempt(s)" in _cond(missing, "Installed")["message"]
         assert _cond(missing, "Ready")["status"] == "False"
         # The RayService never becomes ready: Degraded, never Ready.
         tiny = wait_for(
@@ -406,4 +411,67 @@ def test_restart_adopts_running_job_and_deletion_is_bounded(
             ),
             30,
         )
+    kubelet.stop()
+
+
+def test_gated_repo_needs_the_token_secret(
+    custom: Any,
+    namespace: str,
+    model_volume: Path,
+    kubelet_standin: Any,
+    run_operator: Any,
+    olah_hub: Any,
+    tiny_causal_lm: Path,
+):
+    """Without secretRef a gated repo fails Unauthorized; with it, it installs; no token leaks."""
+    import base64
+
+    token = "hf_lorafleet_test_secret_token"
+    olah_hub.create_repo("lorafleet/gated-llama", tiny_causal_lm)
+    olah_hub.gate("lorafleet/gated-llama", token)
+    core = client.CoreV1Api()
+    core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "hf-token"},
+            "data": {"HF_TOKEN": base64.b64encode(token.encode()).decode()},
+        },
+    )
+    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
+    kubelet.start([namespace])
+    with run_operator(HF_ENDPOINT=olah_hub.endpoint):
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "basemodels", _bm("nokey", "hf://lorafleet/gated-llama")
+        )
+        with_key = _bm("withkey", "hf://lorafleet/gated-llama")
+        with_key["spec"]["source"]["secretRef"] = {"name": "hf-token"}
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", with_key)
+        nokey = wait_for(
+            "nokey Failed",
+            lambda: (
+                (o := _get(custom, namespace, "basemodels", "nokey"))
+                and _phase(o) == "Failed"
+                and o
+            ),
+            timeout=120,
+        )
+        assert _cond(nokey, "Installed")["reason"] == "Unauthorized", nokey["status"]
+        withkey = wait_for(
+            "withkey Installed",
+            lambda: (
+                (o := _get(custom, namespace, "basemodels", "withkey"))
+                and _cond(o, "Installed").get("status") == "True"
+                and o
+            ),
+            timeout=180,
+        )
+        jobs = client.BatchV1Api().list_namespaced_job(namespace).items
+        events = core.list_namespaced_event(namespace).items
+        for text in (
+            str(nokey),
+            str(withkey),
+            str([client.ApiClient().sanitize_for_serialization(j) for j in jobs]),
+            str([e.message for e in events]),
+        ):
+            assert token not in text
     kubelet.stop()
