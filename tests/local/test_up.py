@@ -300,6 +300,29 @@ class TestUp:
         (fleet["folder"] / "bad.yaml").unlink()
         assert _classify(fleet["url"], "plain", ["x"]).status_code == 200
 
+    def test_install_failure_is_reported_and_others_keep_serving(
+        self, fleet: dict, tiny_lora_adapters: dict, capsys: pytest.CaptureFixture
+    ) -> None:
+        # A causal-LM adapter (targets q_proj/v_proj) over the BERT base: the installer refuses.
+        _write(fleet["folder"] / "wrong.yaml", _adapter("wrong", tiny_lora_adapters["alpha"]))
+        key = "LoraAdapter/default/wrong"
+        deadline = time.monotonic() + 120
+        while (load_state(fleet["home"])["objects"].get(key) or {}).get("phase") != "Failed":
+            assert time.monotonic() < deadline, fleet["up"].text()
+            time.sleep(0.3)
+        record = load_state(fleet["home"])["objects"][key]
+        assert record["reason"] == "TargetModulesNotFound", record
+        assert "q_proj" in record["message"]
+        assert _classify(fleet["url"], "wrong", ["x"]).status_code == 404
+        assert _classify(fleet["url"], "plain", ["x"]).status_code == 200
+        assert lorafleet_main(["status", "--home", str(fleet["home"])]) == 0
+        out = capsys.readouterr().out
+        assert "Failed" in out and "TargetModulesNotFound" in out
+        (fleet["folder"] / "wrong.yaml").unlink()
+        while key in load_state(fleet["home"])["objects"]:
+            assert time.monotonic() < deadline + 60, fleet["up"].text()
+            time.sleep(0.3)
+
     def test_second_up_reuses_installs(self, fleet: dict) -> None:
         first: UpProcess = fleet["up"]
         assert first.stop() == 0
