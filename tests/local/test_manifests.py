@@ -222,3 +222,16 @@ def test_local_mode_never_imports_torch_or_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_port_in_use_is_detected() -> None:
+    import socket
+
+    from lorafleet_operator.local.ray_head import free_port, port_is_free
+
+    port = free_port()
+    assert port_is_free(port)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", port))
+        server.listen()
+        assert not port_is_free(port)

@@ -38,6 +38,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_is_free(port: int) -> bool:
+    """Whether a TCP port on 127.0.0.1 can be bound right now.
+
+    Args:
+        port: The port number.
+
+    Returns:
+        ``True`` when nothing listens on it.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a server binds (SO_REUSEADDR): connections in TIME_WAIT do not count as in use.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
 def ray_env() -> dict[str, str]:
     """Environment for the Ray head and its workers (auth off, no usage stats, few idle workers).
 

@@ -243,8 +243,13 @@ def run(args: argparse.Namespace) -> int:
                 http_port = args.port  # Serve not started yet: our http_options apply
             out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
         else:
-            from lorafleet_operator.local.ray_head import LocalRayHead
+            from lorafleet_operator.local.ray_head import LocalRayHead, port_is_free
 
+            if not port_is_free(args.port):
+                out.error(
+                    f"port {args.port} on 127.0.0.1 is already in use; choose another with --port"
+                )
+                return EXIT_FAILED
             num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
             out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
             started = time.monotonic()
