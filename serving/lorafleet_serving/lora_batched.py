@@ -181,10 +181,10 @@ class BatchedLoRA:
         """
         if name in self._slots:
             raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
-        free = [s for s in range(1, self.capacity + 1) if s not in self._slots.values()]
-        if not free:
+        used = set(self._slots.values())
+        slot = next((s for s in range(1, self.capacity + 1) if s not in used), None)
+        if slot is None:
             raise ValueError(f"BatchedLoRA: all {self.capacity} adapter slots are in use")
-        slot = free[0]
         key = peft_name or name
         found: list[tuple[str, torch.Tensor, torch.Tensor]] = []
         for qualname, module in model.named_modules():

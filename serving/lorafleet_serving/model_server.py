@@ -46,6 +46,9 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+#: Decode steps a request may wait for a partial join while a running batch has a free row.
+JOIN_EVERY_STEPS = 8
+
 
 @dataclass
 class _GenItem:
@@ -452,12 +455,22 @@ class ModelServer:
             return
         batch = self.engine.start_generation([self._row_for(item) for item in live])
         self._running_batches.add(batch)
+        # Each join costs one extra forward pass (the newcomers' prefill), so rows join in
+        # groups: once a quarter of the batch is free, or after JOIN_EVERY_STEPS steps with room.
+        min_join = max(1, self._gen_batcher.max_batch_size // 4)
+        steps_waiting = 0
         try:
             while not batch.done:
                 room = self._gen_batcher.max_batch_size - len(batch.active)
-                if room > 0 and batch.can_join():
+                steps_waiting = steps_waiting + 1 if room > 0 else 0
+                if (
+                    room > 0
+                    and (room >= min_join or steps_waiting >= JOIN_EVERY_STEPS)
+                    and batch.can_join()
+                ):
                     joining = [i for i in self._gen_batcher.take_nowait(room) if not i.cancelled]
                     if joining:
+                        steps_waiting = 0
                         live.extend(joining)
                         rows = [self._row_for(item) for item in joining]
                         try:
