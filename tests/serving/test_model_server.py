@@ -130,6 +130,30 @@ async def test_stream_matches_generate_and_ends_with_counts(tiny_causal_lm, tiny
         await server.close()
 
 
+async def test_stream_with_stop_string_never_leaks_it(tiny_causal_lm, tiny_lora_adapters):
+    server = ModelServer(tiny_causal_lm, "text-generation")
+    try:
+        server.apply_user_config(registry(tiny_lora_adapters))
+        full = await server.generate(GenerateRequest(PROMPTS[0], adapter="gamma", max_tokens=24))
+        text = full.text
+        k = next(
+            i
+            for i in range(3, len(text) - 3)
+            if text[i : i + 3].isascii()
+            and text[i : i + 3].strip()
+            and text.find(text[i : i + 3]) == i
+        )
+        stop = text[k : k + 3]
+        req = GenerateRequest(PROMPTS[0], adapter="gamma", max_tokens=24, stop=[stop])
+        deltas = await _collect(server.generate_stream(req))
+        streamed = "".join(d.text for d in deltas)
+        assert streamed == text[:k]
+        assert stop not in streamed
+        assert deltas[-1].finish_reason == "stop"
+    finally:
+        await server.close()
+
+
 async def _collect(stream):
     return [d async for d in stream]
 
