@@ -82,6 +82,10 @@ DELETE_BOUND_S = 25.0
 #: Seconds an idle daemon sleeps before a safety re-check when nobody wakes it.
 IDLE_RECHECK_S = 120.0
 CLUSTER_HASH_ANNOTATION = "lorafleet.io/cluster-config-hash"
+#: Installer reasons that mean "this adapter does not fit its base" (status.compatible false).
+INCOMPATIBLE_REASONS = frozenset(
+    {"TargetModulesNotFound", "BaseMismatch", "RankExceedsLimit", "NoAdapterWeightsApplied"}
+)
 
 
 class _State:
@@ -775,6 +779,20 @@ class Reconciler:
             )
             return None
         served = spec.served_name or self.name
+        created = self.meta.get("creationTimestamp") or ""
+        for other in _adapters_of(self.namespace, spec.base_model):
+            if (
+                other["name"] != self.name
+                and other["servedName"] == served
+                and not other["deleting"]
+                and (other["created"], other["name"]) < (created, self.name)
+            ):
+                await self.fail(
+                    "ServedNameConflict",
+                    f"LoraAdapter {other['name']!r} already serves the name {served!r} over "
+                    f"BaseModel {spec.base_model!r}; set spec.servedName to another name",
+                )
+                return None
         base = _base_facts(self.namespace, spec.base_model)
         if base is None or not base["installed"] or base["deleting"] or not base.get("claim"):
             why = (
@@ -824,7 +842,11 @@ class Reconciler:
         if state == "failed" or report is None or not report.ok:
             reason = report.reason if report else "InstallFailed"
             message = report.message if report else detail
-            await self.write_status(installJob=job_name, servedName=served)
+            await self.write_status(
+                installJob=job_name,
+                servedName=served,
+                compatible=False if reason in INCOMPATIBLE_REASONS else None,
+            )
             await self.fail(reason, f"{message} [{detail}]")
             return None
         labels = spec.labels or report.labels

@@ -82,9 +82,13 @@ def _run(args: argparse.Namespace) -> int:
     import lorafleet_operator.handlers  # noqa: F401  (registers the handlers)
     from lorafleet_operator.metrics import start_metrics_server
 
-    start_metrics_server(settings.metrics_port)
+    start_metrics_server(settings.metrics_port, addr=settings.listen_host)
     namespaces = () if args.all_namespaces else settings.namespaces
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    liveness = (
+        f"http://{settings.listen_host}:{settings.health_port}/healthz"
+        if settings.health_port
+        else None
+    )
     kopf.run(
         standalone=settings.peering is None,
         peering_name=settings.peering,

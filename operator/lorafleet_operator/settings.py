@@ -25,6 +25,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_SERVE_PORT`` | ``8000`` | Ray Serve HTTP port, used in ``status.endpoint`` |
 | ``LORAFLEET_METRICS_PORT`` | ``9090`` | Prometheus metrics port (0 disables) |
 | ``LORAFLEET_HEALTH_PORT`` | ``8080`` | liveness endpoint port (0 disables) |
+| ``LORAFLEET_LISTEN_HOST`` | ``0.0.0.0`` | address the metrics and liveness servers listen on |
 | ``LORAFLEET_NAMESPACES`` | all | comma-separated namespaces to watch |
 | ``LORAFLEET_PEERING`` | standalone | kopf peering name (several replicas, one active) |
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
@@ -56,6 +57,7 @@ ENV_MODELS_LOCAL_ROOT = "LORAFLEET_MODELS_LOCAL_ROOT"
 ENV_SERVE_PORT = "LORAFLEET_SERVE_PORT"
 ENV_METRICS_PORT = "LORAFLEET_METRICS_PORT"
 ENV_HEALTH_PORT = "LORAFLEET_HEALTH_PORT"
+ENV_LISTEN_HOST = "LORAFLEET_LISTEN_HOST"
 ENV_NAMESPACES = "LORAFLEET_NAMESPACES"
 ENV_PEERING = "LORAFLEET_PEERING"
 ENV_LOG_FORMAT = "LORAFLEET_LOG_FORMAT"
@@ -93,6 +95,7 @@ class Settings:
         serve_port: Ray Serve HTTP port (for ``status.endpoint``).
         metrics_port: Prometheus port, 0 disables.
         health_port: Liveness port, 0 disables.
+        listen_host: Address the metrics and liveness servers bind.
         namespaces: Namespaces to watch; empty means all.
         peering: kopf peering name, or ``None`` for standalone.
         log_format: ``json`` or ``plain``.
@@ -118,6 +121,7 @@ class Settings:
     serve_port: int = 8000
     metrics_port: int = 9090
     health_port: int = 8080
+    listen_host: str = "0.0.0.0"
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     peering: str | None = None
     log_format: str = "json"
@@ -160,6 +164,7 @@ _ENV_FIELDS: dict[str, str] = {
     "serve_port": ENV_SERVE_PORT,
     "metrics_port": ENV_METRICS_PORT,
     "health_port": ENV_HEALTH_PORT,
+    "listen_host": ENV_LISTEN_HOST,
     "namespaces": ENV_NAMESPACES,
     "peering": ENV_PEERING,
     "log_format": ENV_LOG_FORMAT,
