@@ -41,14 +41,14 @@ class _RowPlan:
 
     A generation batch runs many decode steps with the same rows, so the per-row gathered
     matrices (``A[slot[n]]``, ``B[slot[n]]``, transposed for ``bmm``) are computed once per layer
-    and reused while the rows and the stacks do not change, within ``budget`` bytes.
+    and reused while the rows and the stacks do not change, within the owner's byte budget.
     """
 
     index: torch.Tensor  # [N] int64 slot per row, on the model's device
     slots: frozenset[int]  # distinct slots present (including 0 if any base row)
     single: int | None  # the only slot when every row uses the same one
     version: int  # BatchedLoRA._version when made; stale after any load/unload
-    budget: int  # bytes still allowed for gathered weights
+    nbytes: int = 0  # bytes of gathered weights this plan holds
     gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
@@ -87,8 +87,8 @@ class BatchedLoRA:
         capacity: Maximum number of adapters resident at once (slots ``1..capacity``).
         dtype: Compute dtype of the stacks (the base model's dtype).
         device: Device of the stacks (the base model's device).
-        gather_budget_bytes: Bytes of per-row gathered weights a routing may keep across the
-            decode steps of a batch (beyond it, weights are gathered again in every step).
+        gather_budget_bytes: Bytes of per-row gathered weights kept across decode steps, over
+            all cached routings (beyond it, weights are gathered again in every step).
     """
 
     def __init__(
@@ -97,7 +97,7 @@ class BatchedLoRA:
         *,
         dtype: torch.dtype,
         device: torch.device,
-        gather_budget_bytes: int = 256 * 2**20,
+        gather_budget_bytes: int = 64 * 2**20,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"BatchedLoRA: capacity must be >= 1, got {capacity}")
@@ -111,6 +111,7 @@ class BatchedLoRA:
         self._version = 0
         self._plans: OrderedDict[tuple[int, ...], _RowPlan] = OrderedDict()
         self.gather_budget_bytes = gather_budget_bytes
+        self._gathered_bytes = 0
 
     # ------------------------------------------------------------------ registry of slots
 
@@ -133,8 +134,8 @@ class BatchedLoRA:
         return dict(self._slots)
 
     def nbytes(self) -> int:
-        """Bytes held by all stacks (0 when no adapter is resident)."""
-        return sum(layer.nbytes() for layer in self._layers.values())
+        """Bytes held by all stacks and cached gathered weights (0 when no adapter is resident)."""
+        return sum(layer.nbytes() for layer in list(self._layers.values())) + self._gathered_bytes
 
     def set_capacity(self, capacity: int) -> None:
         """Change the number of slots, keeping resident adapters in their slots.
@@ -252,6 +253,7 @@ class BatchedLoRA:
     def _invalidate(self) -> None:
         self._version += 1
         self._plans.clear()
+        self._gathered_bytes = 0
 
     def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
         self._invalidate()
@@ -294,10 +296,11 @@ class BatchedLoRA:
             index = torch.tensor(slots, dtype=torch.long, device=self.device)
             distinct = frozenset(slots)
             single = next(iter(distinct)) if len(distinct) == 1 else None
-            plan = _RowPlan(index, distinct, single, self._version, self.gather_budget_bytes)
+            plan = _RowPlan(index, distinct, single, self._version)
             self._plans[key] = plan
             while len(self._plans) > 4:  # a few batches may interleave their steps
-                self._plans.popitem(last=False)
+                _, dropped = self._plans.popitem(last=False)
+                self._gathered_bytes -= dropped.nbytes
         self._plans.move_to_end(key)
         previous = getattr(self._plan, "value", None)
         self._plan.value = plan
@@ -332,8 +335,9 @@ class BatchedLoRA:
                 b_t = layer.b.index_select(0, plan.index).transpose(1, 2).contiguous()
                 gathered = (a_t, b_t)
                 size = (a_t.numel() + b_t.numel()) * a_t.element_size()
-                if size <= plan.budget:
-                    plan.budget -= size
+                if self._gathered_bytes + size <= self.gather_budget_bytes:
+                    self._gathered_bytes += size
+                    plan.nbytes += size
                     plan.gathered[qualname] = gathered
             delta = torch.bmm(torch.bmm(x3, gathered[0]), gathered[1])
             delta = delta.view(*x.shape[:-1], layer.out_features)

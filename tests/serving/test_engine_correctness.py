@@ -383,3 +383,38 @@ def test_real_minilm_with_heads_of_two_and_four_labels(tmp_path):
         (ref,) = reference_logits(base, path, [text])
         assert max(abs(a - b) for a, b in zip(logits, ref, strict=True)) < 1e-4
         assert len(labels) == len(logits) == (2 if path == sentiment else 4)
+
+
+def test_gather_cache_budget(gen_engine: Engine, tiny_lora_adapters, references):
+    """Gathered per-row weights are cached within the budget; results never depend on it."""
+    names = [None, *tiny_lora_adapters]
+    lora = gen_engine.lora
+    saved = lora.gather_budget_bytes
+
+    def run() -> int:
+        lora._invalidate()
+        rows = [
+            GenerationRow(
+                gen_engine.encode_prompt(PROMPTS[0]), slot=gen_engine.slot(n), max_tokens=4
+            )
+            for n in names
+        ]
+        batch = gen_engine.start_generation(rows)
+        batch.step()
+        cached = lora._gathered_bytes
+        while not batch.done:
+            batch.step()
+        for n, row in zip(names, rows, strict=True):
+            assert row.token_ids == references[n, PROMPTS[0]][:4]
+        return cached
+
+    try:
+        everything = run()
+        assert everything > 0
+        lora.gather_budget_bytes = everything // 2
+        assert 0 < run() <= everything // 2
+        lora.gather_budget_bytes = 0
+        assert run() == 0
+    finally:
+        lora.gather_budget_bytes = saved
+        lora._invalidate()
