@@ -239,6 +239,47 @@ async def test_requests_arriving_mid_generation_join_the_running_batch(
         await server.close()
 
 
+async def test_random_traffic_with_churn_and_cancellations(
+    tiny_causal_lm, tiny_lora_adapters, refs
+):
+    """Mixed adapters, 2 slots for 4 adapters, joins, cancelled streams: all answers correct."""
+    import random
+
+    rng = random.Random(1234)
+    server = ModelServer(
+        tiny_causal_lm,
+        "text-generation",
+        max_adapters=2,
+        max_batch_size=6,
+        batch_wait_timeout_s=0.002,
+    )
+    names = [None, *tiny_lora_adapters]
+    try:
+        server.apply_user_config(registry(tiny_lora_adapters))
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(rng.random() * 0.3)
+            name, prompt = rng.choice(names), rng.choice(PROMPTS)
+            n = rng.randint(1, MAX_NEW)
+            req = GenerateRequest(prompt, adapter=name, max_tokens=n)
+            if i % 5 == 0:  # a client that goes away after the first token
+                stream = server.generate_stream(req)
+                first = await anext(stream)
+                await stream.aclose()
+                assert first.token_id == refs[name, prompt][0]
+                return
+            result = await server.generate(req)
+            assert result.token_ids == refs[name, prompt][:n], (name, prompt, n)
+
+        await asyncio.wait_for(asyncio.gather(*[one(i) for i in range(40)]), 120)
+        stats = server.stats()
+        assert stats["failed_requests"] == 0
+        assert stats["evictions"] > 0 and len(server.resident_adapters()) <= 2
+        assert stats["mean_rows_per_step"] > 1
+    finally:
+        await server.close()
+
+
 # ----------------------------------------------------------------------------- errors
 
 
