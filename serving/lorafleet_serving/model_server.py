@@ -497,6 +497,8 @@ class ModelServer:
             live[event.row].queue.put_nowait(event)
 
     def _fail_generation(self, items: list[_GenItem], exc: BaseException) -> None:
+        if not items:
+            return
         logger.error("generation batch of %d failed: %s", len(items), exc)
         error = (
             exc
@@ -668,6 +670,8 @@ class ModelServer:
             )
 
     def _fail_classification(self, items: list[_ClsItem], exc: BaseException) -> None:
+        if not items:
+            return
         logger.error("classification batch of %d failed: %s", len(items), exc)
         error = (
             exc
@@ -681,7 +685,13 @@ class ModelServer:
     # ----------------------------------------------------------------- lifecycle
 
     async def close(self) -> None:
-        """Stop the batchers and the worker thread. The server cannot be used afterwards."""
+        """Stop the batchers and the worker thread. The server cannot be used afterwards.
+
+        Requests still queued (not yet in a batch) fail with a ``ServingError``.
+        """
         await self._gen_batcher.close()
         await self._cls_batcher.close()
+        closing = ServingError("the model server is shutting down")
+        self._fail_generation(self._gen_batcher.take_nowait(2**31), closing)
+        self._fail_classification(self._cls_batcher.take_nowait(2**31), closing)
         self._executor.shutdown(wait=True, cancel_futures=True)
