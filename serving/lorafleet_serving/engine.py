@@ -924,6 +924,25 @@ class GenerationBatch:
         self._positions = torch.cat([self._positions[:, -1:], other._positions[:, -1:]])
         self._last = torch.cat([self._last, other._last])
         self.active.extend(offset + i for i in other.active)
+        self._trim_left()
+
+    def _trim_left(self) -> None:
+        """Drop KV columns that are padding for every active row.
+
+        Rows leave and join a long-running batch, so without this the shared KV length (and the
+        attention cost of every step) would keep growing with the batch's age instead of the
+        longest live sequence. Positions are explicit, so nothing else changes.
+        """
+        if self._mask is None or not self.active or not self.can_join():
+            return
+        used = self._mask.any(dim=0)
+        first = int(used.to(torch.int8).argmax())
+        if first == 0:
+            return
+        self._mask = self._mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
 
     def _drop(self, rows: list[int]) -> None:
         if not rows:
@@ -942,6 +961,7 @@ class GenerationBatch:
         self._mask = self._mask.index_select(0, index)
         self._positions = self._positions.index_select(0, index)
         self._last = self._last.index_select(0, index)
+        self._trim_left()
 
 
 def softmax_scores(labels: Sequence[str], logits: Sequence[float]) -> dict[str, float]:

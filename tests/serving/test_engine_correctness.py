@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import weakref
@@ -121,11 +122,15 @@ def test_finished_rows_leave_the_batch(gen_engine: Engine, references):
         for p, n in zip(PROMPTS, [1, MAX_NEW, 3, MAX_NEW], strict=True)
     ]
     batch = gen_engine.start_generation(rows)
-    active_sizes = []
+    active_sizes, kv_lengths = [], []
     while not batch.done:
         active_sizes.append(len(batch.active))
         batch.step()
+        if batch._mask is not None:
+            kv_lengths.append(batch._mask.shape[1])
     assert active_sizes[0] == 4 and active_sizes[-1] <= 2
+    # The longest prompt (row 2) leaves after 3 tokens: the padding only it needed is trimmed.
+    assert any(b < a for a, b in itertools.pairwise(kv_lengths)), kv_lengths
     for prompt, row in zip(PROMPTS, rows, strict=True):
         ref = references["delta", prompt]
         assert row.token_ids == ref[: row.max_tokens]
