@@ -4,10 +4,17 @@ A file is fetched into ``<name>.part``; a re-run continues it with ``Range: byte
 (RFC 9110 section 14) after re-hashing the bytes already there, and starts over when the
 server answers a range request with 200. sha256 (and md5 / the git blob id when the source
 publishes those) are computed in the same pass, so verification needs no second read.
+
+Durability: the kernel is asked to start writing the received bytes back to disk every
+:data:`WRITEBACK_BYTES` (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, which only starts
+I/O and never waits for it), so the disk works while the rest arrives and the final
+``fsync`` - still done before the file is renamed or promoted - only waits for the tail.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import queue
@@ -22,6 +29,40 @@ from .verify import Digests, Expected
 
 CHUNK_BYTES = 1 << 20
 CONNECT_READ_TIMEOUT_S = (15, 60)
+WRITEBACK_BYTES = 16 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback of dirty pages, do not wait
+
+
+def _load_sync_file_range():
+    """libc ``sync_file_range`` (Linux), or None where it does not exist."""
+    if os.uname().sysname != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``nbytes`` at ``offset`` of ``fd`` to disk (no wait).
+
+    Only an early start for the ``fsync`` that follows; it gives no durability by itself, and
+    errors (e.g. a filesystem without support) are ignored, since the ``fsync`` reports them.
+
+    Args:
+        fd: Open file descriptor.
+        offset: Start of the range, bytes.
+        nbytes: Length of the range, bytes.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)
 
 
 class _Hashers:
@@ -97,9 +138,16 @@ def fetch_resumable(
             _HashingThread(hashers, part if prefix else None, prefix) as hashing,
             part.open(mode) as fh,
         ):
+            fd = fh.fileno()
+            synced = written = prefix  # the kept prefix was fsynced by the run that wrote it
             for chunk in resp.iter_content(CHUNK_BYTES):
                 fh.write(chunk)
                 hashing.feed(chunk)
+                written += len(chunk)
+                if written - synced >= WRITEBACK_BYTES:
+                    fh.flush()
+                    start_writeback(fd, synced, written - synced)
+                    synced = written
                 if deadline.expired():
                     deadline.check(f"downloading {part.name}")
             fh.flush()
