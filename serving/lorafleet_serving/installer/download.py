@@ -67,6 +67,12 @@ def start_writeback(fd: int, offset: int, nbytes: int) -> None:
 
 class _Hashers:
     def __init__(self, expected: Expected) -> None:
+        self._expected = expected
+        self.reset()
+
+    def reset(self) -> None:
+        """Start every digest over (no bytes hashed)."""
+        expected = self._expected
         self.size = 0
         self.sha256 = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False) if expected.md5 else None
@@ -127,79 +133,120 @@ def fetch_resumable(
     req_headers = dict(headers or {})
     if have:
         req_headers["Range"] = f"bytes={have}-"
-    with session.get(url, headers=req_headers, stream=True, timeout=CONNECT_READ_TIMEOUT_S) as resp:
+    # The bytes kept from an earlier run are hashed on the hashing thread from now on, while
+    # the request is made and the rest arrives; the received chunks are hashed after them, in
+    # order. A server that ignores the range (200) makes the thread start the digest over.
+    with (
+        _HashingThread(hashers, part if have else None, have) as hashing,
+        session.get(url, headers=req_headers, stream=True, timeout=CONNECT_READ_TIMEOUT_S) as resp,
+    ):
         check_response(resp)
         prefix = have
         if have and resp.status_code != 206:  # the server ignored the range: start over
             prefix = 0
-        mode = "ab" if prefix else "wb"
-        # the bytes already on disk are hashed on the hashing thread while the rest arrives
-        with (
-            _HashingThread(hashers, part if prefix else None, prefix) as hashing,
-            part.open(mode) as fh,
-        ):
+            hashing.restart()
+        with part.open("ab" if prefix else "wb") as fh:
             fd = fh.fileno()
-            synced = written = prefix  # the kept prefix was fsynced by the run that wrote it
+            # A killed run never fsynced its bytes: start their writeback too. The fsync
+            # below covers the whole file, whichever process wrote it.
+            start_writeback(fd, 0, prefix)
+            started = written = prefix
             for chunk in resp.iter_content(CHUNK_BYTES):
                 fh.write(chunk)
                 hashing.feed(chunk)
                 written += len(chunk)
-                if written - synced >= WRITEBACK_BYTES:
+                if written - started >= WRITEBACK_BYTES:
                     fh.flush()
-                    start_writeback(fd, synced, written - synced)
-                    synced = written
+                    start_writeback(fd, started, written - started)
+                    started = written
                 if deadline.expired():
                     deadline.check(f"downloading {part.name}")
             fh.flush()
-            os.fsync(fh.fileno())
+            os.fsync(fd)
     return hashers.digests()
 
 
-def _hash_prefix(hashers: _Hashers, path: Path, nbytes: int) -> None:
-    """Hash the first ``nbytes`` of ``path`` (the part kept from an earlier run)."""
-    with path.open("rb") as fh:
+def _hash_prefix(
+    hashers: _Hashers, path: Path, nbytes: int, stop: threading.Event | None = None
+) -> None:
+    """Hash the first ``nbytes`` of ``path`` (the part kept from an earlier run).
+
+    Args:
+        hashers: Digest state to update.
+        path: The partial file.
+        nbytes: Bytes to hash from the start of ``path``.
+        stop: When set, hashing stops early (the digest is then discarded by the caller).
+    """
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    with path.open("rb", buffering=0) as fh:
         left = nbytes
-        while left > 0 and (chunk := fh.read(min(8 * CHUNK_BYTES, left))):
-            hashers.update(chunk)
-            left -= len(chunk)
+        while left > 0 and not (stop is not None and stop.is_set()):
+            got = fh.readinto(view[: min(CHUNK_BYTES, left)])
+            if not got:
+                break
+            hashers.update(view[:got])
+            left -= got
 
 
 class _HashingThread:
     """Hashes chunks on a second thread while the first keeps receiving and writing.
 
     hashlib releases the GIL on large buffers, so hashing overlaps the network and disk work.
+    The prefix (bytes kept from an earlier run) is hashed first, then the fed chunks in the
+    order they were fed.
+
+    Args:
+        hashers: Digest state, updated only by this thread until the context exits.
+        prefix_file: Partial file whose first ``prefix_bytes`` come before the fed chunks.
+        prefix_bytes: Bytes of ``prefix_file`` to hash first.
     """
+
+    _RESTART = object()
 
     def __init__(
         self, hashers: _Hashers, prefix_file: Path | None = None, prefix_bytes: int = 0
     ) -> None:
         self._hashers = hashers
         self._prefix = (prefix_file, prefix_bytes)
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=64)
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._thread = threading.Thread(target=self._run, name="hash", daemon=True)
         self._error: BaseException | None = None
+        self._stop = threading.Event()
 
     def _run(self) -> None:
         try:
             if self._prefix[0] is not None:
-                _hash_prefix(self._hashers, *self._prefix)
+                _hash_prefix(self._hashers, *self._prefix, stop=self._stop)
         except BaseException as exc:
             self._error = exc
         while (chunk := self._queue.get()) is not None:
             try:
-                self._hashers.update(chunk)
+                if chunk is self._RESTART:
+                    self._hashers.reset()
+                    self._error = None  # a failed prefix read no longer matters
+                else:
+                    self._hashers.update(chunk)
             except BaseException as exc:  # pragma: no cover - hashlib does not fail
                 self._error = exc
 
     def feed(self, chunk: bytes) -> None:
+        """Hash ``chunk`` after everything fed before it."""
         self._queue.put(chunk)
+
+    def restart(self) -> None:
+        """Drop the prefix: the digest covers only the chunks fed from now on."""
+        self._stop.set()
+        self._queue.put(self._RESTART)
 
     def __enter__(self) -> _HashingThread:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:
+            self._stop.set()  # failing anyway: do not finish hashing a long prefix
         self._queue.put(None)
         self._thread.join()
-        if self._error is not None:
+        if self._error is not None and exc_type is None:
             raise self._error
