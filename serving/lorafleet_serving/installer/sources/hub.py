@@ -1,8 +1,9 @@
 """``hf://org/name[/subfolder]`` through huggingface_hub (honours ``HF_ENDPOINT`` mirrors).
 
 The revision (branch, tag or commit; default ``main``) is resolved to its commit with
-``HfApi.model_info``; the file list, sizes, LFS sha256 and git blob ids come from
-``HfApi.list_repo_tree`` at that commit, so everything is known before the first byte is
+``HfApi.model_info(files_metadata=True)``, which on the Hub also gives the file list, sizes,
+LFS sha256 and git blob ids at that commit in the same call (servers that leave those out are
+asked ``HfApi.list_repo_tree`` at the commit), so everything is known before the first byte is
 downloaded. Files are fetched from ``hf_hub_url`` (with ``build_hf_headers``) by
 :func:`..download.fetch_resumable` into the staging folder: complete files are skipped on a
 re-run and partial ones continued with HTTP Range (huggingface_hub 2.x's own downloader
@@ -17,6 +18,7 @@ import posixpath
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import requests
 from huggingface_hub import HfApi, hf_hub_url
@@ -39,6 +41,29 @@ from .common import Listing, RemoteFile, http_status_of, is_transient
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DOWNLOAD_WORKERS = 4
+
+
+class _Entry(NamedTuple):
+    """One file of the repository at the resolved commit (from either listing call)."""
+
+    path: str
+    size: int | None
+    blob_id: str | None
+    lfs_sha256: str | None
+
+
+def _entries_from_siblings(siblings) -> list[_Entry] | None:
+    """Files from ``model_info(files_metadata=True)``, or None when metadata is missing."""
+    if not siblings:
+        return None
+    entries = []
+    for sib in siblings:
+        if sib.size is None or (sib.blob_id is None and sib.lfs is None):
+            return None
+        entries.append(
+            _Entry(sib.rfilename, sib.size, sib.blob_id, sib.lfs.sha256 if sib.lfs else None)
+        )
+    return entries
 
 
 def hub_endpoint() -> str:
@@ -125,23 +150,31 @@ class HubSource:
             raise
 
     def list(self, deadline: Deadline) -> Listing:
-        """Resolve the revision to a commit and list files with sizes and digests."""
+        """Resolve the revision to a commit and list files with sizes and digests.
+
+        One ``model_info(files_metadata=True)`` call gives the commit and, on the Hub, every
+        file's size, git blob id and LFS sha256 at that commit. When the server leaves any of
+        that out (e.g. olah's mirror answers with file names only), the files are listed with
+        ``list_repo_tree`` at the resolved commit instead.
+        """
         api = HfApi(endpoint=self.endpoint, token=self._token)
         info = self._call(
-            lambda: api.model_info(self.repo_id, revision=self.revision),
+            lambda: api.model_info(self.repo_id, revision=self.revision, files_metadata=True),
             "resolving revision",
             deadline,
         )
         sha = info.sha
-        entries = self._call(
-            lambda: [
-                e
-                for e in api.list_repo_tree(self.repo_id, revision=sha, recursive=True)
-                if isinstance(e, RepoFile)
-            ],
-            "listing files",
-            deadline,
-        )
+        entries = _entries_from_siblings(info.siblings)
+        if entries is None:
+            entries = self._call(
+                lambda: [
+                    _Entry(e.path, e.size, e.blob_id, e.lfs.sha256 if e.lfs else None)
+                    for e in api.list_repo_tree(self.repo_id, revision=sha, recursive=True)
+                    if isinstance(e, RepoFile)
+                ],
+                "listing files",
+                deadline,
+            )
         if self.subpath:
             sub = self.subpath
             chosen = [(e, e.path[len(sub) + 1 :]) for e in entries if e.path.startswith(sub + "/")]
@@ -170,9 +203,10 @@ class HubSource:
         files = []
         for entry, rel in chosen:
             rel = safe_relpath(rel, where=f"hf://{self.repo_id}")
-            if entry.lfs is not None:
-                expected = Expected(size=entry.size, sha256=entry.lfs.sha256)
-                fingerprint = entry.lfs.sha256
+            if entry.lfs_sha256 is not None:
+                # an LFS file's git blob id is the pointer file's: only sha256 checks the bytes
+                expected = Expected(size=entry.size, sha256=entry.lfs_sha256)
+                fingerprint = entry.lfs_sha256
             else:
                 expected = Expected(size=entry.size, git_blob=entry.blob_id)
                 fingerprint = entry.blob_id
