@@ -461,6 +461,12 @@ class Reconciler:
                 detail += f" (attempt {failed + 1}; earlier attempts failed)"
             return "running", None, detail
         report = await self.termination_report(name)
+        self.logger.info(
+            "install Job %s finished: %s (report: %s)",
+            name,
+            finished["type"],
+            f"{report.reason}" if report else "none",
+        )
         if finished["type"] == "Complete":
             return "succeeded", report, f"install Job {name} completed"
         attempts = job_status.get("failed") or 0
@@ -553,9 +559,11 @@ class Reconciler:
                 conditions = self.status.get("conditions")
                 if not serving_old:
                     conditions = self.conditions((cond.INSTALLED, False, "Installing", detail))
+                # installJob names the Job whose files status.path holds: it changes only when
+                # the new revision is installed (the detail message names the running Job).
                 await self.write_status(
                     phase=str(Phase.READY if serving_old else Phase.INSTALLING),
-                    installJob=job_name,
+                    installJob=self.status.get("installJob") if serving_old else job_name,
                     claimName=claim,
                     progress=self.read_progress() or self.status.get("progress") or "0%",
                     message=detail,
@@ -570,8 +578,12 @@ class Reconciler:
                 await self.fail(reason, f"{message} [{detail}]")
                 return None
             self.observe_install_duration(job_name)
+            serving_old = bool(self.status.get("servedPath")) and (
+                self.status.get("phase") == Phase.READY
+            )
             await self.write_status(
-                phase=str(Phase.INSTALLED),
+                # A model serving the previous revision stays Ready while it rolls.
+                phase=str(Phase.READY if serving_old else Phase.INSTALLED),
                 installJob=job_name,
                 claimName=claim,
                 path=pod_path(
@@ -683,12 +695,16 @@ class Reconciler:
         endpoint = serve_endpoint(self.name, self.namespace, self.settings)
         if ready:
             STATE.deploy_started.pop(bm_key, None)
+            previous_path = self.status.get("servedPath")
             await self.write_status(
                 phase=str(Phase.READY),
                 endpoint=endpoint,
                 adapters=len(registry),
-                servedPath=path,
-                servedRevision=self.status.get("resolvedRevision"),
+                # servedPath moves only once KubeRay applied the config naming this path.
+                servedPath=path if applied else previous_path,
+                servedRevision=self.status.get("resolvedRevision")
+                if applied
+                else self.status.get("servedRevision"),
                 rayService=rs_name,
                 message="serving",
                 conditions=self.conditions(
@@ -705,6 +721,7 @@ class Reconciler:
             if not applied:
                 return poll
             await self.mark_adapters_ready(registry)
+            await self.remove_old_revision(previous_path, path, claim)
             return None
         waited = time.monotonic() - STATE.deploy_started[bm_key]
         updates = [(cond.SERVING, False, reason, message)]
@@ -732,6 +749,30 @@ class Reconciler:
             conditions=self.conditions(*updates),
         )
         return poll
+
+    async def remove_old_revision(self, old_path: str | None, new_path: str, claim: str) -> None:
+        """Once a new revision serves, remove the files of the one served before it.
+
+        Args:
+            old_path: The install folder served before (``status.servedPath``), or ``None``.
+            new_path: The folder served now.
+            claim: The volume's claim.
+        """
+        if not old_path or old_path == new_path:
+            return
+        try:
+            job = build_cleanup_job(
+                BASEMODEL_KIND, self.body, path=old_path, claim_name=claim, settings=self.settings
+            )
+        except ValueError as exc:
+            kopf.warn(self.body, reason="CleanupRefused", message=str(exc))
+            return
+        if await _create_ignoring_conflict(STATE.batch.create_namespaced_job, self.namespace, job):
+            kopf.info(
+                self.body,
+                reason="RemovingOldRevision",
+                message=f"{new_path} serves; removing {old_path}",
+            )
 
     async def mark_adapters_ready(self, registry: Mapping[str, Any]) -> None:
         """Set Serving/Ready on adapters the (ready) RayService's registry now holds."""

@@ -9,6 +9,7 @@ Ray; the end-to-end test with real Ray Serve lives in ``test_operator_e2e.py``.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -174,13 +175,16 @@ def test_crds_accepted_and_status_survives_round_trip(custom: Any, namespace: st
 def test_install_serve_add_and_delete_adapters(
     custom: Any,
     namespace: str,
+    kube_cluster: Any,
     model_volume: Path,
     kubelet_standin: Any,
     run_operator: Any,
     tiny_causal_lm: Path,
     tiny_lora_adapters: dict[str, Path],
+    tmp_path: Path,
 ):
-    """Base installed, RayService created, adapters installed into its registry, one deleted."""
+    """Base installed, RayService created, adapters installed into its registry, a new base
+    revision rolled out, one adapter deleted, the base waiting for the rest."""
     kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
     kubelet.start([namespace])
     with run_operator(), ReadinessWriter(namespace):
@@ -231,6 +235,22 @@ def test_install_serve_add_and_delete_adapters(
             )
             assert lora["status"]["rank"] in (8, 4)
             assert _cond(lora, "Ready")["status"] == "True"
+        # What a user sees: printer columns and field docs.
+        table = kube_cluster.kubectl_run("get", "bm,lora", "-n", namespace).stdout
+        header = table.splitlines()[0].split()
+        assert header == ["NAME", "TASK", "PHASE", "PROGRESS", "ADAPTERS", "REVISION", "AGE"]
+        rows = [
+            line.split()
+            for line in table.splitlines()
+            if line.startswith(("basemodel", "loraadapter"))
+        ]
+        assert {r[0] for r in rows} >= {
+            "basemodel.lorafleet.io/tiny",
+            "loraadapter.lorafleet.io/alpha",
+        }
+        assert all("Ready" in r for r in rows), table
+        explain = kube_cluster.kubectl_run("explain", "loraadapter.spec.deletionPolicy").stdout
+        assert "Retain" in explain
         rs = _rayservice(custom, namespace, "tiny")
         assert rs["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
         registry = _registry(rs)
@@ -245,6 +265,51 @@ def test_install_serve_add_and_delete_adapters(
             "BaseModel adapters count",
             lambda: (_get(custom, namespace, "basemodels", "tiny")["status"].get("adapters")) == 2,
         )
+        # A new source revision installs beside the old one, then the RayService rolls to it
+        # and the old files go; the model stays Ready meanwhile.
+        old_path = bm["status"]["path"]
+        new_source = tmp_path / "tiny-v2"
+        shutil.copytree(tiny_causal_lm, new_source)
+        (new_source / "README.md").write_text("revision 2\n")
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "basemodels",
+            "tiny",
+            {"spec": {"source": {"uri": f"file://{new_source}"}}},
+        )
+        phases = set()
+
+        def rolled() -> bool:
+            obj = _get(custom, namespace, "basemodels", "tiny")
+            phases.add(_phase(obj))
+            return obj["status"].get("servedPath") not in (None, old_path)
+
+        wait_for("rolled to the new revision", rolled, timeout=120)
+        assert phases == {"Ready"}, phases
+        new_path = _get(custom, namespace, "basemodels", "tiny")["status"]["path"]
+        served = yaml.safe_load(_rayservice(custom, namespace, "tiny")["spec"]["serveConfigV2"])
+        assert served["applications"][0]["args"]["base_path"] == new_path != old_path
+        wait_for(
+            "old revision removed",
+            lambda: not (model_volume / old_path.removeprefix("/models/")).exists(),
+            timeout=60,
+        )
+        # Adapters are re-validated against the new base and served again.
+        for name in ("alpha", "beta"):
+            wait_for(
+                f"{name} Ready on the new base",
+                lambda n=name: (
+                    (o := _get(custom, namespace, "loraadapters", n))
+                    and o["status"].get("basePath") == new_path
+                    and _phase(o) == "Ready"
+                ),
+                timeout=180,
+            )
+        registry = _registry(_rayservice(custom, namespace, "tiny"))
+        alpha_path = registry["alpha"]["path"]
+        local_alpha = model_volume / alpha_path.removeprefix("/models/")
         # Delete an adapter: out of the registry, files removed, finalizer gone.
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "alpha")
         wait_for("alpha gone", lambda: _get(custom, namespace, "loraadapters", "alpha") is None, 60)
