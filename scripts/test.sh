@@ -6,6 +6,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 venv=$("$here/scripts/venv.sh")
 export PATH="$venv/bin:$PATH"
+# The shared venv's editable install points at whichever checkout ran venv.sh last; make this
+# checkout's sources win for the tests and for the console scripts they start.
+export PYTHONPATH="$here/operator:$here/serving${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
 # Never reach a real hub from tests; fixtures point HF_ENDPOINT at the local mirror.
 export HF_HUB_DISABLE_TELEMETRY=1
