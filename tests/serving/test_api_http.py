@@ -427,8 +427,8 @@ def test_sampling_is_seeded(gen_client: TestClient) -> None:
 def test_stop_sequence_cuts_text(gen_client: TestClient) -> None:
     full = _complete(gen_client, "alpha", PROMPTS[0]).json()["choices"][0]["text"]
     stop = full.strip()[3:6] if len(full.strip()) > 6 else None
-    if not stop or not stop.strip():
-        pytest.skip(f"completion too short to pick a stop string: {full!r}")
+    # The tiny model's greedy completion is deterministic: it must be long enough to cut.
+    assert stop and stop.strip(), f"completion too short to pick a stop string: {full!r}"
     cut = _complete(gen_client, "alpha", PROMPTS[0], stop=[stop]).json()["choices"][0]
     assert cut["text"] == full[: full.index(stop)]
     assert cut["finish_reason"] == "stop"
