@@ -292,6 +292,8 @@ def _install(
         except InstallError as exc:
             if exc.reason not in RESUMABLE:
                 shutil.rmtree(staging, ignore_errors=True)
+                with contextlib.suppress(OSError):  # a refusal leaves no empty folder either
+                    target.staging_parent.rmdir()
             raise
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):  # leave no empty folders behind

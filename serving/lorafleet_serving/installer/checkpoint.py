@@ -87,9 +87,27 @@ def load_tensor_file(path: Path, *, where: str | None = None) -> object:
             "it was not loaded. Save a plain state_dict (torch.save(model.state_dict())) or safetensors.",
         ) from exc
     except Exception as exc:
+        if not _looks_like_torch_save(path):
+            raise InstallError(
+                INVALID_BASE_MODEL,
+                f"{where}: not a PyTorch checkpoint: neither a torch.save zip archive nor a "
+                "pickle (save it with torch.save(model.state_dict()) or as safetensors)",
+            ) from exc
         raise InstallError(
             INVALID_BASE_MODEL, f"{where}: cannot read the checkpoint: {exc}"
         ) from exc
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """True for a zip archive (torch.save's format) or a pickle (protocol 2+, legacy format)."""
+    import zipfile
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1)
+        return head == b"\x80" or zipfile.is_zipfile(path)
+    except OSError:
+        return True  # let the caller's message stand
 
 
 @dataclass

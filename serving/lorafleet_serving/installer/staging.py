@@ -91,9 +91,16 @@ class Target:
     @contextmanager
     def lock(self, deadline: Deadline):
         """Hold an exclusive lock on this target (waits for another installer, bounded by ``deadline``)."""
-        self.staging_parent.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.staging_parent.with_name(self.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # the first write under --dest: a read-only or unusable volume is named here
+            self.staging_parent.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise InstallError(
+                INVALID_SOURCE,
+                f"--dest {self.root} is not writable: cannot create {exc.filename or lock_path}: "
+                f"{exc.strerror or exc}",
+            ) from exc
         try:
             while True:
                 try:

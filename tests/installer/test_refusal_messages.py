@@ -1,0 +1,51 @@
+"""Refusals a new user meets first: an unusable --dest, a file that is no checkpoint at all,
+and no empty staging folder left behind after a refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lorafleet_serving.installer import install
+
+
+def test_unwritable_dest_is_a_clear_refusal_not_an_internal_error(tmp_path, bert2):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".staging").write_text("a file where the installer needs a folder")
+    report = install(
+        "base", namespace="ml", name="bert", source=f"file://{bert2}", dest=dest,
+        task="text-classification", num_labels=2,
+    )  # fmt: skip
+    assert report["ok"] is False
+    assert report["reason"] == "InvalidSource", report
+    assert "--dest" in report["message"] and "not writable" in report["message"], report
+    assert "Traceback" not in report["message"]
+
+
+def test_text_file_renamed_pt_names_the_problem(tmp_path, bert2):
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_text("this is not a checkpoint\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "base", namespace="ml", name="bert", source=f"file://{bert2}", dest=dest,
+        checkpoint=f"file://{ckpt}", task="text-classification", num_labels=2,
+    )  # fmt: skip
+    assert report["ok"] is False and report["reason"] == "InvalidBaseModel", report
+    assert "model.pt: not a PyTorch checkpoint" in report["message"], report
+    assert not (dest / "ml" / "basemodels" / "bert").exists()
+
+
+def test_refusal_leaves_no_staging_folder(tmp_path, bert_adapter):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "base", namespace="ml", name="notbase", source=f"file://{bert_adapter}", dest=dest
+    )
+    assert report["ok"] is False and report["reason"] == "NotABaseModel", report
+    leftovers = sorted(
+        str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_dir() and not any(p.iterdir())
+    )
+    assert leftovers == [], leftovers  # only the lock file may stay (flock target)
+    assert not (dest / ".staging" / "ml" / "basemodels" / "notbase").exists()
+    assert not (dest / "ml").exists() or not any(Path(dest / "ml").rglob("lorafleet.json"))
