@@ -235,3 +235,31 @@ def test_port_in_use_is_detected() -> None:
         server.bind(("127.0.0.1", port))
         server.listen()
         assert not port_is_free(port)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("--port", "99999", "--port: must be between 1 and 65535"),
+        ("--port", "0", "--port: must be between 1 and 65535"),
+        ("--num-cpus", "0", "--num-cpus: must be at least 1"),
+        ("--timeout", "-5", "--timeout: must be at least 1"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors(
+    tmp_path: Path, option: str, value: str, needle: str
+) -> None:
+    # Before: --port 99999 printed "OverflowError: bind(): port must be 0-65535." (exit 1),
+    # --num-cpus 0 silently meant "all CPUs", --timeout -5 was accepted.
+    from lorafleet_operator.cli import build_parser
+
+    parser = build_parser()
+    argv = ["up", "-f", str(tmp_path), "--home", str(tmp_path / "home"), option, value]
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(argv)
+    assert exc.value.code == 2
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorafleet_operator.cli", *argv], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "home").exists()

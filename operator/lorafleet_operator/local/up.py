@@ -39,6 +39,22 @@ With several BaseModels, each application is served under /<basemodel name>/.
 """
 
 
+def _bounded(kind: type, low: float, high: float | None = None) -> Any:
+    """An argparse ``type`` that also checks the range (a usage error, before anything starts)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    return parse
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register the ``up`` subcommand.
 
@@ -72,7 +88,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=int,
+        type=_bounded(int, 1, 65535),
         default=8000,
         help="port of the HTTP endpoint (Ray Serve's proxy) on 127.0.0.1 (default 8000)",
     )
@@ -98,7 +114,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num-cpus",
-        type=int,
+        type=_bounded(int, 1),
         default=None,
         help="CPUs the local Ray head may schedule (default: this machine's, at least 2)",
     )
@@ -112,7 +128,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_bounded(float, 1),
         default=900.0,
         help="seconds allowed for one install and for a deployment to be RUNNING (default 900)",
     )
