@@ -28,6 +28,8 @@ say "virtual environment (scripts/venv.sh; the first run installs torch, Ray, ..
 venv=$("$here/scripts/venv.sh")
 py="$venv/bin/python"
 export PATH="$venv/bin:$PATH"
+# The venv is shared between checkouts; this checkout's sources come first.
+export PYTHONPATH="$here/operator:$here/serving${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 \
   HF_HUB_DISABLE_TELEMETRY=1 HF_HUB_DISABLE_PROGRESS_BARS=1 RAY_USAGE_STATS_ENABLED=0 \
   TRANSFORMERS_VERBOSITY=error \
