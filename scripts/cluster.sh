@@ -344,7 +344,8 @@ stop_all() {
 cmd_down() {
   [ -d "$run_dir" ] || { log "not running"; return 0; }
   exec 7>"$run_dir.lock"
-  flock 7
+  # An `up` still holding the lock must not keep `down` from stopping what is running.
+  flock -w 30 7 || log "lock still held after 30 s: stopping the recorded processes anyway"
   stop_reaper
   stop_all
 }

@@ -21,9 +21,11 @@ The stand-ins themselves live in ``tests/support/kubelet_standin.py`` and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import uuid
@@ -210,9 +212,21 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
             else:
                 os.environ["KUBECONFIG"] = old_kubeconfig
     finally:
+        _stop_cluster(env, run_dir)
+
+
+def _stop_cluster(env: dict[str, str], run_dir: Path) -> None:
+    """``scripts/cluster.sh down``; if it fails or hangs, kill the recorded process ids."""
+    try:
         down = _script("down", env, 120)
-        if down.returncode != 0:
-            print(f"scripts/cluster.sh down failed: {down.stderr}", file=sys.stderr)
+        if down.returncode == 0:
+            return
+        print(f"scripts/cluster.sh down failed: {down.stderr}", file=sys.stderr)
+    except subprocess.TimeoutExpired:
+        print("scripts/cluster.sh down timed out: killing recorded pids", file=sys.stderr)
+    for pid_file in run_dir.glob("*.pid"):
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
