@@ -199,8 +199,40 @@ def _job(
     claim_name: str,
     settings: Settings,
     backoff_limit: int,
+    resources: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, Any]:
     uid = settings.run_as_user
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": settings.installer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": env,
+        "volumeMounts": [{"name": VOLUME_NAME, "mountPath": settings.models_mount}],
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if resources:
+        container["resources"] = {part: dict(amounts) for part, amounts in resources.items()}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}}],
+    }
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -214,41 +246,7 @@ def _job(
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": settings.job_deadline_s,
             "ttlSecondsAfterFinished": settings.job_ttl_s,
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": uid,
-                        "runAsGroup": uid,
-                        "fsGroup": uid,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [
-                        {
-                            "name": CONTAINER_NAME,
-                            "image": settings.installer_image,
-                            "imagePullPolicy": settings.image_pull_policy,
-                            "command": command,
-                            "env": env,
-                            "volumeMounts": [
-                                {"name": VOLUME_NAME, "mountPath": settings.models_mount}
-                            ],
-                            "terminationMessagePath": TERMINATION_LOG,
-                            "terminationMessagePolicy": "FallbackToLogsOnError",
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }
-                    ],
-                    "volumes": [
-                        {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}}
-                    ],
-                },
-            },
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
 
@@ -272,7 +270,8 @@ def build_base_install_job(
         body: The BaseModel object (``metadata.name/namespace/uid``).
         spec: Its parsed spec.
         claim_name: The PersistentVolumeClaim the files go to.
-        settings: Operator settings (image, mount, backoff, deadline, TTL, uid).
+        settings: Operator settings (image, pull secrets, mount, backoff, deadline, TTL, uid,
+            installer container resources).
 
     Returns:
         A ``batch/v1`` Job manifest running ``lorafleet-install base ...``.
@@ -318,6 +317,7 @@ def build_base_install_job(
         claim_name=claim_name,
         settings=settings,
         backoff_limit=settings.job_backoff_limit,
+        resources=settings.installer_resources,
     )
 
 
@@ -382,6 +382,7 @@ def build_adapter_install_job(
         claim_name=claim_name,
         settings=settings,
         backoff_limit=settings.job_backoff_limit,
+        resources=settings.installer_resources,
     )
 
 

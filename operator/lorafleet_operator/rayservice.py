@@ -2,9 +2,9 @@
 
 One RayService per BaseModel (same name, owned by it). Its ``serveConfigV2`` is the YAML of
 :func:`lorafleet_operator.serveconfig.build_serve_config`; its Ray cluster has a head pod that
-runs no model replicas (``num-cpus: 0``) and one worker group whose pods request the GPUs, CPU
-and memory of ``spec.serving`` (one model replica per worker pod) and mount the model volume
-read-only. KubeRay v1 API: ``ray.io/v1`` (``ray-operator/apis/ray/v1/rayservice_types.go``).
+runs no model replicas (``num-cpus: 0``) and one worker group whose pods request the GPUs
+(as ``Settings.gpu_resource_name``), CPU and memory of ``spec.serving`` (one model replica per
+worker pod) and mount the model volume read-only. KubeRay v1 API: ``ray.io/v1`` (``ray-operator/apis/ray/v1/rayservice_types.go``).
 """
 
 from __future__ import annotations
@@ -97,6 +97,8 @@ def _pod_template(
             }
         ],
     }
+    if settings.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
     if node_selector:
         spec["nodeSelector"] = dict(node_selector)
     if tolerations:
@@ -120,7 +122,8 @@ def build_rayservice(
             nodeSelector, tolerations, image, rayVersion).
         serve_config_yaml: ``serveConfigV2`` text (see :func:`serveconfig.dump_serve_config`).
         claim_name: The model volume's claim, mounted read-only at the models mount.
-        settings: Operator settings (default image, Ray version, uid).
+        settings: Operator settings (default image, Ray version, uid, GPU resource name,
+            image pull secrets).
 
     Returns:
         A ``ray.io/v1`` RayService manifest.
@@ -136,8 +139,8 @@ def build_rayservice(
         "limits": {"cpu": cpu, "memory": memory},
     }
     if serving.gpus:
-        worker_resources["requests"]["nvidia.com/gpu"] = str(serving.gpus)
-        worker_resources["limits"]["nvidia.com/gpu"] = str(serving.gpus)
+        worker_resources["requests"][settings.gpu_resource_name] = str(serving.gpus)
+        worker_resources["limits"][settings.gpu_resource_name] = str(serving.gpus)
     if serving.autoscaling is not None:
         replicas = serving.autoscaling.min_replicas
         min_replicas, max_replicas = (

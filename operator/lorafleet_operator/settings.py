@@ -8,6 +8,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_INSTALLER_IMAGE`` | ``ghcr.io/lorafleet/lorafleet:0.1.0`` | image of install/cleanup Jobs |
 | ``LORAFLEET_SERVING_IMAGE`` | installer image | image of the Ray pods (spec.serving.image wins) |
 | ``LORAFLEET_IMAGE_PULL_POLICY`` | ``IfNotPresent`` | pull policy of Jobs and Ray pods |
+| ``LORAFLEET_IMAGE_PULL_SECRETS`` | none | comma-separated Secret names: ``imagePullSecrets`` of Jobs and Ray pods |
 | ``LORAFLEET_RAY_VERSION`` | ``2.60.0`` | RayService ``rayVersion`` (spec.serving.rayVersion wins) |
 | ``LORAFLEET_DEFAULT_CLAIM`` | ``lorafleet-models`` | RWX claim used when a BaseModel has no spec.storage |
 | ``LORAFLEET_MODELS_MOUNT`` | ``/models`` | where the volume is mounted in Jobs and Ray pods |
@@ -16,6 +17,8 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_JOB_BACKOFF_LIMIT`` | ``2`` | Job ``backoffLimit`` (retries after the first failure) |
 | ``LORAFLEET_JOB_DEADLINE_S`` | ``3600`` | Job ``activeDeadlineSeconds`` |
 | ``LORAFLEET_JOB_TTL_S`` | ``3600`` | Job ``ttlSecondsAfterFinished`` |
+| ``LORAFLEET_INSTALLER_RESOURCES`` | none | install Job container ``resources``, JSON: ``{"requests": {...}, "limits": {...}}`` |
+| ``LORAFLEET_GPU_RESOURCE_NAME`` | ``nvidia.com/gpu`` | extended resource Ray workers request for ``spec.serving.gpus`` |
 | ``LORAFLEET_RUN_AS_USER`` | ``1000`` | uid (and gid/fsGroup) of Job and Ray pods |
 | ``LORAFLEET_READY_TIMEOUT_S`` | ``900`` | seconds a RayService may take to become ready before ``Degraded`` |
 | ``LORAFLEET_POLL_INTERVAL_S`` | ``2`` | seconds between checks of running Jobs / RayServices |
@@ -33,13 +36,16 @@ constants). ``lorafleet operator`` flags override the environment.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 
 ENV_INSTALLER_IMAGE = "LORAFLEET_INSTALLER_IMAGE"
 ENV_SERVING_IMAGE = "LORAFLEET_SERVING_IMAGE"
 ENV_IMAGE_PULL_POLICY = "LORAFLEET_IMAGE_PULL_POLICY"
+ENV_IMAGE_PULL_SECRETS = "LORAFLEET_IMAGE_PULL_SECRETS"
 ENV_RAY_VERSION = "LORAFLEET_RAY_VERSION"
 ENV_DEFAULT_CLAIM = "LORAFLEET_DEFAULT_CLAIM"
 ENV_MODELS_MOUNT = "LORAFLEET_MODELS_MOUNT"
@@ -48,6 +54,8 @@ ENV_AWS_ENDPOINT_URL = "LORAFLEET_AWS_ENDPOINT_URL"
 ENV_JOB_BACKOFF_LIMIT = "LORAFLEET_JOB_BACKOFF_LIMIT"
 ENV_JOB_DEADLINE_S = "LORAFLEET_JOB_DEADLINE_S"
 ENV_JOB_TTL_S = "LORAFLEET_JOB_TTL_S"
+ENV_INSTALLER_RESOURCES = "LORAFLEET_INSTALLER_RESOURCES"
+ENV_GPU_RESOURCE_NAME = "LORAFLEET_GPU_RESOURCE_NAME"
 ENV_RUN_AS_USER = "LORAFLEET_RUN_AS_USER"
 ENV_READY_TIMEOUT_S = "LORAFLEET_READY_TIMEOUT_S"
 ENV_POLL_INTERVAL_S = "LORAFLEET_POLL_INTERVAL_S"
@@ -63,6 +71,19 @@ ENV_PEERING = "LORAFLEET_PEERING"
 ENV_LOG_FORMAT = "LORAFLEET_LOG_FORMAT"
 
 DEFAULT_IMAGE = "ghcr.io/lorafleet/lorafleet:0.1.0"
+DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
+
+# Kubernetes grammar (k8s.io/apimachinery): a resource quantity (pkg/api/resource/quantity.go),
+# a qualified name with an optional DNS-subdomain prefix (pkg/util/validation), and a
+# DNS subdomain (Secret names).
+_QUANTITY = re.compile(
+    r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?$"
+)
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUALIFIED_NAME = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 
 
 class SettingsError(ValueError):
@@ -77,6 +98,8 @@ class Settings:
         installer_image: Image of install and cleanup Jobs.
         serving_image: Image of Ray head/worker pods (``None``: the installer image).
         image_pull_policy: ``Always``, ``IfNotPresent`` or ``Never``.
+        image_pull_secrets: Names of Secrets (in each BaseModel's namespace) listed as
+            ``imagePullSecrets`` of install/cleanup Jobs and Ray pods; empty for none.
         ray_version: RayService ``rayVersion``.
         default_claim: RWX PersistentVolumeClaim used when ``spec.storage`` is not set.
         models_mount: Mount path of the volume in Jobs and Ray pods.
@@ -85,6 +108,10 @@ class Settings:
         job_backoff_limit: Job ``backoffLimit``.
         job_deadline_s: Job ``activeDeadlineSeconds`` (seconds).
         job_ttl_s: Job ``ttlSecondsAfterFinished`` (seconds).
+        installer_resources: ``resources`` of the install Job container (``requests`` and
+            ``limits``, resource name -> Kubernetes quantity string); empty for none.
+        gpu_resource_name: Extended resource the Ray worker pods request ``spec.serving.gpus``
+            of (``nvidia.com/gpu``, ``amd.com/gpu``, ...).
         run_as_user: uid/gid/fsGroup of pods (non-root).
         ready_timeout_s: Seconds a RayService may take to become ready before ``Degraded``.
         poll_interval_s: Seconds between checks of running Jobs and RayServices.
@@ -104,6 +131,7 @@ class Settings:
     installer_image: str = DEFAULT_IMAGE
     serving_image: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = field(default_factory=tuple)
     ray_version: str = "2.60.0"
     default_claim: str = "lorafleet-models"
     models_mount: str = "/models"
@@ -112,6 +140,8 @@ class Settings:
     job_backoff_limit: int = 2
     job_deadline_s: int = 3600
     job_ttl_s: int = 3600
+    installer_resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    gpu_resource_name: str = DEFAULT_GPU_RESOURCE_NAME
     run_as_user: int = 1000
     ready_timeout_s: float = 900.0
     poll_interval_s: float = 2.0
@@ -147,6 +177,7 @@ _ENV_FIELDS: dict[str, str] = {
     "installer_image": ENV_INSTALLER_IMAGE,
     "serving_image": ENV_SERVING_IMAGE,
     "image_pull_policy": ENV_IMAGE_PULL_POLICY,
+    "image_pull_secrets": ENV_IMAGE_PULL_SECRETS,
     "ray_version": ENV_RAY_VERSION,
     "default_claim": ENV_DEFAULT_CLAIM,
     "models_mount": ENV_MODELS_MOUNT,
@@ -155,6 +186,8 @@ _ENV_FIELDS: dict[str, str] = {
     "job_backoff_limit": ENV_JOB_BACKOFF_LIMIT,
     "job_deadline_s": ENV_JOB_DEADLINE_S,
     "job_ttl_s": ENV_JOB_TTL_S,
+    "installer_resources": ENV_INSTALLER_RESOURCES,
+    "gpu_resource_name": ENV_GPU_RESOURCE_NAME,
     "run_as_user": ENV_RUN_AS_USER,
     "ready_timeout_s": ENV_READY_TIMEOUT_S,
     "poll_interval_s": ENV_POLL_INTERVAL_S,
@@ -169,6 +202,57 @@ _ENV_FIELDS: dict[str, str] = {
     "peering": ENV_PEERING,
     "log_format": ENV_LOG_FORMAT,
 }
+
+
+def parse_resources(raw: str) -> dict[str, dict[str, str]]:
+    """Parse container ``resources`` from JSON text.
+
+    Args:
+        raw: A JSON object with optional ``requests`` and ``limits`` objects, each mapping a
+            resource name (``cpu``, ``memory``, ``nvidia.com/gpu``, ...) to a Kubernetes
+            quantity (a string such as ``"500m"`` or ``"4Gi"``, or a number).
+
+    Returns:
+        ``{"requests": {...}, "limits": {...}}`` (only the keys given), quantities as strings.
+
+    Raises:
+        ValueError: naming the part that is not valid JSON, an unknown key, a bad resource
+            name or a bad quantity.
+    """
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at character {exc.pos})") from exc
+    if not isinstance(data, dict):
+        raise ValueError("must be a JSON object with requests and/or limits")
+    unknown = sorted(set(data) - {"requests", "limits"})
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}: only requests and limits are allowed")
+    resources: dict[str, dict[str, str]] = {}
+    for part, amounts in data.items():
+        if not isinstance(amounts, dict):
+            raise ValueError(f"{part} must be an object of resource name -> quantity")
+        parsed: dict[str, str] = {}
+        for name, amount in amounts.items():
+            if not _QUALIFIED_NAME.match(name):
+                raise ValueError(f"{part}: {name!r} is not a Kubernetes resource name")
+            if isinstance(amount, bool) or not isinstance(amount, (str, int, float)):
+                raise ValueError(f"{part}.{name}: {amount!r} is not a Kubernetes quantity")
+            text = str(amount)
+            if not _QUANTITY.match(text):
+                raise ValueError(f"{part}.{name}: {text!r} is not a Kubernetes quantity")
+            parsed[name] = text
+        resources[part] = parsed
+    return resources
+
+
+def _parse_names(raw: str) -> tuple[str, ...]:
+    """Split comma-separated Secret names, checking each is a DNS subdomain."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    for name in names:
+        if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+            raise ValueError(f"{name!r} is not a valid Secret name (a DNS subdomain)")
+    return names
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -202,6 +286,14 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                     raise ValueError("must not be negative")
             elif name == "namespaces":
                 value = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
+            elif name == "image_pull_secrets":
+                value = _parse_names(raw)
+            elif name == "installer_resources":
+                value = parse_resources(raw)
+            elif name == "gpu_resource_name":
+                if not _QUALIFIED_NAME.match(raw):
+                    raise ValueError("not a Kubernetes resource name such as nvidia.com/gpu")
+                value = raw
             else:
                 value = raw
         except ValueError as exc:

@@ -297,3 +297,67 @@ def test_pod_path_reroots_local_install_paths():
     )
     assert pod_path("/elsewhere/file", "/models", "ml", "BaseModel", "b") == "/elsewhere/file"
     assert pod_path(None, "/models", "ml", "BaseModel", "b") is None
+
+
+def test_default_builders_set_no_pull_secrets_or_installer_resources():
+    job = build_base_install_job(BM_BODY, BM_SPEC, "shared", SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert "imagePullSecrets" not in pod
+    assert "resources" not in pod["containers"][0]
+    text = dump_serve_config(build_serve_config("minilm", "/models/p", BM_SPEC, {}))
+    rs = build_rayservice(
+        BM_BODY, BM_SPEC, serve_config_yaml=text, claim_name="shared", settings=SETTINGS
+    )
+    assert (
+        "imagePullSecrets"
+        not in rs["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    )
+
+
+def test_pull_secrets_installer_resources_and_gpu_name_reach_jobs_and_ray_pods():
+    settings = SETTINGS.with_overrides(
+        image_pull_secrets=("regcred", "mirror-cred"),
+        installer_resources={"requests": {"cpu": "500m"}, "limits": {"memory": "4Gi"}},
+        gpu_resource_name="amd.com/gpu",
+    )
+    pull = [{"name": "regcred"}, {"name": "mirror-cred"}]
+    install = build_base_install_job(BM_BODY, BM_SPEC, "shared", settings)
+    pod = install["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == pull
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m"},
+        "limits": {"memory": "4Gi"},
+    }
+    adapter = build_adapter_install_job(
+        LORA_BODY,
+        LoraAdapterSpec.model_validate({"baseModel": "minilm", "source": {"uri": "s3://b/l"}}),
+        claim_name="shared",
+        base_path="/models/ml/basemodels/minilm/abc",
+        base_source=None,
+        max_rank=16,
+        settings=settings,
+    )
+    pod = adapter["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == pull
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "4Gi"}
+    cleanup = build_cleanup_job(
+        "LoraAdapter", LORA_BODY, path="/models/ml/x", claim_name="shared", settings=settings
+    )
+    pod = cleanup["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == pull
+    # Removing a folder needs none of the install resources (they could block scheduling).
+    assert "resources" not in pod["containers"][0]
+
+    text = dump_serve_config(build_serve_config("minilm", "/models/p", BM_SPEC, {}))
+    rs = build_rayservice(
+        BM_BODY, BM_SPEC, serve_config_yaml=text, claim_name="shared", settings=settings
+    )
+    cluster = rs["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    (group,) = cluster["workerGroupSpecs"]
+    worker = group["template"]["spec"]
+    assert head["imagePullSecrets"] == pull and worker["imagePullSecrets"] == pull
+    res = worker["containers"][0]["resources"]
+    assert res["requests"]["amd.com/gpu"] == "2" and res["limits"]["amd.com/gpu"] == "2"
+    assert "nvidia.com/gpu" not in res["requests"] and "nvidia.com/gpu" not in res["limits"]
+    assert not any("gpu" in name for name in head["containers"][0]["resources"]["limits"])

@@ -38,3 +38,47 @@ def test_defaults_and_env_values():
 def test_bad_values_name_the_variable(var, value):
     with pytest.raises(SettingsError, match=var):
         settings_from_env({var: value})
+
+
+def test_gpu_name_pull_secrets_and_installer_resources_from_env():
+    defaults = settings_from_env({})
+    assert defaults.gpu_resource_name == "nvidia.com/gpu"
+    assert defaults.image_pull_secrets == ()
+    assert defaults.installer_resources == {}
+    s = settings_from_env(
+        {
+            "LORAFLEET_GPU_RESOURCE_NAME": "amd.com/gpu",
+            "LORAFLEET_IMAGE_PULL_SECRETS": " regcred, mirror.cred ,",
+            "LORAFLEET_INSTALLER_RESOURCES": (
+                '{"requests": {"cpu": "500m", "memory": 2147483648},'
+                ' "limits": {"memory": "4Gi", "ephemeral-storage": "20Gi"}}'
+            ),
+        }
+    )
+    assert s.gpu_resource_name == "amd.com/gpu"
+    assert s.image_pull_secrets == ("regcred", "mirror.cred")
+    assert s.installer_resources == {
+        "requests": {"cpu": "500m", "memory": "2147483648"},
+        "limits": {"memory": "4Gi", "ephemeral-storage": "20Gi"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "detail"),
+    [
+        ("LORAFLEET_GPU_RESOURCE_NAME", "nvidia.com/gpu/x", "resource name"),
+        ("LORAFLEET_GPU_RESOURCE_NAME", "-gpu", "resource name"),
+        ("LORAFLEET_IMAGE_PULL_SECRETS", "regcred,Bad_Name", "'Bad_Name'"),
+        ("LORAFLEET_INSTALLER_RESOURCES", "{requests: cpu}", "not valid JSON"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '["cpu"]', "JSON object"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '{"request": {"cpu": "1"}}', "'request'"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '{"limits": "1Gi"}', "limits must be an object"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '{"limits": {"memory": "4GB"}}', "limits.memory"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '{"requests": {"cpu": true}}', "requests.cpu"),
+        ("LORAFLEET_INSTALLER_RESOURCES", '{"requests": {"a b": "1"}}', "'a b'"),
+    ],
+)
+def test_bad_new_settings_name_the_variable_and_the_fault(var, value, detail):
+    with pytest.raises(SettingsError, match=var) as info:
+        settings_from_env({var: value})
+    assert detail in str(info.value)
