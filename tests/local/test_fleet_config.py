@@ -113,3 +113,11 @@ def test_an_adapter_without_an_installed_base_is_left_out(tmp_path: Path) -> Non
 
     assert [a["name"] for a in apps] == ["minilm"]
     assert "poet" not in str(apps)
+
+
+def test_readme_says_where_several_bases_are_served() -> None:
+    # A new user ran the README's `curl localhost:PORT/health` against the demo (two bases) and
+    # got Ray Serve's plain-text 404: the README must say that each base is under its prefix.
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    api = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
+    assert "/<basemodel name>" in api and "/minilm/v1/classify" in api
