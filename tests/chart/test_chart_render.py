@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lorafleet_operator.settings import settings_from_env
 
 from tests.chart.helm import CHART, KUBE_VERSION, HelmError, by_kind, one, run_helm, template
 
@@ -107,6 +108,12 @@ def test_default_render(helm_bin: Path) -> None:
     assert "LORAFLEET_NAMESPACES" not in env  # every namespace
     assert env["LORAFLEET_RUN_AS_USER"] == "10001"
     assert env["LORAFLEET_DEFAULT_CLAIM"] == "lorafleet-models"
+    assert env["LORAFLEET_GPU_RESOURCE_NAME"] == "nvidia.com/gpu"
+    assert env["LORAFLEET_REGISTRY_WRITE_INTERVAL_S"] == "4"
+    assert env["LORAFLEET_LISTEN_HOST"] == "0.0.0.0"
+    assert "LORAFLEET_INSTALLER_RESOURCES" not in env
+    assert "LORAFLEET_IMAGE_PULL_SECRETS" not in env
+    assert settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
     assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     sc = container["securityContext"]
     assert sc["allowPrivilegeEscalation"] is False
@@ -148,7 +155,7 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert container["args"] == ["--verbose"]  # logLevel: debug
     assert container["livenessProbe"]["failureThreshold"] == 5
     assert {p["containerPort"] for p in container["ports"]} == {8081, 9191}
-    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror-cred"}]
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"][0]["key"] == "dedicated"
     assert "nodeAffinity" in pod["affinity"]
@@ -181,6 +188,19 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert env["LORAFLEET_JOB_BACKOFF_LIMIT"] == "5"
     assert env["LORAFLEET_JOB_DEADLINE_S"] == "7200"
     assert env["LORAFLEET_JOB_TTL_S"] == "3600"
+    assert env["LORAFLEET_REGISTRY_WRITE_INTERVAL_S"] == "10"
+    assert env["LORAFLEET_LISTEN_HOST"] == "::"
+    assert env["LORAFLEET_GPU_RESOURCE_NAME"] == "amd.com/gpu"
+    assert env["LORAFLEET_IMAGE_PULL_SECRETS"] == "regcred,mirror-cred"
+    # The operator reads the chart's env exactly as it will in the cluster.
+    settings = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
+    assert settings.installer_resources == {
+        "requests": {"cpu": "500m", "memory": "4Gi"},
+        "limits": {"cpu": "2", "memory": "8Gi", "ephemeral-storage": "20Gi"},
+    }
+    assert settings.image_pull_secrets == ("regcred", "mirror-cred")
+    assert settings.gpu_resource_name == "amd.com/gpu"
+    assert settings.registry_write_interval_s == 10.0 and settings.listen_host == "::"
 
     # Namespaced mode: no ClusterRole beyond CRD reads, a Role + RoleBinding per namespace.
     roles = by_kind(objects, "Role")
@@ -250,6 +270,12 @@ BAD_VALUES = [
     ({"serving.rayVersion": '"latest"'}, "rayVersion"),
     ({"hfEndpoint": '"hf-mirror:8080"'}, "hfEndpoint"),
     ({"tolerations": '[{"key": "a", "operator": "Maybe"}]'}, "operator"),
+    ({"gpuResourceName": '"nvidia.com/gpu/x"'}, "gpuResourceName"),
+    ({"installer.resources.limits.memory": '"8GB"'}, "memory"),
+    ({"installer.resources.request": '{"cpu": "1"}'}, "request"),
+    ({"imagePullSecrets": '[{"name": "Bad_Name"}]'}, "name"),
+    ({"operator.registryWriteIntervalSeconds": "-1"}, "registryWriteIntervalSeconds"),
+    ({"operator.listenHost": '""'}, "listenHost"),
 ]
 
 

@@ -45,6 +45,24 @@ install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyR
   value: {{ .Values.operator.pollIntervalSeconds | quote }}
 - name: LORAFLEET_DEBOUNCE_S
   value: {{ .Values.operator.debounceSeconds | quote }}
+- name: LORAFLEET_REGISTRY_WRITE_INTERVAL_S
+  value: {{ .Values.operator.registryWriteIntervalSeconds | quote }}
+- name: LORAFLEET_LISTEN_HOST
+  value: {{ .Values.operator.listenHost | quote }}
+- name: LORAFLEET_GPU_RESOURCE_NAME
+  value: {{ .Values.gpuResourceName | quote }}
+{{- with .Values.installer.resources }}
+- name: LORAFLEET_INSTALLER_RESOURCES
+  value: {{ toJson . | quote }}
+{{- end }}
+{{- with .Values.imagePullSecrets }}
+{{- $names := list }}
+{{- range . }}
+{{- $names = append $names .name }}
+{{- end }}
+- name: LORAFLEET_IMAGE_PULL_SECRETS
+  value: {{ join "," $names | quote }}
+{{- end }}
 {{- with .Values.hfEndpoint }}
 - name: LORAFLEET_HF_ENDPOINT
   value: {{ . | quote }}
