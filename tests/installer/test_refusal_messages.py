@@ -49,3 +49,50 @@ def test_refusal_leaves_no_staging_folder(tmp_path, bert_adapter):
     assert leftovers == [], leftovers  # only the lock file may stay (flock target)
     assert not (dest / ".staging" / "ml" / "basemodels" / "notbase").exists()
     assert not (dest / "ml").exists() or not any(Path(dest / "ml").rglob("lorafleet.json"))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again: connections are refused
+
+
+def test_unreachable_hub_timeout_says_what_was_being_retried(tmp_path, monkeypatch):
+    # Before: "the install did not finish within 5 s" and nothing about why (the backoff sleep
+    # after the attempt at 3.5 s outlasts the deadline, so the watchdog answers).
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "base", namespace="ml", name="hub", source="hf://org/repo", dest=dest, timeout=5
+    )
+    assert report["ok"] is False and report["reason"] == "Timeout", report
+    assert "resolving revision" in report["message"], report
+    assert "ConnectError" in report["message"] or "Connection" in report["message"], report
+
+
+def test_unreachable_hub_after_retries_names_the_endpoint(tmp_path, monkeypatch):
+    # Before: "InternalError: ConnectError: [Errno 111] Connection refused" (no endpoint, no repo).
+    import httpx
+    from lorafleet_serving.installer.deadline import Deadline
+    from lorafleet_serving.installer.errors import InstallError
+    from lorafleet_serving.installer.sources import hub
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "with_retries", lambda fn, **kw: fn())  # no backoff in a unit test
+    src = hub.HubSource("hf://org/repo")
+
+    def refuse():
+        raise httpx.ConnectError("[Errno 111] Connection refused")
+
+    try:
+        src._call(refuse, "resolving revision", Deadline(None))
+    except InstallError as exc:
+        assert exc.reason == "InternalError"
+        assert endpoint in exc.message and "org/repo" in exc.message, exc.message
+        assert "resolving revision" in exc.message and "Connection refused" in exc.message
+    else:  # pragma: no cover
+        raise AssertionError("no InstallError")

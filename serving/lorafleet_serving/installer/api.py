@@ -149,7 +149,10 @@ def install(
     worker.start()
     worker.join(timeout + 1.0)
     if worker.is_alive():
-        return _fail(TIMEOUT, f"the install did not finish within {timeout:g} s", kind)
+        message = f"the install did not finish within {timeout:g} s"
+        if deadline.last_retried:  # e.g. an unreachable endpoint retried until the deadline
+            message += f"; still retrying {deadline.last_retried}"
+        return _fail(TIMEOUT, message, kind)
     return result["report"]
 
 

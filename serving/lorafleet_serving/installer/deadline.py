@@ -36,6 +36,8 @@ class Deadline:
             raise ValueError(f"--timeout must be positive seconds, got {timeout_s}")
         self.timeout_s = timeout_s
         self._end = None if timeout_s is None else time.monotonic() + timeout_s
+        # The last transient error being retried, for a Timeout message that says why.
+        self.last_retried: str | None = None
 
     def remaining(self) -> float | None:
         """Seconds left (never negative), or None without a limit."""
@@ -81,10 +83,17 @@ def with_retries(
     remaining = deadline.remaining()
     if remaining is not None:
         stop = stop | stop_after_delay(remaining)
+
+    def note(state) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if exc is not None:
+            deadline.last_retried = f"{what}: {type(exc).__name__}: {exc}"
+
     retrying = Retrying(
         stop=stop,
         wait=wait_exponential(multiplier=0.5, max=10),
         retry=retry_if_exception(is_transient),
+        before_sleep=note,
         reraise=True,
     )
     try:

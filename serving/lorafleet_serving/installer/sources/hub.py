@@ -34,7 +34,7 @@ from huggingface_hub.utils import build_hf_headers, filter_repo_objects
 
 from ..deadline import Deadline, with_retries
 from ..download import fetch_resumable
-from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
+from ..errors import INTERNAL_ERROR, INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
 from ..verify import Digests, Expected
 from .common import Listing, RemoteFile, http_status_of, is_transient
@@ -147,6 +147,12 @@ class HubSource:
             mapped = map_hub_error(exc, f"{self.repo_id}@{self.revision} ({what})")
             if mapped is not None:
                 raise mapped from exc
+            if is_transient(exc):  # retried until the attempts ran out: name the endpoint
+                raise InstallError(
+                    INTERNAL_ERROR,
+                    f"{self.endpoint} did not answer while {what} for {self.repo_id}@"
+                    f"{self.revision} (retried): {type(exc).__name__}: {exc}",
+                ) from exc
             raise
 
     def list(self, deadline: Deadline) -> Listing:
