@@ -263,3 +263,28 @@ def test_out_of_range_options_are_usage_errors(
     )
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert not (tmp_path / "home").exists()
+
+
+def test_served_table_counts_what_is_served_and_labels_reasons() -> None:
+    # Before: "served models (ready in 16.0 s)" over a table whose ENDPOINT column held
+    # "Timeout" when nothing at all was served.
+    from types import SimpleNamespace
+
+    from lorafleet_operator.local.up import _served_table
+
+    base = SimpleNamespace(served_name="hubbase", kind="BaseModel", spec=None)
+    adapter = SimpleNamespace(
+        served_name="s3ad", kind="LoraAdapter", spec=SimpleNamespace(base_model="hubbase")
+    )
+    records = {
+        "b": {"phase": "Failed", "reason": "Timeout"},
+        "a": {"phase": "Pending", "reason": "BaseModelNotReady"},
+    }
+    fleet = SimpleNamespace(
+        objects={"b": base, "a": adapter}, state=SimpleNamespace(get=records.__getitem__)
+    )
+    console = Console(width=200, record=True)
+    console.print(_served_table(fleet, 16.0))
+    text = console.export_text()
+    assert "models: 0 of 2 served (16.0 s)" in text
+    assert "ENDPOINT / REASON" in text and "Timeout" in text and "BaseModelNotReady" in text

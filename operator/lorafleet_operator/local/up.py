@@ -335,23 +335,29 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
-def _print_served(out: _Console, fleet: Any, seconds: float) -> None:
+def _served_table(fleet: Any, seconds: float) -> Any:
+    """The table printed after an apply: every object, its phase, endpoint or reason."""
     from rich.table import Table
 
-    table = Table(title=f"served models (ready in {seconds:.1f} s)", title_justify="left")
-    for column in ("MODEL", "KIND", "BASE", "PHASE", "ENDPOINT"):
-        table.add_column(column, no_wrap=True)
+    rows = []
     for key, obj in fleet.objects.items():
         record = fleet.state.get(key)
         base = "" if obj.kind == "BaseModel" else obj.spec.base_model
-        table.add_row(
-            obj.served_name,
-            obj.kind,
-            base,
-            record.get("phase", ""),
-            record.get("endpoint") or record.get("reason", ""),
-        )
-    out.console.print(table)
+        phase = record.get("phase", "")
+        rows.append((obj.served_name, obj.kind, base, phase, record.get("endpoint"), record))
+    served = sum(1 for row in rows if row[3] == "Ready")
+    table = Table(
+        title=f"models: {served} of {len(rows)} served ({seconds:.1f} s)", title_justify="left"
+    )
+    for column in ("MODEL", "KIND", "BASE", "PHASE", "ENDPOINT / REASON"):
+        table.add_column(column, no_wrap=True)
+    for name, kind, base, phase, endpoint, record in rows:
+        table.add_row(name, kind, base, phase, endpoint or record.get("reason", ""))
+    return table
+
+
+def _print_served(out: _Console, fleet: Any, seconds: float) -> None:
+    out.console.print(_served_table(fleet, seconds))
     for app in sorted(fleet.deployed):
         endpoint = fleet.endpoint(app)
         out.info(f"endpoint of {app!r}: {endpoint}  (try: curl {endpoint}/v1/models)")
