@@ -96,3 +96,26 @@ def test_unreachable_hub_after_retries_names_the_endpoint(tmp_path, monkeypatch)
         assert "resolving revision" in exc.message and "Connection refused" in exc.message
     else:  # pragma: no cover
         raise AssertionError("no InstallError")
+
+
+def test_malformed_hub_id_is_invalid_source_and_its_query_is_redacted(tmp_path, monkeypatch):
+    # Before: InternalError with a traceback (HFValidationError), and with HF_TOKEN unset the
+    # token in "hf://org/repo?token=..." was printed verbatim (only http(s) queries were cut).
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    for uri in ("hf://org/repo?token=hf_NOTLOGGED123", "hf://org/re po"):
+        report = install("base", namespace="ml", name="hub", source=uri, dest=dest, timeout=30)
+        assert report["ok"] is False and report["reason"] == "InvalidSource", report
+        assert "does not name a Hub repository" in report["message"], report
+        assert "NOTLOGGED" not in report["message"], report
+    assert not any(dest.rglob("*"))  # refused before anything was written
+
+
+def test_redact_cuts_query_strings_of_any_scheme():
+    from lorafleet_serving.installer.errors import redact
+
+    assert redact("hf://org/repo?token=abc123 failed") == "hf://org/repo?*** failed"
+    assert redact("s3://b/k?versionId=v1") == "s3://b/k?***"
+    assert redact("https://h/x?X-Amz-Signature=s") == "https://h/x?***"

@@ -63,7 +63,7 @@ SECRET_ENV_VARS = (
     "HTTPS_BEARER_TOKEN",
 )
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#'\"]+)\?[^\s'\"]*")
+_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]+)\?[^\s'\"]*")  # any scheme: hf://x?token=
 _URL_USERINFO = re.compile(r"(\w+://)[^/@\s'\"]+@")
 
 

@@ -26,11 +26,12 @@ from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    HFValidationError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers, filter_repo_objects
+from huggingface_hub.utils import build_hf_headers, filter_repo_objects, validate_repo_id
 
 from ..deadline import Deadline, with_retries
 from ..download import fetch_resumable
@@ -120,6 +121,14 @@ class HubSource:
             raise InstallError(INVALID_SOURCE, f"source {uri!r}: expected hf://<org>/<name>")
         self.uri = uri
         self.repo_id = "/".join(parts[:2])
+        try:  # before any request: a malformed id is the user's to fix, not an internal error
+            validate_repo_id(self.repo_id)
+        except HFValidationError as exc:
+            raise InstallError(
+                INVALID_SOURCE,
+                f"source {uri!r} does not name a Hub repository: expected hf://<org>/<name>"
+                "[/<folder>] with names of letters, digits, '-', '_' and '.'",
+            ) from exc
         self.subpath = safe_relpath("/".join(parts[2:]), where=uri) if len(parts) > 2 else ""
         self.revision = revision or "main"
         self.allow_patterns = allow_patterns or None
