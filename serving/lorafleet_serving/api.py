@@ -373,6 +373,7 @@ def create_app(
     served_name: str,
     task: str,
     max_tokens_limit: int = 2048,
+    max_inputs_per_request: int = 256,
     labels: dict[str, str] | None = None,
     title: str = "lorafleet",
 ) -> FastAPI:
@@ -383,6 +384,9 @@ def create_app(
         served_name: The base model's name in ``model`` fields and ``/v1/models``.
         task: ``"text-generation"`` or ``"text-classification"``; decides which routes answer.
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
+        max_inputs_per_request: Most texts in one ``/v1/classify`` ``input`` or prompts in one
+            ``/v1/completions`` ``prompt`` list; more is a 400 naming the field, so one huge
+            request cannot hold a replica for minutes.
         labels: Label names by id of a classification base (shown in ``/v1/models``).
         title: OpenAPI title.
 
@@ -390,7 +394,8 @@ def create_app(
         The FastAPI app (routes listed in the module docstring).
 
     Raises:
-        ValueError: ``task`` is not one of the two supported tasks, or ``max_tokens_limit`` < 1.
+        ValueError: ``task`` is not one of the two supported tasks, or ``max_tokens_limit`` or
+            ``max_inputs_per_request`` < 1.
     """
     if task not in (TEXT_GENERATION, TEXT_CLASSIFICATION):
         raise ValueError(
@@ -398,6 +403,19 @@ def create_app(
         )
     if max_tokens_limit < 1:
         raise ValueError(f"create_app: max_tokens_limit must be >= 1, got {max_tokens_limit}")
+    if max_inputs_per_request < 1:
+        raise ValueError(
+            f"create_app: max_inputs_per_request must be >= 1, got {max_inputs_per_request}"
+        )
+
+    def _check_count(count: int, param: str) -> None:
+        if count > max_inputs_per_request:
+            raise InvalidRequestError(
+                f"'{param}' holds {count} items, above this server's limit of "
+                f"{max_inputs_per_request} per request",
+                param=param,
+            )
+
     created = int(time.time())
     app = FastAPI(title=title, version="v1")
     app.state.backend = backend
@@ -503,6 +521,7 @@ def create_app(
         prompts = body.prompts()
         if not prompts:
             raise InvalidRequestError("'prompt' must not be empty", param="prompt")
+        _check_count(len(prompts), "prompt")
         for i, prompt in enumerate(prompts):
             _check_prompt(prompt, "prompt" if len(prompts) == 1 else f"prompt[{i}]")
         reqs = [
@@ -606,6 +625,7 @@ def create_app(
         texts = body.texts()
         if not texts:
             raise InvalidRequestError("'input' must not be empty", param="input")
+        _check_count(len(texts), "input")
         for i, text in enumerate(texts):
             if not text.strip():
                 param = "input" if isinstance(body.input, str) else f"input[{i}]"

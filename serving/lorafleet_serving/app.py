@@ -64,6 +64,8 @@ class AppArgs(BaseModel):
         max_batch_size: Largest mixed batch the model replica runs.
         batch_wait_timeout_ms: Milliseconds a batch waits to fill.
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
+        max_inputs_per_request: Most texts (``/v1/classify`` ``input``) or prompts
+            (``/v1/completions`` ``prompt`` list) one request may carry.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -76,6 +78,7 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(16, ge=1)
     batch_wait_timeout_ms: float = Field(5.0, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
+    max_inputs_per_request: int = Field(256, ge=1)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -505,6 +508,7 @@ class Ingress:
             served_name=self.args.served_name,
             task=self.args.task,
             max_tokens_limit=self.args.max_tokens_limit,
+            max_inputs_per_request=self.args.max_inputs_per_request,
             labels=self.args.labels,
             title=f"lorafleet: {self.args.served_name}",
         )

@@ -549,6 +549,13 @@ ERROR_CASES = [
         "max_completion_tokens",
     ),
     ("/v1/classify", {"model": "alpha", "input": ["x"]}, 400, "unsupported_task", "model"),
+    (
+        "/v1/completions",
+        {"model": "alpha", "prompt": ["hi"] * 257, "max_tokens": 1},
+        400,
+        "invalid_request",
+        "prompt",
+    ),
 ]
 
 
@@ -559,6 +566,15 @@ def test_error_answers(
     err = assert_error(gen_client.post(path, json=body), status, code, param)
     if param:
         assert param.split("[")[0].split(".")[0] in err["message"] or status == 404
+
+
+def test_too_many_inputs_is_400_and_the_server_keeps_serving(cls_client: TestClient) -> None:
+    """One request may not carry more texts than the limit (default 256): 400 naming input."""
+    resp = cls_client.post("/v1/classify", json={"model": "sentiment", "input": ["good"] * 100_000})
+    err = assert_error(resp, 400, "invalid_request", "input")
+    assert "100000" in err["message"] and "256" in err["message"]
+    ok = cls_client.post("/v1/classify", json={"model": "sentiment", "input": ["good"] * 256})
+    assert ok.status_code == 200 and len(ok.json()["data"]) == 256
 
 
 def test_malformed_json_is_400(gen_client: TestClient) -> None:
