@@ -436,6 +436,8 @@ def create_app(
         elif exc.status_code == 405:
             message = f"method {request.method} is not allowed on {request.url.path}"
             code = "method_not_allowed"
+        elif exc.status_code == 400:  # e.g. a body that cannot be parsed at all
+            message, code = f"the request body cannot be read: {exc.detail}", "invalid_request"
         else:
             message, code = str(exc.detail), "http_error"
         body = ErrorResponse.of(message, "invalid_request_error", code)

@@ -577,6 +577,17 @@ def test_too_many_inputs_is_400_and_the_server_keeps_serving(cls_client: TestCli
     assert ok.status_code == 200 and len(ok.json()["data"]) == 256
 
 
+def test_binary_body_is_400_invalid_request(gen_client: TestClient) -> None:
+    resp = gen_client.post(
+        "/v1/completions",
+        content=bytes(range(256)) * 64,
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert resp.status_code == 400, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "invalid_request" and "cannot be read" in err["message"], err
+
+
 def test_malformed_json_is_400(gen_client: TestClient) -> None:
     resp = gen_client.post(
         "/v1/completions",
