@@ -580,8 +580,8 @@ def test_too_many_inputs_is_400_and_the_server_keeps_serving(cls_client: TestCli
 def test_binary_body_is_400_invalid_request(gen_client: TestClient) -> None:
     resp = gen_client.post(
         "/v1/completions",
-        content=bytes(range(256)) * 64,
-        headers={"content-type": "multipart/form-data; boundary=x"},
+        content=bytes(range(256)) * 64,  # not UTF-8, so not JSON at all
+        headers={"content-type": "application/json"},
     )
     assert resp.status_code == 400, resp.text
     err = resp.json()["error"]
