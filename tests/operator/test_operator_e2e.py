@@ -3,20 +3,45 @@
 Real parts: kube-apiserver + controller-manager, the kopf operator (in this process), the real
 installer in Jobs run by the kubelet stand-in, the RayService deployed by the KubeRay stand-in
 to a real local Ray Serve, and the lorafleet serving app. Outputs are compared with plain peft.
+
+The operator runs as the Helm chart's ServiceAccount (a TokenRequest token, the chart's own
+namespaced Role), not as the admin: the flow passing proves the chart's RBAC suffices.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from tests.chart.operator_identity import (  # noqa: F401 (operator_sa_kubeconfig: a fixture)
+    kubeconfig_in_process,
+    operator_sa_kubeconfig,
+)
 from tests.operator.conftest import CLAIM, GROUP, VERSION, wait_for
 from tests.operator.test_operator_k8s import _bm, _get, _lora, _phase, _rayservice, _registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
+
+
+@pytest.fixture
+def run_operator(
+    run_operator: Callable[..., Any],
+    operator_sa_kubeconfig: Path,  # noqa: F811 (the imported fixture)
+) -> Callable[..., Any]:
+    """conftest's ``run_operator``, with the operator's client using the chart's ServiceAccount."""
+
+    @contextlib.contextmanager
+    def start(**env: str) -> Iterator[Any]:
+        with kubeconfig_in_process(operator_sa_kubeconfig), run_operator(**env) as runner:
+            yield runner
+
+    return start
+
 
 PROMPT = "hello world"
 MAX_TOKENS = 6
