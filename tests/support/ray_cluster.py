@@ -23,15 +23,9 @@ several sessions can run side by side on one machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +34,7 @@ from typing import Any
 
 import pytest
 import requests
+from lorafleet_operator.local.ray_head import LOOPBACK, LocalRayHead, free_port, ray_env
 
 __all__ = [
     "RayCluster",
@@ -51,95 +46,61 @@ __all__ = [
     "start_ray_cluster",
 ]
 
-LOOPBACK = "127.0.0.1"
 #: Seconds to wait for the head (GCS, raylet, dashboard) to come up.
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free at the time of the call.
-
-    Returns:
-        A port number (int) chosen by the kernel for an ephemeral bind.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
 class RayCluster:
     """A running local Ray head with dashboard and Serve HTTP proxy.
 
+    The head is started exactly as ``lorafleet up`` starts its own
+    (:class:`lorafleet_operator.local.ray_head.LocalRayHead`); the tests add Serve's HTTP proxy
+    on a free loopback port.
+
     Attributes:
-        address: GCS address ``127.0.0.1:<port>`` (for ``ray.init(address=...)``).
-        dashboard_url: ``http://127.0.0.1:<port>``, base of the dashboard REST API.
+        head: the Ray head (``ray start --head --block``, dashboard on loopback).
         http_url: ``http://127.0.0.1:<port>``, the Serve HTTP proxy.
-        temp_dir: Ray's ``--temp-dir`` (logs under ``session_latest/logs``).
-        pid: process id of the blocking ``ray start`` process (leader of its process group).
         env: environment for subprocesses that talk to this cluster (auth disabled).
     """
 
-    address: str
-    dashboard_url: str
+    head: LocalRayHead
     http_url: str
-    temp_dir: Path
-    pid: int
     env: dict[str, str] = field(default_factory=dict)
-    _proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """GCS address ``127.0.0.1:<port>`` (for ``ray.init(address=...)``)."""
+        return self.head.gcs_address
+
+    @property
+    def dashboard_url(self) -> str:
+        """``http://127.0.0.1:<port>``, base of the dashboard REST API."""
+        return self.head.dashboard_url
+
+    @property
+    def temp_dir(self) -> Path:
+        """Ray's ``--temp-dir`` (logs under ``session_latest/logs``)."""
+        return self.head.temp_dir
+
+    @property
+    def pid(self) -> int:
+        """Process id of the blocking ``ray start`` process (leader of its process group)."""
+        return self.head.pid
 
     @property
     def logs_dir(self) -> Path:
         """Ray's log folder for this session (``<temp_dir>/session_latest/logs``)."""
-        return self.temp_dir / "session_latest" / "logs"
+        return self.head.logs_dir
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop every process of this cluster, and only those.
-
-        Sends SIGTERM to the ``ray start --block`` process group and to all recorded
-        descendants, waits up to ``grace_s`` seconds, then SIGKILLs the survivors. ``ray stop``
-        is not used: it kills all Ray processes on the machine, including other sessions'.
+        """Stop every process of this cluster, and only those (never ``ray stop``, which kills
+        every Ray process on the machine, other sessions' too); the temp dir is kept.
 
         Args:
             grace_s: seconds to wait for a graceful exit before SIGKILL.
         """
-        import psutil
-
-        procs: list[psutil.Process] = []
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, sig)
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(sig)
-            _, alive = psutil.wait_procs(procs, timeout=grace_s if sig == signal.SIGTERM else 5)
-            procs = alive
-            if not procs:
-                break
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=5)
-
-
-def _cluster_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "RAY_AUTH_MODE": "disabled",
-            # Keep the number of idle Python workers small on a 2-core machine.
-            "RAY_enable_worker_prestart": "0",
-            "RAY_prestart_worker_first_driver": "0",
-            "RAY_num_prestart_python_workers": "0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # Serve's controller logs are enough; no log deduplication noise in tests.
-            "RAY_DEDUP_LOGS": "0",
-        }
-    )
-    env.pop("RAY_ADDRESS", None)
-    return env
+        self.head.stop(grace_s=grace_s, remove_temp=False)
 
 
 def _wait_http_ok(
@@ -180,51 +141,12 @@ def start_ray_cluster(num_cpus: int = 4, timeout_s: float = START_TIMEOUT_S) -> 
 
     Raises:
         RuntimeError: ``ray start`` exited early (its output is in the message).
-        TimeoutError: the dashboard or the Serve proxy did not answer in time.
+        TimeoutError: the Serve proxy did not answer in time.
     """
-    ray_bin = Path(sys.executable).with_name("ray")
-    temp_dir = Path(tempfile.mkdtemp(prefix="rlf", dir="/tmp"))  # short: unix socket paths
-    gcs_port, dash_port, http_port = free_port(), free_port(), free_port()
-    cmd = [
-        str(ray_bin),
-        "start",
-        "--head",
-        "--block",
-        f"--num-cpus={num_cpus}",
-        "--num-gpus=0",
-        f"--node-ip-address={LOOPBACK}",
-        f"--port={gcs_port}",
-        "--include-dashboard=true",
-        f"--dashboard-host={LOOPBACK}",
-        f"--dashboard-port={dash_port}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-        "--min-worker-port=0",
-        "--max-worker-port=0",
-        f"--object-store-memory={256 * 1024 * 1024}",
-        f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
-    ]
-    env = _cluster_env()
-    log = temp_dir / "ray-start.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    cluster = RayCluster(
-        address=f"{LOOPBACK}:{gcs_port}",
-        dashboard_url=f"http://{LOOPBACK}:{dash_port}",
-        http_url=f"http://{LOOPBACK}:{http_port}",
-        temp_dir=temp_dir,
-        pid=proc.pid,
-        env=env,
-        _proc=proc,
-    )
+    head = LocalRayHead.start(num_cpus=num_cpus, timeout_s=timeout_s)
+    http_port = free_port()
+    cluster = RayCluster(head=head, http_url=f"http://{LOOPBACK}:{http_port}", env=ray_env())
     try:
-        _wait_http_ok(f"{cluster.dashboard_url}/api/version", timeout_s, proc, log)
         # Start Serve (controller + proxy) with the proxy on our loopback port. Later PUTs
         # that omit http_options keep these (Serve ignores HTTP options once running).
         resp = requests.put(
@@ -239,10 +161,15 @@ def start_ray_cluster(num_cpus: int = 4, timeout_s: float = START_TIMEOUT_S) -> 
             raise RuntimeError(f"starting Serve failed: HTTP {resp.status_code}: {resp.text}")
         # The proxy answers 503 "Route table is not populated yet" until an application
         # is deployed: any answer from it means it is listening.
-        _wait_http_ok(f"{cluster.http_url}/-/healthz", timeout_s, proc, log, (200, 503))
+        _wait_http_ok(
+            f"{cluster.http_url}/-/healthz",
+            timeout_s,
+            head._proc,
+            head.temp_dir / "ray-start.log",
+            (200, 503),
+        )
     except BaseException:
-        cluster.stop()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.stop(remove_temp=True)
         raise
     return cluster
 
