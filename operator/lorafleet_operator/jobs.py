@@ -261,6 +261,64 @@ def _common_env(settings: Settings, source: Source) -> list[dict[str, Any]]:
     return env + _secret_env(source)
 
 
+def _install_job(
+    kind: str,
+    body: Mapping[str, Any],
+    source: Source,
+    job_name: str,
+    kind_args: list[str],
+    *,
+    claim_name: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    """An install Job running ``lorafleet-install base|adapter`` (docs/interfaces.md section 1).
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter`` (selects the installer subcommand).
+        body: The object that owns the Job.
+        source: Its ``spec.source``.
+        job_name: The Job's deterministic name.
+        kind_args: Installer arguments of that kind, placed after ``--dest``.
+        claim_name: The PersistentVolumeClaim the files go to.
+        settings: Operator settings.
+
+    Returns:
+        A ``batch/v1`` Job manifest.
+    """
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    command = [
+        "lorafleet-install",
+        "base" if kind == BASEMODEL_KIND else "adapter",
+        "--namespace",
+        namespace,
+        "--name",
+        name,
+        *_source_args(source),
+        "--dest",
+        settings.models_mount,
+        *kind_args,
+        "--report-file",
+        TERMINATION_LOG,
+        "--progress-file",
+        progress_file(settings, namespace, kind, name),
+        "--timeout",
+        str(settings.job_deadline_s),
+    ]
+    return _job(
+        name=job_name,
+        namespace=namespace,
+        labels=_labels(kind, name, "install"),
+        owner=owner_reference(body),
+        command=command,
+        env=_common_env(settings, source),
+        claim_name=claim_name,
+        settings=settings,
+        backoff_limit=settings.job_backoff_limit,
+        resources=settings.installer_resources,
+    )
+
+
 def build_base_install_job(
     body: Mapping[str, Any], spec: BaseModelSpec, claim_name: str, settings: Settings
 ) -> dict[str, Any]:
@@ -276,48 +334,21 @@ def build_base_install_job(
     Returns:
         A ``batch/v1`` Job manifest running ``lorafleet-install base ...``.
     """
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    command = [
-        "lorafleet-install",
-        "base",
-        "--namespace",
-        namespace,
-        "--name",
-        name,
-        *_source_args(spec.source),
-        "--dest",
-        settings.models_mount,
-        "--task",
-        str(spec.task),
-        "--max-rank",
-        str(spec.serving.max_rank),
-    ]
+    args = ["--task", str(spec.task), "--max-rank", str(spec.serving.max_rank)]
     if spec.num_labels is not None:
-        command += ["--num-labels", str(spec.num_labels)]
+        args += ["--num-labels", str(spec.num_labels)]
     if spec.checkpoint is not None:
-        command += ["--checkpoint", spec.checkpoint.uri]
+        args += ["--checkpoint", spec.checkpoint.uri]
         if not spec.checkpoint.strict:
-            command.append("--no-strict")
-    command += [
-        "--report-file",
-        TERMINATION_LOG,
-        "--progress-file",
-        progress_file(settings, namespace, BASEMODEL_KIND, name),
-        "--timeout",
-        str(settings.job_deadline_s),
-    ]
-    return _job(
-        name=install_job_name(BASEMODEL_KIND, body, spec),
-        namespace=namespace,
-        labels=_labels(BASEMODEL_KIND, name, "install"),
-        owner=owner_reference(body),
-        command=command,
-        env=_common_env(settings, spec.source),
+            args.append("--no-strict")
+    return _install_job(
+        BASEMODEL_KIND,
+        body,
+        spec.source,
+        install_job_name(BASEMODEL_KIND, body, spec),
+        args,
         claim_name=claim_name,
         settings=settings,
-        backoff_limit=settings.job_backoff_limit,
-        resources=settings.installer_resources,
     )
 
 
@@ -345,44 +376,18 @@ def build_adapter_install_job(
     Returns:
         A ``batch/v1`` Job manifest running ``lorafleet-install adapter ...``.
     """
-    meta = body["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    command = [
-        "lorafleet-install",
-        "adapter",
-        "--namespace",
-        namespace,
-        "--name",
-        name,
-        *_source_args(spec.source),
-        "--dest",
-        settings.models_mount,
-        "--base-path",
-        base_path,
-    ]
+    args = ["--base-path", base_path]
     if base_source:
-        command += ["--base-source", base_source]
-    command += [
-        "--max-rank",
-        str(max_rank),
-        "--report-file",
-        TERMINATION_LOG,
-        "--progress-file",
-        progress_file(settings, namespace, LORAADAPTER_KIND, name),
-        "--timeout",
-        str(settings.job_deadline_s),
-    ]
-    return _job(
-        name=install_job_name(LORAADAPTER_KIND, body, spec, base_path),
-        namespace=namespace,
-        labels=_labels(LORAADAPTER_KIND, name, "install"),
-        owner=owner_reference(body),
-        command=command,
-        env=_common_env(settings, spec.source),
+        args += ["--base-source", base_source]
+    args += ["--max-rank", str(max_rank)]
+    return _install_job(
+        LORAADAPTER_KIND,
+        body,
+        spec.source,
+        install_job_name(LORAADAPTER_KIND, body, spec, base_path),
+        args,
         claim_name=claim_name,
         settings=settings,
-        backoff_limit=settings.job_backoff_limit,
-        resources=settings.installer_resources,
     )
 
 
