@@ -28,7 +28,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -653,7 +653,45 @@ def create_app(
     return app
 
 
-async def _completion_events(
+async def _stream_events(
+    first: StreamDelta | None,
+    it: AsyncIterator[StreamDelta],
+    envelope: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    choices_of: Callable[[StreamDelta], list[dict[str, Any]]],
+    include_usage: bool,
+    opening: Sequence[dict[str, Any]] = (),
+) -> AsyncIterator[str]:
+    """Server-sent events of one streamed generation, in OpenAI's streaming shape.
+
+    Each choice (``opening`` first, then ``choices_of(delta)`` per delta) goes out as its own
+    ``data:`` event wrapped by ``envelope``; with ``include_usage`` a last event has
+    ``"choices": []`` and ``usage``; an error after the first token becomes an error event;
+    ``data: [DONE]`` ends the stream, and the source iterator is always closed.
+    """
+    last: StreamDelta | None = None
+    try:
+        for choice in opening:
+            yield _sse(envelope([choice]))
+        delta = first
+        while delta is not None:
+            last = delta
+            for choice in choices_of(delta):
+                yield _sse(envelope([choice]))
+            delta = await anext(it, None)
+        if include_usage and last is not None and last.prompt_tokens is not None:
+            payload = envelope([])
+            payload["usage"] = _usage(last.prompt_tokens, last.completion_tokens or 0)
+            yield _sse(payload)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        yield _stream_error_event(exc)
+    finally:
+        await _aclose(it)
+    yield SSE_DONE
+
+
+def _completion_events(
     first: StreamDelta | None,
     it: AsyncIterator[StreamDelta],
     rid: str,
@@ -663,41 +701,26 @@ async def _completion_events(
 ) -> AsyncIterator[str]:
     """Server-sent events of a streamed completion (``text_completion`` chunks, then DONE)."""
 
-    def chunk(text: str, finish: str | None) -> dict[str, Any]:
+    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": rid,
             "object": "text_completion",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+            "choices": choices,
         }
 
-    last: StreamDelta | None = None
-    try:
-        delta = first
-        while delta is not None:
-            last = delta
-            if delta.text or delta.finish_reason:
-                yield _sse(chunk(delta.text, delta.finish_reason))
-            try:
-                delta = await it.__anext__()
-            except StopAsyncIteration:
-                delta = None
-        if include_usage and last is not None and last.prompt_tokens is not None:
-            payload = chunk("", None)
-            payload["choices"] = []
-            payload["usage"] = _usage(last.prompt_tokens, last.completion_tokens or 0)
-            yield _sse(payload)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        yield _stream_error_event(exc)
-    finally:
-        await _aclose(it)
-    yield SSE_DONE
+    def choices_of(delta: StreamDelta) -> list[dict[str, Any]]:
+        if not (delta.text or delta.finish_reason):
+            return []
+        return [
+            {"index": 0, "text": delta.text, "finish_reason": delta.finish_reason, "logprobs": None}
+        ]
+
+    return _stream_events(first, it, envelope, choices_of, include_usage)
 
 
-async def _chat_events(
+def _chat_events(
     first: StreamDelta | None,
     it: AsyncIterator[StreamDelta],
     rid: str,
@@ -707,38 +730,31 @@ async def _chat_events(
 ) -> AsyncIterator[str]:
     """Server-sent events of a streamed chat completion (``chat.completion.chunk``, then DONE)."""
 
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "id": rid,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": choices,
         }
 
-    last: StreamDelta | None = None
-    try:
-        yield _sse(chunk({"role": "assistant", "content": ""}, None))
-        delta = first
-        while delta is not None:
-            last = delta
-            if delta.text:
-                yield _sse(chunk({"content": delta.text}, None))
-            if delta.finish_reason:
-                yield _sse(chunk({}, delta.finish_reason))
-            try:
-                delta = await it.__anext__()
-            except StopAsyncIteration:
-                delta = None
-        if include_usage and last is not None and last.prompt_tokens is not None:
-            payload = chunk({}, None)
-            payload["choices"] = []
-            payload["usage"] = _usage(last.prompt_tokens, last.completion_tokens or 0)
-            yield _sse(payload)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        yield _stream_error_event(exc)
-    finally:
-        await _aclose(it)
-    yield SSE_DONE
+    def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+
+    def choices_of(delta: StreamDelta) -> list[dict[str, Any]]:
+        out = []
+        if delta.text:
+            out.append(choice({"content": delta.text}, None))
+        if delta.finish_reason:
+            out.append(choice({}, delta.finish_reason))
+        return out
+
+    return _stream_events(
+        first,
+        it,
+        envelope,
+        choices_of,
+        include_usage,
+        opening=[choice({"role": "assistant", "content": ""}, None)],
+    )
