@@ -1,4 +1,4 @@
-"""Pydantic request and response schemas of lorafleet's OpenAI-compatible HTTP API.
+"""Pydantic request schemas (and the model list and error objects) of lorafleet's OpenAI-compatible HTTP API.
 
 Field names and shapes follow the OpenAI API reference (Completions, Chat Completions,
 Models, error objects; https://platform.openai.com/docs/api-reference) so the official
@@ -222,88 +222,6 @@ class ClassifyHTTPRequest(_Request):
 # ----------------------------------------------------------------------------- responses
 
 
-class Usage(BaseModel):
-    """Token counts of one answer (``total_tokens = prompt_tokens + completion_tokens``)."""
-
-    prompt_tokens: int
-    completion_tokens: int = 0
-    total_tokens: int
-
-
-class CompletionChoice(BaseModel):
-    """One choice of a completion (``logprobs`` is always null)."""
-
-    index: int
-    text: str
-    finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
-
-
-class CompletionResponse(BaseModel):
-    """Answer of ``POST /v1/completions`` (``object: "text_completion"``)."""
-
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: Usage | None = None
-
-
-class AssistantMessage(BaseModel):
-    """The generated message of a chat completion."""
-
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatChoice(BaseModel):
-    """One choice of a chat completion."""
-
-    index: int
-    message: AssistantMessage
-    finish_reason: Literal["stop", "length"] | None
-    logprobs: None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    """Answer of ``POST /v1/chat/completions`` (``object: "chat.completion"``)."""
-
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: Usage
-
-
-class ChatDelta(BaseModel):
-    """Increment of a streamed chat message (``role`` on the first chunk only)."""
-
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatChunkChoice(BaseModel):
-    """One choice of a ``chat.completion.chunk``."""
-
-    index: int
-    delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    """One server-sent event of a streamed chat completion."""
-
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatChunkChoice]
-    usage: Usage | None = None
-
-
 class ModelCard(BaseModel):
     """One entry of ``GET /v1/models``.
 
@@ -333,33 +251,6 @@ class ModelList(BaseModel):
 
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class Classification(BaseModel):
-    """Result for one input text of ``/v1/classify``.
-
-    Attributes:
-        index: Position of the text in ``input``.
-        label: Arg-max label name of the adapter's (or base's) head.
-        scores: Softmax probability per label name (sums to 1).
-        logits: Raw head outputs, in label-id order.
-    """
-
-    index: int
-    label: str
-    scores: dict[str, float]
-    logits: list[float]
-
-
-class ClassifyResponse(BaseModel):
-    """Answer of ``POST /v1/classify``."""
-
-    id: str
-    object: Literal["classification"] = "classification"
-    created: int
-    model: str
-    data: list[Classification]
-    usage: Usage
 
 
 class ErrorDetail(BaseModel):
