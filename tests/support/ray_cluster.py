@@ -23,7 +23,6 @@ several sessions can run side by side on one machine.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import time
@@ -35,6 +34,7 @@ from typing import Any
 import pytest
 import requests
 from lorafleet_operator.local.ray_head import LOOPBACK, LocalRayHead, free_port, ray_env
+from lorafleet_operator.local.serve_rest import DeployFailed, ServeREST
 
 __all__ = [
     "RayCluster",
@@ -214,40 +214,23 @@ def replica_pids(status: dict[str, Any]) -> dict[tuple[str, str], list[int]]:
     return out
 
 
-def _app_ready(app_cfg: dict[str, Any], app: dict[str, Any] | None, since: float) -> bool:
-    if not app or app.get("status") != "RUNNING":
-        return False
-    if float(app.get("last_deployed_time_s") or 0.0) < since:
-        return False
-    deployments = app.get("deployments") or {}
-    for dep_cfg in app_cfg.get("deployments") or []:
-        dep = deployments.get(dep_cfg["name"])
-        if dep is None or dep.get("status") != "HEALTHY":
-            return False
-        replicas = dep.get("replicas") or []
-        if not replicas or any(r.get("state") != "RUNNING" for r in replicas):
-            return False
-        if "user_config" in dep_cfg:
-            current = (dep.get("deployment_config") or {}).get("user_config")
-            if current != dep_cfg["user_config"]:
-                return False
-    return True
-
-
 def deploy_serve_config(
     dashboard_url: str, config: dict[str, Any], timeout: float = 300.0
 ) -> dict[str, Any]:
     """PUT a Serve config to the dashboard and wait until it is running.
 
-    This is what KubeRay does with a RayService's ``serveConfigV2``. A second PUT that changes
-    only a deployment's ``user_config`` updates replicas in place (``reconfigure()``).
+    This is what KubeRay does with a RayService's ``serveConfigV2``, done by the same client
+    ``lorafleet up`` uses (:class:`lorafleet_operator.local.serve_rest.ServeREST`). A second
+    PUT that changes only a deployment's ``user_config`` updates replicas in place
+    (``reconfigure()``).
 
     Args:
+        dashboard_url: base URL of the Ray dashboard.
         config: a ``ServeDeploySchema`` dict (``{"applications": [...]}``, see
             ``docs/interfaces.md`` section 3). JSON-serialisable.
-        dashboard_url: base URL of the Ray dashboard.
         timeout: seconds to wait until every application is RUNNING, every listed deployment
-            HEALTHY with all replicas RUNNING and carrying the requested ``user_config``.
+            HEALTHY with all replicas RUNNING and carrying the requested ``user_config``, and
+            applications left out of ``config`` are gone.
 
     Returns:
         The final :func:`serve_status` JSON.
@@ -257,37 +240,18 @@ def deploy_serve_config(
             UNHEALTHY (the message includes Serve's reason).
         TimeoutError: not running within ``timeout`` seconds (includes the last status).
     """
-    payload = json.loads(json.dumps(config))  # fail early on non-JSON values
-    # last_deployed_time_s is set by the controller; allow for clock rounding.
-    since = time.time() - 1.0
-    resp = requests.put(f"{dashboard_url}/api/serve/applications/", json=payload, timeout=120)
-    if resp.status_code != 200:
-        raise RuntimeError(f"PUT /api/serve/applications/ -> {resp.status_code}: {resp.text}")
-    wanted = {a["name"]: a for a in payload.get("applications", [])}
-    deadline = time.monotonic() + timeout
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = serve_status(dashboard_url)
-        apps = status.get("applications") or {}
-        for name in wanted:
-            app = apps.get(name) or {}
-            if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
-                raise RuntimeError(
-                    f"application {name!r} is {app['status']}: {app.get('message', '')}"
-                )
-        stale = set(apps) - set(wanted)
-        if not stale and all(_app_ready(cfg, apps.get(n), since) for n, cfg in wanted.items()):
-            return status
-        time.sleep(0.5)
-    summary = {
-        n: {
-            "status": a.get("status"),
-            "message": (a.get("message") or "")[:500],
-            "deployments": {d: v.get("status") for d, v in (a.get("deployments") or {}).items()},
-        }
-        for n, a in (status.get("applications") or {}).items()
-    }
-    raise TimeoutError(f"Serve config not running after {timeout:.0f} s: {summary}")
+    apps = list(config.get("applications", []))
+    stale = set(serve_status(dashboard_url).get("applications") or {}) - {a["name"] for a in apps}
+    rest = ServeREST(dashboard_url)
+    try:
+        since = rest.deploy(apps, http_options=config.get("http_options"))
+        return rest.wait_running(apps, since, timeout, gone=stale)
+    except DeployFailed as exc:
+        if exc.reason == "DeployTimeout":
+            raise TimeoutError(str(exc)) from exc
+        raise
+    finally:
+        rest.close()
 
 
 @pytest.fixture(scope="session")
