@@ -146,12 +146,7 @@ class Fleet:
             assert isinstance(obj.spec, LoraAdapterSpec)
             self.state.update(
                 obj.key,
-                kind=obj.kind,
-                name=obj.name,
-                namespace=obj.namespace,
-                file=str(obj.file),
-                servedName=obj.served_name,
-                baseModel=obj.spec.base_model,
+                **_identity(obj),
                 phase="Pending",
                 reason="BaseModelNotReady",
                 message=f"BaseModel {obj.spec.base_model!r} is not installed",
@@ -163,12 +158,7 @@ class Fleet:
             return None
         self.state.update(
             obj.key,
-            kind=obj.kind,
-            name=obj.name,
-            namespace=obj.namespace,
-            file=str(obj.file),
-            servedName=obj.served_name,
-            baseModel=getattr(obj.spec, "base_model", None),
+            **_identity(obj),
             task=str(obj.spec.task) if isinstance(obj.spec, BaseModelSpec) else None,
             phase="Installing",
             reason="Installing",
@@ -472,3 +462,15 @@ def _human_bytes(size: int | None) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return f"{size} B"
+
+
+def _identity(obj: Any) -> dict[str, Any]:
+    """The state fields that name an object: kind, name, namespace, file, served name, base."""
+    return {
+        "kind": obj.kind,
+        "name": obj.name,
+        "namespace": obj.namespace,
+        "file": str(obj.file),
+        "servedName": obj.served_name,
+        "baseModel": getattr(obj.spec, "base_model", None),
+    }
