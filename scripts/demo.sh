@@ -188,7 +188,11 @@ say "adding an adapter while serving: write its manifest, lorafleet up installs 
 pids_before=$("$py" - "$home" <<'PY'
 import json, sys, urllib.request
 state = json.load(open(sys.argv[1] + "/state.json"))
-d = json.load(urllib.request.urlopen(state["dashboard"] + "/api/serve/applications/"))
+token = open(sys.argv[1] + "/secrets/ray-auth-token").read().strip()  # the Ray head's token
+req = urllib.request.Request(
+    state["dashboard"] + "/api/serve/applications/", headers={"Authorization": "Bearer " + token}
+)
+d = json.load(urllib.request.urlopen(req))
 print(sorted(r["pid"] for r in d["applications"]["tinyllama"]["deployments"]["Model"]["replicas"]))
 PY
 )
@@ -212,7 +216,11 @@ curl -sS "$gen/v1/completions" -H 'Content-Type: application/json' \
 pids_after=$("$py" - "$home" <<'PY'
 import json, sys, urllib.request
 state = json.load(open(sys.argv[1] + "/state.json"))
-d = json.load(urllib.request.urlopen(state["dashboard"] + "/api/serve/applications/"))
+token = open(sys.argv[1] + "/secrets/ray-auth-token").read().strip()  # the Ray head's token
+req = urllib.request.Request(
+    state["dashboard"] + "/api/serve/applications/", headers={"Authorization": "Bearer " + token}
+)
+d = json.load(urllib.request.urlopen(req))
 print(sorted(r["pid"] for r in d["applications"]["tinyllama"]["deployments"]["Model"]["replicas"]))
 PY
 )

@@ -74,7 +74,11 @@ def test_rayservice_is_deployed_and_becomes_ready(
     api.create_namespaced_custom_object(
         "ray.io", "v1", namespace, "rayservices", _rayservice("echo", _serve_config({"a": 1}))
     )
-    standin = kuberay_standin(ray_cluster.dashboard_url, path_map={"/models": str(tmp_path)})
+    standin = kuberay_standin(
+        ray_cluster.dashboard_url,
+        path_map={"/models": str(tmp_path)},
+        headers=ray_cluster.auth_headers,
+    )
     status = standin.wait_ready(namespace, "echo", timeout=240)
     assert status["serviceStatus"] == "Running"
 
@@ -112,7 +116,11 @@ def test_watcher_mode_deploys_and_removes_with_the_rayservice(
     kube_api: Any, namespace: str, kuberay_standin: Any, ray_cluster: Any, tmp_path: Path
 ) -> None:
     api = client.CustomObjectsApi(kube_api)
-    standin = kuberay_standin(ray_cluster.dashboard_url, path_map={"/models": str(tmp_path)})
+    standin = kuberay_standin(
+        ray_cluster.dashboard_url,
+        path_map={"/models": str(tmp_path)},
+        headers=ray_cluster.auth_headers,
+    )
     standin.start([namespace], interval=0.5)
     api.create_namespaced_custom_object(
         "ray.io", "v1", namespace, "rayservices", _rayservice("watched", _serve_config({}))
@@ -131,7 +139,11 @@ def test_watcher_mode_deploys_and_removes_with_the_rayservice(
     api.delete_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", "watched")
     deadline = time.monotonic() + 120
     while "echo" in (
-        requests.get(ray_cluster.dashboard_url + "/api/serve/applications/", timeout=10)
+        requests.get(
+            ray_cluster.dashboard_url + "/api/serve/applications/",
+            headers=ray_cluster.auth_headers,
+            timeout=10,
+        )
         .json()
         .get("applications")
         or {}

@@ -203,7 +203,8 @@ class TestUp:
             _adapter("topic", tiny_cls_adapters["topic"], TOPIC),
         )
         home = root / "home"
-        env = {"HF_ENDPOINT": olah_hub.endpoint}
+        # The session's Ray requires its token; up finds it as Ray's clients do.
+        env = {"HF_ENDPOINT": olah_hub.endpoint, "RAY_AUTH_TOKEN_PATH": str(ray_cluster.token_file)}
         up = UpProcess(folder, home, ray_cluster.dashboard_url, root / "up-1.log", env)
         info = {
             "commit": commit,
@@ -223,7 +224,7 @@ class TestUp:
             info["up"].stop()
 
     def _model_pids(self, fleet: dict) -> list[int]:
-        rest = ServeREST(fleet["cluster"].dashboard_url)
+        rest = ServeREST(fleet["cluster"].dashboard_url, token=fleet["cluster"].token)
         try:
             return replica_pids(rest.details()).get(f"{APP}/Model", [])
         finally:
@@ -326,7 +327,7 @@ class TestUp:
     def test_second_up_reuses_installs(self, fleet: dict) -> None:
         first: UpProcess = fleet["up"]
         assert first.stop() == 0
-        rest = ServeREST(fleet["cluster"].dashboard_url)
+        rest = ServeREST(fleet["cluster"].dashboard_url, token=fleet["cluster"].token)
         try:
             assert APP not in (rest.details().get("applications") or {})  # undeployed
         finally:
@@ -342,7 +343,10 @@ class TestUp:
             fleet["home"],
             fleet["cluster"].dashboard_url,
             fleet["root"] / "up-2.log",
-            {"HF_ENDPOINT": "http://127.0.0.1:9"},  # no Hub: reusing must not need one
+            {
+                "HF_ENDPOINT": "http://127.0.0.1:9",  # no Hub: reusing must not need one
+                "RAY_AUTH_TOKEN_PATH": str(fleet["cluster"].token_file),
+            },
         )
         fleet["up"] = second
         second.wait_for("following", timeout=120)

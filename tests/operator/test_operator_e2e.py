@@ -76,8 +76,10 @@ def _complete(http_url: str, model: str) -> requests.Response:
     )
 
 
-def _replica_pids(dashboard_url: str, app: str) -> set[int]:
-    reply = requests.get(f"{dashboard_url}/api/serve/applications/", timeout=30).json()
+def _replica_pids(dashboard_url: str, app: str, headers: dict[str, str]) -> set[int]:
+    reply = requests.get(
+        f"{dashboard_url}/api/serve/applications/", headers=headers, timeout=30
+    ).json()
     deployments = reply["applications"][app]["deployments"]
     return {r["pid"] for r in deployments["Model"]["replicas"]}
 
@@ -99,7 +101,11 @@ def test_end_to_end_adapters_served_added_and_removed(
         olah_hub.create_repo(f"lorafleet/tiny-llama-{name}", tiny_lora_adapters[name])
     kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
     kubelet.start([namespace])
-    standin = kuberay_standin(ray_cluster.dashboard_url, path_map={"/models": str(model_volume)})
+    standin = kuberay_standin(
+        ray_cluster.dashboard_url,
+        path_map={"/models": str(model_volume)},
+        headers=ray_cluster.auth_headers,
+    )
     standin.start([namespace])
     with run_operator(HF_ENDPOINT=olah_hub.endpoint):
         custom.create_namespaced_custom_object(
@@ -140,7 +146,7 @@ def test_end_to_end_adapters_served_added_and_removed(
             assert reply.json()["choices"][0]["text"] == _peft_text(
                 tiny_causal_lm, tiny_lora_adapters[name]
             )
-        pids = _replica_pids(ray_cluster.dashboard_url, "tiny")
+        pids = _replica_pids(ray_cluster.dashboard_url, "tiny", ray_cluster.auth_headers)
         generation = _rayservice(custom, namespace, "tiny")["metadata"]["generation"]
         # A third adapter: served with no replica restarted.
         custom.create_namespaced_custom_object(
@@ -163,7 +169,7 @@ def test_end_to_end_adapters_served_added_and_removed(
         assert reply.json()["choices"][0]["text"] == _peft_text(
             tiny_causal_lm, tiny_lora_adapters["gamma"]
         )
-        assert _replica_pids(ray_cluster.dashboard_url, "tiny") == pids
+        assert _replica_pids(ray_cluster.dashboard_url, "tiny", ray_cluster.auth_headers) == pids
         assert _rayservice(custom, namespace, "tiny")["metadata"]["generation"] > generation
         # Delete one: 404, files gone, the others keep serving.
         alpha_path = _registry(_rayservice(custom, namespace, "tiny"))["alpha"]["path"]

@@ -156,7 +156,7 @@ def deployed(
 ) -> Iterator[dict[str, Any]]:
     """Both applications deployed through ``PUT /api/serve/applications/``; yields the config."""
     config = app_configs(tiny_causal_lm, ray_adapters, tiny_classifier, tiny_cls_adapters)
-    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=600)
+    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=600, token=ray_cluster.token)
     yield config
 
 
@@ -170,7 +170,7 @@ def _complete(cluster: RayCluster, model: str, prompt: str, **extra: Any) -> req
 
 
 def test_deployment_shape(ray_cluster: RayCluster, deployed: dict) -> None:
-    status = serve_status(ray_cluster.dashboard_url)
+    status = serve_status(ray_cluster.dashboard_url, token=ray_cluster.token)
     for app in (GEN_APP, CLS_APP):
         assert status["applications"][app]["status"] == "RUNNING"
         deployments = status["applications"][app]["deployments"]
@@ -214,7 +214,7 @@ def test_concurrent_requests_equal_peft(
     texts = {r.json()["choices"][0]["text"] for r in responses[::2]}
     assert len(texts) == 4, "base and adapters should answer differently"
     info = requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()
-    pids = replica_pids(serve_status(ray_cluster.dashboard_url))
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token))
     assert [info["pid"]] == pids[(GEN_APP, "Model")]
     # max_adapters=2 and three adapters in use: Serve's multiplex LRU evicted some.
     assert info["stats"]["evictions"] >= 1
@@ -316,14 +316,14 @@ def test_errors_over_serve(ray_cluster: RayCluster, deployed: dict) -> None:
 def test_broken_adapter_is_503_and_replica_keeps_serving(
     ray_cluster: RayCluster, deployed: dict, tiny_causal_lm: Path, ray_adapters: dict
 ) -> None:
-    pids = replica_pids(serve_status(ray_cluster.dashboard_url))
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token))
     err = assert_error(_complete(ray_cluster, "broken", "hi"), 503, "adapter_unavailable")
     assert "broken" in err["message"]
     resp = _complete(ray_cluster, "alpha", PROMPTS[0])
     assert resp.status_code == 200
     _, text, _ = peft_greedy(tiny_causal_lm, ray_adapters["alpha"], PROMPTS[0], 12)
     assert resp.json()["choices"][0]["text"] == text
-    assert replica_pids(serve_status(ray_cluster.dashboard_url)) == pids
+    assert replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token)) == pids
 
 
 def test_user_config_adds_and_removes_adapters_in_place(
@@ -333,7 +333,7 @@ def test_user_config_adds_and_removes_adapters_in_place(
     tiny_lora_adapters: dict,
     ray_adapters: dict,
 ) -> None:
-    pids_before = replica_pids(serve_status(ray_cluster.dashboard_url))
+    pids_before = replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token))
     assert pids_before[(GEN_APP, "Model")], pids_before
     expected = {
         m: peft_greedy(tiny_causal_lm, ray_adapters.get(m), PROMPTS[2], 12)[1]
@@ -368,7 +368,7 @@ def test_user_config_adds_and_removes_adapters_in_place(
         # Make beta resident, so removing it must really evict it.
         assert _complete(ray_cluster, "beta", PROMPTS[0]).status_code == 200
 
-        deploy_serve_config(ray_cluster.dashboard_url, added, timeout=120)
+        deploy_serve_config(ray_cluster.dashboard_url, added, timeout=120, token=ray_cluster.token)
         resp = _complete(ray_cluster, "delta", PROMPTS[0])
         assert resp.status_code == 200, resp.text
         _, text, _ = peft_greedy(tiny_causal_lm, tiny_lora_adapters["delta"], PROMPTS[0], 12)
@@ -381,7 +381,9 @@ def test_user_config_adds_and_removes_adapters_in_place(
         assert (
             "beta" in requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()["resident"]
         )
-        deploy_serve_config(ray_cluster.dashboard_url, removed, timeout=120)
+        deploy_serve_config(
+            ray_cluster.dashboard_url, removed, timeout=120, token=ray_cluster.token
+        )
         info = requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()
         assert "beta" not in info["registered"]
         assert "beta" not in info["resident"], info
@@ -395,12 +397,17 @@ def test_user_config_adds_and_removes_adapters_in_place(
         for t in threads:
             t.join(timeout=120)
         # Leave the module's original config in place for later tests.
-        deploy_serve_config(ray_cluster.dashboard_url, deployed, timeout=120)
+        deploy_serve_config(
+            ray_cluster.dashboard_url, deployed, timeout=120, token=ray_cluster.token
+        )
     failures = [o for o in outcomes if not o[2]]
     assert not failures, failures[:5]
     assert {m for m, _, _ in outcomes} == {"alpha", GEN_APP}
     assert len(outcomes) >= 4
-    assert replica_pids(serve_status(ray_cluster.dashboard_url)) == pids_before
+    assert (
+        replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token))
+        == pids_before
+    )
 
 
 def test_multiplexed_routing_prefers_the_replica_holding_the_adapter(
@@ -408,7 +415,9 @@ def test_multiplexed_routing_prefers_the_replica_holding_the_adapter(
 ) -> None:
     """Two replicas holding one adapter each: after warm-up no request causes another load."""
     url = f"{ray_cluster.http_url}/{MULTI_APP}"
-    pids = replica_pids(serve_status(ray_cluster.dashboard_url))[(MULTI_APP, "Model")]
+    pids = replica_pids(serve_status(ray_cluster.dashboard_url, token=ray_cluster.token))[
+        (MULTI_APP, "Model")
+    ]
     assert len(pids) == 2
 
     def complete(model: str) -> None:

@@ -29,7 +29,7 @@ def client(
     """An ``openai.OpenAI`` client pointed at the Serve proxy's ``/v1``."""
     adapters = {n: tiny_lora_adapters[n] for n in ("alpha", "beta", "gamma")}
     config = app_configs(tiny_causal_lm, adapters, tiny_classifier, tiny_cls_adapters)
-    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=600)
+    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=600, token=ray_cluster.token)
     with openai.OpenAI(
         base_url=f"{ray_cluster.http_url}/v1", api_key="not-needed", max_retries=0, timeout=120
     ) as oai:

@@ -13,12 +13,15 @@ Helpers:
     :func:`serve_status` returns ``GET /api/serve/applications/``.
     :func:`replica_pids` maps ``(application, deployment)`` to the replica process ids.
 
-Ray 2.60 notes (read from the installed ``ray/scripts/scripts.py``): ``ray start`` enables
-token authentication unless ``RAY_AUTH_MODE=disabled``; ``ray stop`` kills *every* Ray process
-on the machine by name, so teardown here signals only the process group this fixture started.
-Worker ports are random (``--min-worker-port=0 --max-worker-port=0``) and every fixed-default
-port (GCS, dashboard, dashboard agent, client server, metrics) is a free loopback port, so
-several sessions can run side by side on one machine.
+Ray 2.60 notes (read from the installed ``ray/scripts/scripts.py``): the head runs with token
+authentication, as ``lorafleet up``'s does: every dashboard request needs
+``headers=ray_cluster.auth_headers`` (the helpers here take ``token=ray_cluster.token``), and a
+subprocess that calls ``ray.init`` needs ``env=ray_cluster.env`` (``RAY_AUTH_TOKEN_PATH``).
+``ray stop`` kills *every* Ray process on the machine by name, so teardown here signals only the
+process group this fixture started. Worker ports are random (``--min-worker-port=0
+--max-worker-port=0``) and every fixed-default port (GCS, dashboard, dashboard agent, client
+server, metrics) is a free loopback port, so several sessions can run side by side on one
+machine.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from typing import Any
 
 import pytest
 import requests
-from lorafleet_operator.local.ray_head import LOOPBACK, LocalRayHead, free_port, ray_env
+from lorafleet_operator.local.ray_head import LOOPBACK, LocalRayHead, free_port
+from lorafleet_operator.local.ray_token import bearer_headers
 from lorafleet_operator.local.serve_rest import DeployFailed, ServeREST
 
 __all__ = [
@@ -59,9 +63,10 @@ class RayCluster:
     on a free loopback port.
 
     Attributes:
-        head: the Ray head (``ray start --head --block``, dashboard on loopback).
+        head: the Ray head (``ray start --head --block``, dashboard on loopback, token auth).
         http_url: ``http://127.0.0.1:<port>``, the Serve HTTP proxy.
-        env: environment for subprocesses that talk to this cluster (auth disabled).
+        env: environment for subprocesses that talk to this cluster (its token file in
+            ``RAY_AUTH_TOKEN_PATH``).
     """
 
     head: LocalRayHead
@@ -77,6 +82,21 @@ class RayCluster:
     def dashboard_url(self) -> str:
         """``http://127.0.0.1:<port>``, base of the dashboard REST API."""
         return self.head.dashboard_url
+
+    @property
+    def token(self) -> str:
+        """The cluster's Ray authentication token (for :class:`ServeREST` and the helpers)."""
+        return self.head.token
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """``{"Authorization": "Bearer <token>"}`` for requests to the dashboard."""
+        return self.head.auth_headers
+
+    @property
+    def token_file(self) -> Path:
+        """The token file (0600); give it to ``lorafleet up`` as ``RAY_AUTH_TOKEN_PATH``."""
+        return self.head.token_file
 
     @property
     def temp_dir(self) -> Path:
@@ -145,7 +165,9 @@ def start_ray_cluster(num_cpus: int = 4, timeout_s: float = START_TIMEOUT_S) -> 
     """
     head = LocalRayHead.start(num_cpus=num_cpus, timeout_s=timeout_s)
     http_port = free_port()
-    cluster = RayCluster(head=head, http_url=f"http://{LOOPBACK}:{http_port}", env=ray_env())
+    cluster = RayCluster(
+        head=head, http_url=f"http://{LOOPBACK}:{http_port}", env=head.client_env()
+    )
     try:
         # Start Serve (controller + proxy) with the proxy on our loopback port. Later PUTs
         # that omit http_options keep these (Serve ignores HTTP options once running).
@@ -155,6 +177,7 @@ def start_ray_cluster(num_cpus: int = 4, timeout_s: float = START_TIMEOUT_S) -> 
                 "http_options": {"host": LOOPBACK, "port": http_port},
                 "applications": [],
             },
+            headers=head.auth_headers,
             timeout=120,
         )
         if resp.status_code != 200:
@@ -174,12 +197,15 @@ def start_ray_cluster(num_cpus: int = 4, timeout_s: float = START_TIMEOUT_S) -> 
     return cluster
 
 
-def serve_status(dashboard_url: str, timeout_s: float = 30.0) -> dict[str, Any]:
+def serve_status(
+    dashboard_url: str, timeout_s: float = 30.0, *, token: str | None = None
+) -> dict[str, Any]:
     """Return Serve's status as the dashboard reports it.
 
     Args:
         dashboard_url: base URL of the Ray dashboard.
         timeout_s: HTTP timeout in seconds.
+        token: the cluster's Ray token (``ray_cluster.token``).
 
     Returns:
         The JSON of ``GET /api/serve/applications/`` (``ServeInstanceDetails``): keys
@@ -189,7 +215,11 @@ def serve_status(dashboard_url: str, timeout_s: float = 30.0) -> dict[str, Any]:
     Raises:
         requests.HTTPError: the dashboard answered with an error status.
     """
-    resp = requests.get(f"{dashboard_url}/api/serve/applications/", timeout=timeout_s)
+    resp = requests.get(
+        f"{dashboard_url}/api/serve/applications/",
+        headers=bearer_headers(token),
+        timeout=timeout_s,
+    )
     resp.raise_for_status()
     return resp.json()
 
@@ -215,7 +245,11 @@ def replica_pids(status: dict[str, Any]) -> dict[tuple[str, str], list[int]]:
 
 
 def deploy_serve_config(
-    dashboard_url: str, config: dict[str, Any], timeout: float = 300.0
+    dashboard_url: str,
+    config: dict[str, Any],
+    timeout: float = 300.0,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """PUT a Serve config to the dashboard and wait until it is running.
 
@@ -231,6 +265,7 @@ def deploy_serve_config(
         timeout: seconds to wait until every application is RUNNING, every listed deployment
             HEALTHY with all replicas RUNNING and carrying the requested ``user_config``, and
             applications left out of ``config`` are gone.
+        token: the cluster's Ray token (``ray_cluster.token``).
 
     Returns:
         The final :func:`serve_status` JSON.
@@ -241,8 +276,10 @@ def deploy_serve_config(
         TimeoutError: not running within ``timeout`` seconds (includes the last status).
     """
     apps = list(config.get("applications", []))
-    stale = set(serve_status(dashboard_url).get("applications") or {}) - {a["name"] for a in apps}
-    rest = ServeREST(dashboard_url)
+    stale = set(serve_status(dashboard_url, token=token).get("applications") or {}) - {
+        a["name"] for a in apps
+    }
+    rest = ServeREST(dashboard_url, token=token)
     try:
         since = rest.deploy(apps, http_options=config.get("http_options"))
         return rest.wait_running(apps, since, timeout, gone=stale)

@@ -9,6 +9,10 @@ that changes only a deployment's ``user_config`` is a lightweight update: Serve 
 
 When ``lorafleet up`` shares a Ray cluster it did not start, :meth:`ServeREST.deploy` keeps the
 applications of others (their ``deployed_app_config``) in every PUT.
+
+A cluster with token authentication (Ray's default; always for a head ``up`` starts) needs
+``Authorization: Bearer <token>`` on every request: pass ``token``. It is sent only in that
+header, never put in a message.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import time
 from typing import Any
 
 import httpx
+
+from lorafleet_operator.local.ray_token import bearer_headers
 
 #: Application states that mean the deployment failed (Ray Serve ``ApplicationStatus``).
 FAILED_STATES = ("DEPLOY_FAILED", "UNHEALTHY")
@@ -36,17 +42,25 @@ class DeployFailed(RuntimeError):
         super().__init__(message)
 
 
+class DashboardUnauthorized(RuntimeError):
+    """The dashboard answered 401/403: token authentication is on and no (valid) token was sent."""
+
+
 class ServeREST:
     """A client of one Ray dashboard's Serve REST API.
 
     Args:
         dashboard_url: ``http://127.0.0.1:<port>`` of the Ray dashboard.
         timeout_s: HTTP timeout of each request, in seconds.
+        token: The cluster's Ray authentication token (``None``: send none, for a cluster
+            with authentication disabled).
     """
 
-    def __init__(self, dashboard_url: str, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, dashboard_url: str, timeout_s: float = 120.0, *, token: str | None = None
+    ) -> None:
         self.dashboard_url = dashboard_url.rstrip("/")
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = httpx.Client(timeout=timeout_s, headers=bearer_headers(token))
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -60,11 +74,26 @@ class ServeREST:
         """Return ``GET /api/serve/applications/`` (``ServeInstanceDetails`` JSON).
 
         Raises:
+            DashboardUnauthorized: If the dashboard refuses the token (or its absence).
             httpx.HTTPError: If the dashboard cannot be reached or answers with an error.
         """
         resp = self._client.get(self._url)
+        self._check_auth(resp)
         resp.raise_for_status()
         return resp.json()
+
+    def _check_auth(self, resp: httpx.Response) -> None:
+        if resp.status_code in (401, 403):
+            sent = "Authorization" in self._client.headers
+            raise DashboardUnauthorized(
+                f"the Ray dashboard {self.dashboard_url} answered {resp.status_code}: "
+                + (
+                    "it refuses the token (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / "
+                    "~/.ray/auth_token)"
+                    if sent
+                    else "it needs a token; set RAY_AUTH_TOKEN_PATH to the cluster's token file"
+                )
+            )
 
     def foreign_apps(self, mine: set[str]) -> list[dict[str, Any]]:
         """The deployed configs of applications that are not ``mine`` (kept in every PUT).
@@ -106,6 +135,7 @@ class ServeREST:
 
         Raises:
             DeployFailed: With reason ``ServeConfigRejected`` when Serve answers non-200.
+            DashboardUnauthorized: If the dashboard refuses the token (or its absence).
         """
         apps = list(applications)
         if keep_others:
@@ -117,6 +147,7 @@ class ServeREST:
         payload = json.loads(json.dumps(payload))  # fail early on non-JSON values
         since = time.time() - 1.0
         resp = self._client.put(self._url, json=payload)
+        self._check_auth(resp)
         if resp.status_code != 200:
             raise DeployFailed(
                 "ServeConfigRejected",

@@ -96,7 +96,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--home",
         type=Path,
         default=Path(".lorafleet"),
-        help="folder for installs (HOME/models), logs and state.json (default ./.lorafleet)",
+        help=(
+            "folder for installs (HOME/models), logs, state.json and the Ray token "
+            "(HOME/secrets, 0700) (default ./.lorafleet)"
+        ),
     )
     parser.add_argument(
         "--no-watch",
@@ -109,7 +112,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=(
             "use the running Ray cluster whose dashboard is at URL (e.g. http://127.0.0.1:8265) "
             "instead of starting one; its Serve HTTP port is used and its other applications "
-            "are kept"
+            "are kept; its token is read like Ray does (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, "
+            "~/.ray/auth_token)"
         ),
     )
     parser.add_argument(
@@ -252,14 +256,16 @@ def run(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         if args.ray_dashboard:
-            serve = ServeREST(args.ray_dashboard)
+            from lorafleet_operator.local.ray_token import token_from_environment
+
+            serve = ServeREST(args.ray_dashboard, token=token_from_environment())
             details = serve.details()
             http_port = int((details.get("http_options") or {}).get("port") or args.port)
             if (details.get("controller_info") or {}).get("actor_id") is None:
                 http_port = args.port  # Serve not started yet: our http_options apply
             out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
         else:
-            from lorafleet_operator.local.ray_head import LocalRayHead, port_is_free
+            from lorafleet_operator.local.ray_head import SECRETS_DIR, LocalRayHead, port_is_free
 
             if not port_is_free(args.port):
                 out.error(
@@ -269,12 +275,12 @@ def run(args: argparse.Namespace) -> int:
             num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
             out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
             started = time.monotonic()
-            head = LocalRayHead.start(num_cpus=num_cpus)
+            head = LocalRayHead.start(num_cpus=num_cpus, secrets_dir=home / SECRETS_DIR)
             out.info(
                 f"Ray is up in {time.monotonic() - started:.1f} s: dashboard {head.dashboard_url}"
-                f", logs {head.logs_dir}"
+                f" (token auth: Bearer token in {head.token_file}), logs {head.logs_dir}"
             )
-            serve = ServeREST(head.dashboard_url)
+            serve = ServeREST(head.dashboard_url, token=head.token)
             http_port = args.port
         fleet = Fleet(
             home,
