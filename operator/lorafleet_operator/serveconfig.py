@@ -11,7 +11,7 @@ Serve applies in place through ``reconfigure()``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -93,6 +93,7 @@ def build_serve_config(
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     route_prefix: str = "/",
+    allowed_hosts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build the Ray Serve config (``ServeDeploySchema`` dict) of one BaseModel.
 
@@ -108,6 +109,8 @@ def build_serve_config(
         num_cpus: CPUs per model replica (default: from ``spec.serving.cpu`` or 1).
         num_gpus: GPUs per model replica (default: ``spec.serving.gpus``; local mode passes 0).
         route_prefix: HTTP route prefix of the application.
+        allowed_hosts: Host names the ingress answers (any other ``Host`` header: 400); local
+            mode passes the loopback names. ``None`` or empty (a cluster): any host.
 
     Returns:
         ``{"applications": [...]}`` ready for ``yaml.safe_dump`` or the dashboard REST API.
@@ -132,6 +135,8 @@ def build_serve_config(
     args["max_batch_size"] = serving.max_batch_size
     args["batch_wait_timeout_ms"] = serving.batch_wait_timeout_ms
     args["max_tokens_limit"] = serving.max_tokens_limit
+    if allowed_hosts:
+        args["allowed_hosts"] = [str(host) for host in allowed_hosts]
 
     registry: dict[str, Any] = {}
     for adapter_name in sorted(adapters):

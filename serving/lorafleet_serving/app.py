@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .api import ModelServerBackend, ModelUnavailableError, create_app
 from .chat import render_chat_prompt
@@ -66,6 +67,9 @@ class AppArgs(BaseModel):
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         max_inputs_per_request: Most texts (``/v1/classify`` ``input``) or prompts
             (``/v1/completions`` ``prompt`` list) one request may carry.
+        allowed_hosts: Host names (without port) the ingress answers; any other ``Host``
+            header gets 400. Empty (the default, used on a cluster): any host. Local mode sets
+            the loopback names, so a web page cannot reach the API by DNS rebinding.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +83,7 @@ class AppArgs(BaseModel):
     batch_wait_timeout_ms: float = Field(5.0, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
     max_inputs_per_request: int = Field(256, ge=1)
+    allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -89,6 +94,21 @@ class AppArgs(BaseModel):
         if isinstance(value, dict):
             return {str(k): v for k, v in value.items()}
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names_only(cls, value: list[str]) -> list[str]:
+        # TrustedHostMiddleware compares the Host header's name without its port; a wildcard
+        # may only lead ("*.example.com"), and "*" alone would allow any host.
+        for host in value:
+            bracketed = host.startswith("[") and host.endswith("]")  # an IPv6 literal
+            bad_wildcard = "*" in host and not (host.startswith("*.") and "*" not in host[1:])
+            if not host or bad_wildcard or (":" in host and not bracketed):
+                raise ValueError(
+                    f"{host!r} is not a host name (no port; IPv6 in brackets; a wildcard only "
+                    "as '*.domain')"
+                )
+        return [host.lower() for host in value]
 
     @classmethod
     def parse(cls, args: Any) -> AppArgs:
@@ -502,8 +522,12 @@ class Ingress:
         self.backend = RayModelBackend(model)
 
     def __serve_build_asgi_app__(self) -> Any:
-        """Build the FastAPI app (Serve calls this after ``__init__`` on each replica)."""
-        return create_app(
+        """Build the FastAPI app (Serve calls this after ``__init__`` on each replica).
+
+        With ``args.allowed_hosts``, starlette's ``TrustedHostMiddleware`` answers 400 to a
+        request whose ``Host`` header names another host.
+        """
+        app = create_app(
             self.backend,
             served_name=self.args.served_name,
             task=self.args.task,
@@ -512,6 +536,9 @@ class Ingress:
             labels=self.args.labels,
             title=f"lorafleet: {self.args.served_name}",
         )
+        if self.args.allowed_hosts:
+            app.add_middleware(TrustedHostMiddleware, allowed_hosts=self.args.allowed_hosts)
+        return app
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -519,7 +546,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
     Args:
         args: ``{"served_name", "base_path", "task", "dtype"?, "labels"?, "max_batch_size"?,
-            "batch_wait_timeout_ms"?, "max_tokens_limit"?}`` (``docs/interfaces.md`` section 3).
+            "batch_wait_timeout_ms"?, "max_tokens_limit"?, "max_inputs_per_request"?,
+            "allowed_hosts"?}`` (``docs/interfaces.md`` section 3).
             Deployment options (replicas, resources, ``user_config``) come from the serve
             config's ``deployments`` entries named ``Ingress`` and ``Model``.
 

@@ -8,6 +8,8 @@ import pytest
 from lorafleet_operator.local.fleet import Fleet, Reporter
 from lorafleet_operator.local.manifests import load_manifests
 from lorafleet_operator.local.serve_rest import ServeREST
+from lorafleet_operator.models import BaseModelSpec
+from lorafleet_operator.serveconfig import build_serve_config
 
 MANIFESTS = """\
 apiVersion: lorafleet.io/v1alpha1
@@ -91,6 +93,19 @@ def test_two_bases_get_their_own_route_prefix_and_no_gpus(tmp_path: Path) -> Non
     assert llama_model["num_replicas"] == 2
     assert llama_model["user_config"]["adapters"] == {"poet": {"path": "/m/poet/r1", "rank": 4}}
     assert "labels" not in apps["llama"]["args"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_local_apps_answer_only_loopback_host_names(tmp_path: Path, shared: bool) -> None:
+    # DNS rebinding: a web page's requests to 127.0.0.1 carry the page's own host name.
+    for app in _fleet(tmp_path, shared).build_configs(RECORDS):
+        assert app["args"]["allowed_hosts"] == ["localhost", "127.0.0.1", "[::1]"]
+    # The cluster path (the operator's serveConfigV2) does not restrict hosts.
+    spec = BaseModelSpec.model_validate(
+        {"source": {"uri": "hf://org/m"}, "task": "text-classification"}
+    )
+    cluster = build_serve_config("m", "/models/m", spec, {})["applications"][0]
+    assert "allowed_hosts" not in cluster["args"]
 
 
 @pytest.mark.parametrize(("shared", "route"), [(False, "/"), (True, "/minilm")])

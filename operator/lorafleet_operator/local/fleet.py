@@ -8,7 +8,8 @@ start-up and then after every change of the folder. It
 2. builds each BaseModel's serve config with the operator's own
    :func:`lorafleet_operator.serveconfig.build_serve_config` (local overrides: no GPUs,
    fractional CPUs, a ``route_prefix`` per application -- ``/`` when there is one BaseModel,
-   ``/<name>`` when there are several, since they share one Serve HTTP proxy);
+   ``/<name>`` when there are several, since they share one Serve HTTP proxy -- and
+   ``allowed_hosts``: only loopback ``Host`` names);
 3. PUTs the configs to Ray Serve when they differ from what is deployed and waits until they are
    RUNNING. An adapter added or removed changes only ``user_config``, so Serve reconfigures the
    running replicas in place (no restart) -- exactly what happens on a cluster;
@@ -54,6 +55,9 @@ from lorafleet_operator.serveconfig import build_serve_config, parse_cpu_quantit
 LOCAL_MODEL_NUM_CPUS = 0.5
 #: Name of the install report file inside every install folder (docs/interfaces.md).
 INSTALL_MANIFEST = "lorafleet.json"
+#: ``Host`` names the local API answers (``args.allowed_hosts``): loopback only, so a web page
+#: cannot reach it through DNS rebinding (its requests carry the attacker's host name).
+LOCAL_ALLOWED_HOSTS = ("localhost", "127.0.0.1", "[::1]")
 
 
 @dataclass
@@ -286,6 +290,7 @@ class Fleet:
                 num_cpus=num_cpus,
                 num_gpus=0,
                 route_prefix=route,
+                allowed_hosts=LOCAL_ALLOWED_HOSTS,
             )
             apps.extend(config["applications"])
             self.routes[app_name] = route
