@@ -57,3 +57,31 @@ def installed_bert(tmp_path_factory: pytest.TempPathFactory, bert2: Path) -> Pat
     )
     assert report["ok"], report
     return Path(report["path"])
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path):
+    """A real 48 MiB filesystem (tmpfs) mounted at ``tmp_path/vol`` for this test, then unmounted.
+
+    Skips, saying why, only where mounting is impossible (not root, no CAP_SYS_ADMIN).
+    """
+    import subprocess
+
+    mount = tmp_path / "vol"
+    mount.mkdir()
+    try:
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=48m,mode=0755", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+        )
+        why = proc.stderr.strip() or f"exit code {proc.returncode}"
+    except OSError as exc:  # no mount(8)
+        proc, why = None, str(exc)
+    if proc is None or proc.returncode != 0:
+        pytest.skip(f"cannot mount a 48 MiB tmpfs here: {why}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)

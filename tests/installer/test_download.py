@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from lorafleet_serving.installer.deadline import Deadline
 from lorafleet_serving.installer.download import fetch_resumable
-from lorafleet_serving.installer.errors import UNAUTHORIZED, InstallError
+from lorafleet_serving.installer.errors import SIZE_MISMATCH, UNAUTHORIZED, InstallError
 from lorafleet_serving.installer.verify import Expected
 
 DATA = os.urandom(3 * (1 << 20) + 12345)  # several chunks and a ragged tail
@@ -26,9 +26,10 @@ def git_blob_id(data: bytes) -> str:
 
 
 class _Response:
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict | None = None) -> None:
         self.status_code = status
         self._body = body
+        self.headers = headers or {}
 
     def iter_content(self, size: int):
         for i in range(0, len(self._body), 100_000):  # chunks smaller than asked, as sockets do
@@ -38,9 +39,12 @@ class _Response:
 class _Session:
     """Serves ``DATA``; honours ``Range: bytes=N-`` with 206 unless ``ignore_range``."""
 
-    def __init__(self, *, ignore_range: bool = False, status: int | None = None) -> None:
+    def __init__(
+        self, *, ignore_range: bool = False, status: int | None = None, announce: bool = False
+    ) -> None:
         self.ignore_range = ignore_range
         self.status = status
+        self.announce = announce  # send Content-Length
         self.ranges: list[str | None] = []
 
     @contextmanager
@@ -49,6 +53,8 @@ class _Session:
         self.ranges.append(rng)
         if self.status is not None:
             yield _Response(self.status, b"")
+        elif self.announce:
+            yield _Response(200, DATA, {"Content-Length": str(len(DATA))})
         elif rng and not self.ignore_range:
             yield _Response(206, DATA[int(rng.removeprefix("bytes=").rstrip("-")) :])
         else:
@@ -124,3 +130,32 @@ def test_error_response_with_prefix_raises_and_keeps_part(tmp_path: Path) -> Non
         _fetch(_Session(status=401), part, Expected(size=len(DATA)))
     assert err.value.reason == UNAUTHORIZED
     assert part.read_bytes() == DATA[:5000]
+
+
+@pytest.mark.parametrize("announce", [False, True])
+def test_more_bytes_than_declared_stop_at_once(tmp_path: Path, announce: bool) -> None:
+    """A source that declared 150 000 bytes and sends 3 MB: nothing past the size is written."""
+    part = tmp_path / "f.part"
+    written = []
+
+    class _Watched(_Session):
+        @contextmanager
+        def get(self, url, headers=None, stream=True, timeout=None):
+            with super().get(url, headers, stream, timeout) as resp:
+                chunks = resp.iter_content
+
+                def watched(size):
+                    for chunk in chunks(size):
+                        written.append(part.stat().st_size if part.exists() else 0)
+                        yield chunk
+
+                resp.iter_content = watched
+                yield resp
+
+    with pytest.raises(InstallError) as err:
+        _fetch(_Watched(announce=announce), part, Expected(size=150_000))
+    assert err.value.reason == SIZE_MISMATCH
+    assert "f: the source declared 150000 bytes but sent more" in err.value.message
+    assert not part.exists()  # never resumed from
+    assert max(written, default=0) <= 150_000
+    assert len(written) == (0 if announce else 2)  # a Content-Length too big: no body read

@@ -53,10 +53,12 @@ def test_s3_prefix_is_a_folder_and_subfolders_are_kept(
     assert report["ok"], report
     final = Path(report["path"])
     files = sorted(p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file())
-    assert "checkpoints/x.pt" in files
+    assert "checkpoints/x.pt" not in files  # a pickle by name: left out, listed
+    assert "left out 1 pickle file(s): checkpoints/x.pt" in report["message"]
     assert not any("old" in f for f in files)
     assert {"adapter_config.json", "adapter_model.safetensors", "lorafleet.json"} <= set(files)
     manifest = json.loads((final / "lorafleet.json").read_text())
+    assert [f["code"] for f in manifest["findings"]] == ["PickleLeftOut"]
     assert manifest["source"] == {
         "uri": "s3://models/m/adapter",
         "bucket": "models",

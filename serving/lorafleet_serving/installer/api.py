@@ -3,8 +3,11 @@
 Pipeline: resolve the source (revision -> commit, file list with sizes and digests) ->
 quick no-op if ``ROOT/<ns>/<kind>/<name>/<revision>/lorafleet.json`` exists -> lock the
 target -> space check -> download into ``ROOT/.staging/...`` (resumable) with progress ->
-verify sizes/digests -> validate -> write ``lorafleet.json`` -> one ``rename`` to the final
-path. Failures never leave anything at the final path.
+verify sizes/digests -> validate -> leave out pickles -> write ``lorafleet.json`` -> one
+``rename`` to the final path. Failures never leave anything at the final path; a refusal or a
+full volume (``InsufficientSpace``) also removes the staged files, so the space is free again.
+Every message that leaves is redacted (:mod:`.redaction`), including the source URIs' own
+query values and user-info.
 
 Revision folder names: the resolved commit for ``hf://``; otherwise the ``revision`` given by
 the user, else the content digest of :func:`lorafleet_serving.installer.sources.content_digest`
@@ -38,22 +41,25 @@ from .errors import (
     REMOVED,
     TIMEOUT,
     InstallError,
-    redact,
 )
 from .manifest import MANIFEST_NAME, now_rfc3339, read_manifest, write_manifest
+from .pickles import leave_out_pickles
 from .progress import ProgressReporter, folder_bytes
+from .redaction import public_url, redact, url_secrets
 from .sources import Listing, content_digest, open_source
-from .space import check_space
+from .space import check_space, is_space_exhausted, space_exhausted_error
 from .staging import Target, check_revision_dirname, promote
 from .verify import Digests, check_digests, file_digests, verify_file
 
 KINDS = ("base", "adapter")
 # Failures after which the staged bytes are kept for a resuming re-run.
 RESUMABLE = frozenset({TIMEOUT, INTERNAL_ERROR})
+# Names listed in a report message before "(+N more)".
+MAX_NAMES_IN_MESSAGE = 10
 
 
-def _fail(reason: str, message: str, kind: str) -> dict:
-    return {"ok": False, "reason": reason, "message": redact(message), "kind": kind}
+def _fail(reason: str, message: str, kind: str, secrets: tuple[str, ...] = ()) -> dict:
+    return {"ok": False, "reason": reason, "message": redact(message, secrets), "kind": kind}
 
 
 def install(
@@ -77,6 +83,7 @@ def install(
     progress_file: str | os.PathLike | None = None,
     timeout: float | None = None,
     progress_stream: TextIO | None = None,
+    max_unpacked_bytes: int | None = None,
 ) -> dict:
     """Install a base model (``kind="base"``) or a LoRA adapter (``kind="adapter"``).
 
@@ -100,13 +107,20 @@ def install(
         progress_file: Where to keep ``{"bytesDone", "bytesTotal", "updatedAt"}``.
         timeout: Seconds for the whole install (``Timeout`` after that).
         progress_stream: Human-readable progress output (default stderr).
+        max_unpacked_bytes: Largest total an https archive may unpack to (bytes; default
+            :data:`.archive.DEFAULT_MAX_UNPACKED_BYTES`); the volume's free space bounds it too.
 
     Returns:
         The report dict (docs/interfaces.md section 2); ``ok`` is False on failure, with
         ``reason`` and ``message``. Never raises for install failures.
     """
+    secrets = _uri_secrets(source, checkpoint, base_source)
     if kind not in KINDS:
         return _fail(INVALID_SOURCE, f"kind must be one of {KINDS}, got {kind!r}", str(kind))
+    if max_unpacked_bytes is not None and max_unpacked_bytes < 1:
+        return _fail(
+            INVALID_SOURCE, f"--max-unpacked-bytes must be positive, got {max_unpacked_bytes}", kind
+        )
     try:
         deadline = Deadline(timeout)
     except ValueError as exc:
@@ -135,12 +149,14 @@ def install(
                 progress_file=Path(progress_file) if progress_file else None,
                 deadline=deadline,
                 progress_stream=progress_stream,
+                max_unpacked_bytes=max_unpacked_bytes,
             )
+            result["report"]["message"] = redact(result["report"]["message"], secrets)
         except InstallError as exc:
-            result["report"] = _fail(exc.reason, exc.message, kind)
+            result["report"] = _fail(exc.reason, exc.message, kind, secrets)
         except Exception as exc:  # report, never crash without a reason
-            print(redact(traceback.format_exc()), file=sys.stderr)
-            result["report"] = _fail(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", kind)
+            print(redact(traceback.format_exc(), secrets), file=sys.stderr)
+            result["report"] = _fail(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", kind, secrets)
 
     if timeout is None:
         run()
@@ -152,8 +168,13 @@ def install(
         message = f"the install did not finish within {timeout:g} s"
         if deadline.last_retried:  # e.g. an unreachable endpoint retried until the deadline
             message += f"; still retrying {deadline.last_retried}"
-        return _fail(TIMEOUT, message, kind)
+        return _fail(TIMEOUT, message, kind, secrets)
     return result["report"]
+
+
+def _uri_secrets(*uris: str | None) -> tuple[str, ...]:
+    """A source's own secrets (a pre-signed URL's signature, ``user:password@``), by value."""
+    return tuple(v for uri in uris for v in url_secrets(uri))
 
 
 def _suffix_for_checkpoint(ckpt_listing: Listing, strict: bool, task, num_labels) -> str:
@@ -182,6 +203,7 @@ def _install(
     progress_file: Path | None,
     deadline: Deadline,
     progress_stream: TextIO | None,
+    max_unpacked_bytes: int | None,
 ) -> dict:
     if task is not None and task not in TASKS:
         raise InstallError(
@@ -228,6 +250,7 @@ def _install(
         allow_patterns=allow_patterns,
         ignore_patterns=ignore_patterns,
         sha256=sha256,
+        max_unpacked_bytes=max_unpacked_bytes,
     )
     listing = src.list(deadline)
     if listing.resolved_revision:
@@ -268,9 +291,15 @@ def _install(
             }
         )
         files_dir = staging / "files"
-        files_dir.mkdir(parents=True, exist_ok=True)
-        _prune_unlisted(files_dir, listing)
+
+        def discard_staging() -> None:
+            shutil.rmtree(staging, ignore_errors=True)
+            with contextlib.suppress(OSError):  # a refusal leaves no empty folder either
+                target.staging_parent.rmdir()
+
         try:
+            files_dir.mkdir(parents=True, exist_ok=True)
+            _prune_unlisted(files_dir, listing)
             report = _stage_and_promote(
                 kind,
                 src,
@@ -294,13 +323,16 @@ def _install(
             )
         except InstallError as exc:
             if exc.reason not in RESUMABLE:
-                shutil.rmtree(staging, ignore_errors=True)
-                with contextlib.suppress(OSError):  # a refusal leaves no empty folder either
-                    target.staging_parent.rmdir()
+                discard_staging()
             raise
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):  # leave no empty folders behind
-            target.staging_parent.rmdir()
+        except Exception as exc:  # a full volume (ENOSPC/EDQUOT) is never kept to resume from
+            if not is_space_exhausted(exc):
+                raise
+            discard_staging()
+            raise space_exhausted_error(
+                exc, dest, what=f"{target.namespace}/{target.name}"
+            ) from exc
+        discard_staging()  # leave no empty folders behind
         return report
 
 
@@ -319,7 +351,7 @@ def _already(manifest: dict, final: Path, opts: dict) -> dict:
         base = manifest.get("base") or {}
         stale = (
             str(opts["base_path"]) != base.get("path")
-            or opts["base_source"] != base.get("source")
+            or _recorded_uri(opts["base_source"]) != base.get("source")
             or (opts["max_rank"] is not None and report.get("rank", 0) > opts["max_rank"])
         )
         if stale:
@@ -343,6 +375,11 @@ def _already(manifest: dict, final: Path, opts: dict) -> dict:
     report["message"] = f"already installed at {final}"
     report["path"] = str(final)
     return report
+
+
+def _recorded_uri(uri: str | None) -> str | None:
+    """A URI as lorafleet.json records it (no user-info, no query string)."""
+    return public_url(uri) if uri else None
 
 
 def _base_fields(facts) -> dict:
@@ -476,6 +513,16 @@ def _stage_and_promote(
         )
         findings = facts.findings
         report.update(_adapter_fields(facts))
+    left_out = leave_out_pickles(files_dir)
+    if left_out:
+        findings.append(
+            {
+                "level": "warning",
+                "code": "PickleLeftOut",
+                "message": "pickle files left out of the install (never loaded; a pickle runs "
+                f"code when loaded): {', '.join(left_out)}",
+            }
+        )
 
     entries = []
     for path in sorted(p for p in files_dir.rglob("*") if p.is_file()):
@@ -484,11 +531,14 @@ def _stage_and_promote(
         d = known[0] if known and known[1] == path.stat().st_mtime_ns else file_digests(path)
         entries.append({"path": rel, "size": d.size, "sha256": d.sha256})
     size = sum(e["size"] for e in entries)
-    report.update(
-        sizeBytes=size,
-        path=str(final),
-        message=f"installed {len(entries)} files ({size} bytes) at {final}",
-    )
+    message = f"installed {len(entries)} files ({size} bytes) at {final}"
+    if left_out:
+        more = len(left_out) - MAX_NAMES_IN_MESSAGE
+        message += f"; left out {len(left_out)} pickle file(s): " + ", ".join(
+            left_out[:MAX_NAMES_IN_MESSAGE]
+        )
+        message += f" (+{more} more)" if more > 0 else ""
+    report.update(sizeBytes=size, path=str(final), message=message)
     report = {k: v for k, v in report.items() if v is not None}
     manifest = {
         "apiVersion": "lorafleet.io/v1alpha1",
@@ -505,13 +555,16 @@ def _stage_and_promote(
         ),
         "files": entries,
         "sizeBytes": size,
-        "findings": findings,
+        "findings": [
+            {**f, "message": redact(f["message"], _uri_secrets(src.uri, base_source))}
+            for f in findings
+        ],
         "report": report,
     }
     if kind == "adapter":
         manifest["base"] = {
             "path": str(base_path),
-            "source": base_source,
+            "source": _recorded_uri(base_source),
             "declared": facts.base_model,
         }
     write_manifest(files_dir, manifest)

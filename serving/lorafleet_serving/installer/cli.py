@@ -2,6 +2,9 @@
 
 Exit code 0 iff the report's ``ok`` is true. The report line goes to ``--report-file``
 (default ``/dev/termination-log`` when it exists) and to stdout; progress goes to stderr.
+Both streams are redacted line by line (:class:`.redaction.RedactingStream`, which also knows
+the query values and user-info of the URIs on the command line), so nothing the process prints
+- tracebacks and library warnings included - carries a secret.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from .api import install, remove
 from .architecture import TASKS
 from .errors import INVALID_SOURCE
 from .manifest import report_line, write_report
+from .redaction import RedactingStream, url_secrets
 
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -62,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--ignore-pattern", action="append", default=[], help="glob of files to skip"
         )
+        p.add_argument(
+            "--max-unpacked-bytes",
+            type=_positive_int,
+            help="largest total an https archive may unpack to, bytes (default 1 TiB; the "
+            "volume's free space bounds it too)",
+        )
 
     base = sub.add_parser("base", help="install a base model")
     common(base)
@@ -86,7 +96,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the installer; return the exit code (0 iff ok)."""
+    """Run the installer with redacted stdout/stderr; return the exit code (0 iff ok).
+
+    Args:
+        argv: Arguments after the program name (default ``sys.argv[1:]``).
+
+    Returns:
+        0 iff the report's ``ok`` is true.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    secrets = tuple(v for arg in args_list for v in url_secrets(arg))
+    real_out, real_err = sys.stdout, sys.stderr
+    sys.stdout = RedactingStream(real_out, secrets)
+    sys.stderr = RedactingStream(real_err, secrets)
+    try:
+        return _main(args_list)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = real_out, real_err
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -117,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sha256=args.sha256,
             progress_file=args.progress_file,
             timeout=args.timeout,
+            max_unpacked_bytes=args.max_unpacked_bytes,
         )
         if args.command == "base":
             report = install(

@@ -25,7 +25,9 @@ from pathlib import Path
 import requests
 
 from .deadline import Deadline
-from .verify import Digests, Expected
+from .errors import INSUFFICIENT_SPACE, InstallError
+from .space import writable_bytes
+from .verify import Digests, Expected, refuse_past_size
 
 CHUNK_BYTES = 1 << 20
 CONNECT_READ_TIMEOUT_S = (15, 60)
@@ -121,7 +123,13 @@ def fetch_resumable(
 
     Returns:
         :class:`Digests` of the complete ``part`` file.
+
+    Raises:
+        InstallError: ``SizeMismatch`` the moment the file would hold more bytes than
+            ``expected.size`` (or the response announces more), the partial file removed;
+            ``InsufficientSpace`` when a file of unknown size outgrows the volume's free space.
     """
+    name = part.name.removesuffix(".part")
     hashers = _Hashers(expected)
     have = part.stat().st_size if part.exists() else 0
     if expected.size is not None and have > expected.size:
@@ -145,13 +153,25 @@ def fetch_resumable(
         if have and resp.status_code != 206:  # the server ignored the range: start over
             prefix = 0
             hashing.restart()
+        announced = _content_length(resp)
+        if announced is not None:  # a response announcing too much is refused before its body
+            _refuse_past(prefix + announced, expected, part, name)
         with part.open("ab" if prefix else "wb") as fh:
             fd = fh.fileno()
             # A killed run never fsynced its bytes: start their writeback too. The fsync
             # below covers the whole file, whichever process wrote it.
             start_writeback(fd, 0, prefix)
             started = written = prefix
+            room = None if expected.size is not None else prefix + writable_bytes(part.parent)
             for chunk in resp.iter_content(CHUNK_BYTES):
+                _refuse_past(written + len(chunk), expected, part, name)
+                if room is not None and written + len(chunk) > room:
+                    part.unlink(missing_ok=True)
+                    raise InstallError(
+                        INSUFFICIENT_SPACE,
+                        f"{name}: the source declared no size and sent more than the {room} "
+                        "bytes the volume can still take; the download was stopped and removed",
+                    )
                 fh.write(chunk)
                 hashing.feed(chunk)
                 written += len(chunk)
@@ -164,6 +184,30 @@ def fetch_resumable(
             fh.flush()
             os.fsync(fd)
     return hashers.digests()
+
+
+def _content_length(resp) -> int | None:
+    """The body size a response announces (bytes written to disk), or None when unknown.
+
+    A ``Content-Encoding`` makes ``Content-Length`` the encoded size, not what is written.
+    """
+    headers = getattr(resp, "headers", None) or {}
+    value = headers.get("Content-Length")
+    if value is None or headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _refuse_past(written: int, expected: Expected, part: Path, name: str) -> None:
+    """:func:`refuse_past_size`, removing the partial file first when it refuses."""
+    try:
+        refuse_past_size(written, expected, name=name)
+    except InstallError:
+        part.unlink(missing_ok=True)  # never resumed from: the server is not to be trusted
+        raise
 
 
 def _hash_prefix(

@@ -6,8 +6,7 @@ can search for them and the operator copies them into a condition's ``reason``.
 
 from __future__ import annotations
 
-import os
-import re
+from .redaction import redact
 
 INSTALLED = "Installed"
 REMOVED = "Removed"
@@ -25,6 +24,8 @@ NO_ADAPTER_WEIGHTS_APPLIED = "NoAdapterWeightsApplied"
 EMPTY_ADAPTER_WEIGHTS = "EmptyAdapterWeights"
 RANK_EXCEEDS_LIMIT = "RankExceedsLimit"
 INSUFFICIENT_SPACE = "InsufficientSpace"
+SIZE_MISMATCH = "SizeMismatch"
+ARCHIVE_TOO_LARGE = "ArchiveTooLarge"
 TIMEOUT = "Timeout"
 INVALID_SOURCE = "InvalidSource"
 INVALID_ADAPTER = "InvalidAdapter"
@@ -46,6 +47,8 @@ FAILURE_REASONS = frozenset(
         EMPTY_ADAPTER_WEIGHTS,
         RANK_EXCEEDS_LIMIT,
         INSUFFICIENT_SPACE,
+        SIZE_MISMATCH,
+        ARCHIVE_TOO_LARGE,
         TIMEOUT,
         INVALID_SOURCE,
         INVALID_ADAPTER,
@@ -54,44 +57,14 @@ FAILURE_REASONS = frozenset(
     }
 )
 
-# Environment variables whose values are secrets: never echoed in a message or log line.
-SECRET_ENV_VARS = (
-    "HF_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "HTTPS_BEARER_TOKEN",
-)
-
-_URL_QUERY = re.compile(r"(\w+://[^\s?#'\"]+)\?[^\s'\"]*")  # any scheme: hf://x?token=
-_URL_USERINFO = re.compile(r"(\w+://)[^/@\s'\"]+@")
-
-
-def redact(text: str) -> str:
-    """Remove secrets from ``text``: values of the secret env vars, URL user-info and queries.
-
-    Query strings are dropped because presigned URLs carry signatures there.
-
-    Args:
-        text: Any message about to be logged or reported.
-
-    Returns:
-        The text with each secret replaced by ``***``.
-    """
-    for var in SECRET_ENV_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    text = _URL_USERINFO.sub(r"\1***@", text)
-    return _URL_QUERY.sub(r"\1?***", text)
-
 
 class InstallError(Exception):
     """An install that cannot succeed, with the report's ``reason`` word and a message.
 
     Args:
         reason: One of the CamelCase reason constants of this module.
-        message: What is wrong and where (file, key, module); never holds a secret.
+        message: What is wrong and where (file, key, module); secrets in it are redacted
+            (:func:`lorafleet_serving.installer.redaction.redact`).
     """
 
     def __init__(self, reason: str, message: str) -> None:

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .deadline import Deadline
-from .errors import INTERNAL_ERROR, INVALID_SOURCE, TIMEOUT, InstallError
+from .errors import INSUFFICIENT_SPACE, INTERNAL_ERROR, INVALID_SOURCE, TIMEOUT, InstallError
 
 KIND_DIRS = {"base": "basemodels", "adapter": "adapters"}
 STAGING_DIR = ".staging"
@@ -96,10 +96,11 @@ class Target:
             self.staging_parent.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
             raise InstallError(
-                INVALID_SOURCE,
-                f"--dest {self.root} is not writable: cannot create {exc.filename or lock_path}: "
-                f"{exc.strerror or exc}",
+                INSUFFICIENT_SPACE if full else INVALID_SOURCE,
+                f"--dest {self.root} is {'full' if full else 'not writable'}: cannot create "
+                f"{exc.filename or lock_path}: {exc.strerror or exc}",
             ) from exc
         try:
             while True:

@@ -50,9 +50,13 @@ def _finding(level: str, code: str, message: str) -> dict:
 
 
 def convert_pickles(folder: Path) -> list[str]:
-    """Replace ``*.bin`` weights (and their index) by safetensors; return the removed names."""
+    """Replace ``*.bin`` weights (and their index) by safetensors; return the removed names.
+
+    Nothing is converted (or loaded) when the folder already has safetensors weights: the
+    ``.bin`` copies are then left out of the install like every other pickle.
+    """
     bins = pickle_weight_files(folder)
-    if not bins:
+    if not bins or safetensors_files(folder):
         return []
     state: dict = {}
     for path in bins:

@@ -15,7 +15,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CHECKSUM_MISMATCH, InstallError
+from .errors import CHECKSUM_MISMATCH, SIZE_MISMATCH, InstallError
 
 CHUNK_BYTES = 8 << 20
 
@@ -99,6 +99,28 @@ def verify_file(path: Path, expected: Expected, *, name: str) -> Digests:
         )
     got = file_digests(path, md5=expected.md5 is not None, git_blob=expected.git_blob is not None)
     return check_digests(got, expected, name=name)
+
+
+def refuse_past_size(written: int, expected: Expected, *, name: str) -> None:
+    """Stop a transfer the moment it holds more bytes than the source declared.
+
+    Called before each chunk is written, so a lying server or a bomb never writes past the
+    declared size.
+
+    Args:
+        written: Bytes the file would hold with the next chunk.
+        expected: What the source published (nothing happens when the size is unknown).
+        name: The file's name in the source, for the message.
+
+    Raises:
+        InstallError: ``SizeMismatch`` naming the file and both figures in bytes.
+    """
+    if expected.size is not None and written > expected.size:
+        raise InstallError(
+            SIZE_MISMATCH,
+            f"{name}: the source declared {expected.size} bytes but sent more (at least "
+            f"{written} bytes); the transfer was stopped and its bytes discarded",
+        )
 
 
 def check_digests(got: Digests, expected: Expected, *, name: str) -> Digests:

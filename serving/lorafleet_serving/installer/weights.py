@@ -1,7 +1,9 @@
 """Weight files in an install folder: discovery, shard indexes, header shapes, conversion.
 
 Serving must never unpickle, so ``.bin`` weights are converted to safetensors here (after a
-``weights_only=True`` load) and the pickles removed from the install.
+``weights_only=True`` load) and the pickles removed from the install. ``.bin`` files that are
+training state, not weights (:data:`NOT_WEIGHT_BINS`), are never loaded; they are left out of
+the install with every other pickle (:mod:`.pickles`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from pathlib import Path
 from .errors import INVALID_BASE_MODEL, MISSING_SHARD, InstallError
 
 INDEX_SUFFIX = ".index.json"
+#: ``.bin`` files trainers (transformers Trainer, accelerate) write beside weights.
+NOT_WEIGHT_BINS = ("training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin")
+NOT_WEIGHT_BIN_PREFIXES = ("rng_state", "random_states")
 
 
 def index_files(folder: Path) -> list[Path]:
@@ -47,8 +52,14 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def pickle_weight_files(folder: Path) -> list[Path]:
-    """Top-level ``*.bin`` weight files (``pytorch_model*.bin``, ``adapter_model.bin``, ...)."""
-    return sorted(p for p in folder.glob("*.bin") if p.is_file() and p.name != "training_args.bin")
+    """Top-level ``*.bin`` weight files (``pytorch_model*.bin``, ...), training state excepted."""
+    return sorted(
+        p
+        for p in folder.glob("*.bin")
+        if p.is_file()
+        and p.name not in NOT_WEIGHT_BINS
+        and not p.name.startswith(NOT_WEIGHT_BIN_PREFIXES)
+    )
 
 
 def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:

@@ -17,6 +17,7 @@ def open_source(
     allow_patterns: list[str] | None = None,
     ignore_patterns: list[str] | None = None,
     sha256: str | None = None,
+    max_unpacked_bytes: int | None = None,
 ) -> Source:
     """Return the source object for ``uri``.
 
@@ -25,6 +26,8 @@ def open_source(
         revision: hf branch/tag/commit; ignored (only recorded) for other schemes.
         allow_patterns / ignore_patterns: Globs over relative paths.
         sha256: Expected sha256 of an https download.
+        max_unpacked_bytes: Largest total an https archive may unpack to (bytes); None for
+            the default.
 
     Raises:
         InstallError: ``InvalidSource`` for an unknown scheme or malformed URI.
@@ -41,7 +44,9 @@ def open_source(
     if scheme in ("https", "http"):
         from .https import HttpsSource
 
-        return HttpsSource(uri, sha256)
+        if max_unpacked_bytes is None:
+            return HttpsSource(uri, sha256)
+        return HttpsSource(uri, sha256, max_unpacked_bytes)
     if scheme in ("file", "pvc"):
         from .local import LocalSource
 

@@ -2,9 +2,9 @@
 
 The download goes to ``<staging>/download/<name>.part`` and resumes with ``Range: bytes=N-``
 (a 200 answer to a Range request restarts from zero). The optional ``--sha256`` is checked
-before an archive is unpacked. Archives are unpacked member by member: absolute names, ``..``,
-symbolic/hard links and device files are refused (``InvalidSource``). ``HTTPS_BEARER_TOKEN``
-from the environment is sent as ``Authorization: Bearer``.
+before an archive is unpacked. Archives are unpacked by :mod:`..archive` (path-safe members,
+total size bounded: ``ArchiveTooLarge``). ``HTTPS_BEARER_TOKEN`` from the environment is sent
+as ``Authorization: Bearer``. A pre-signed URL's query string is sent, never recorded.
 """
 
 from __future__ import annotations
@@ -12,92 +12,20 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
-import stat
-import tarfile
-import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
 
+from ..archive import DEFAULT_MAX_UNPACKED_BYTES, UnpackBudget, archive_kind, unpack_archive
 from ..deadline import Deadline, with_retries
 from ..download import fetch_resumable
 from ..errors import CHECKSUM_MISMATCH, INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
+from ..redaction import public_url
+from ..space import writable_bytes
 from ..verify import Digests, Expected, check_digests
 from .common import Listing, RemoteFile, is_transient
-
-CHUNK_BYTES = 1 << 20
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-
-
-def archive_kind(name: str) -> str | None:
-    """Return ``"tar"`` or ``"zip"`` for archive file names, else None."""
-    lower = name.lower()
-    if lower.endswith((".tar.gz", ".tgz", ".tar")):
-        return "tar"
-    if lower.endswith(".zip"):
-        return "zip"
-    return None
-
-
-def unpack_archive(archive: Path, dest: Path, *, where: str) -> list[str]:
-    """Unpack a tar/zip archive into ``dest`` safely.
-
-    Args:
-        archive: The verified archive file.
-        dest: Empty target folder.
-        where: Source description for messages.
-
-    Returns:
-        Relative paths of the files written.
-
-    Raises:
-        InstallError: ``InvalidSource`` for unsafe members (absolute, ``..``, links, devices).
-    """
-    written = []
-    if archive_kind(archive.name) == "tar":
-        with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                rel = safe_relpath(m.name, where=where)
-                if m.issym() or m.islnk():
-                    raise InstallError(
-                        INVALID_SOURCE,
-                        f"{where}: archive member {m.name!r} is a link; links are refused",
-                    )
-                if not (m.isfile() or m.isdir()):
-                    raise InstallError(
-                        INVALID_SOURCE, f"{where}: archive member {m.name!r} is not a regular file"
-                    )
-                if m.isdir():
-                    continue
-                target = inside(dest, rel, where=where)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(m)
-                with src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK_BYTES)
-                written.append(rel)
-    else:
-        with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                rel = safe_relpath(info.filename, where=where)
-                mode = info.external_attr >> 16
-                if stat.S_ISLNK(mode):
-                    raise InstallError(
-                        INVALID_SOURCE,
-                        f"{where}: archive member {info.filename!r} is a link; links are refused",
-                    )
-                if info.is_dir():
-                    continue
-                target = inside(dest, rel, where=where)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK_BYTES)
-                written.append(rel)
-    if not written:
-        raise InstallError(INVALID_SOURCE, f"{where}: the archive holds no files")
-    return written
 
 
 class HttpsSource:
@@ -106,9 +34,16 @@ class HttpsSource:
     Args:
         uri: The URL.
         sha256: Optional hex sha256 of the downloaded file (archive or single file).
+        max_unpacked_bytes: Largest total an archive may unpack to (bytes); the volume's free
+            space bounds it further.
     """
 
-    def __init__(self, uri: str, sha256: str | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        sha256: str | None = None,
+        max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    ) -> None:
         parsed = urlparse(uri)
         if parsed.scheme not in ("https", "http") or not parsed.netloc:
             raise InstallError(INVALID_SOURCE, f"source {uri!r}: expected an https:// URL")
@@ -116,7 +51,8 @@ class HttpsSource:
         if not name:
             raise InstallError(INVALID_SOURCE, f"source {uri!r}: the URL names no file")
         self.uri = uri
-        self.name = safe_relpath(name, where=uri)
+        self.max_unpacked_bytes = max_unpacked_bytes
+        self.name = safe_relpath(name, where=public_url(uri))
         self.sha256 = sha256.lower() if sha256 else None
         if self.sha256 is not None and (
             len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256)
@@ -130,11 +66,7 @@ class HttpsSource:
 
     def describe(self) -> dict:
         """The source for lorafleet.json (URL without query string or user-info)."""
-        p = urlparse(self.uri)
-        return {
-            "uri": f"{p.scheme}://{p.hostname}{':' + str(p.port) if p.port else ''}{p.path}",
-            "sha256": self.sha256,
-        }
+        return {"uri": public_url(self.uri), "sha256": self.sha256}
 
     def _raise_for(self, resp: requests.Response) -> None:
         if resp.status_code in (401, 403):
@@ -205,14 +137,23 @@ class HttpsSource:
                     raise
             os.replace(part, done)
         if self.kind is None:
-            target = inside(dest, f.path, where=self.uri)
+            target = inside(dest, f.path, where=self.describe()["uri"])
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(done, target)
         else:
             if dest.exists():
                 shutil.rmtree(dest)
             dest.mkdir(parents=True)
-            unpack_archive(done, dest, where=self.describe()["uri"])
+            room = writable_bytes(dest)
+            limit = min(self.max_unpacked_bytes, room)
+            why = (
+                f"--max-unpacked-bytes {self.max_unpacked_bytes}"
+                if limit == self.max_unpacked_bytes
+                else f"the volume can take {room} more bytes, "
+                f"--max-unpacked-bytes is {self.max_unpacked_bytes}"
+            )
+            where = self.describe()["uri"]
+            unpack_archive(done, dest, where=where, budget=UnpackBudget(limit, where, why))
         return digests
 
     def _fetch(self, part: Path, expected: Expected, deadline: Deadline) -> Digests:

@@ -37,6 +37,7 @@ from ..deadline import Deadline, with_retries
 from ..download import fetch_resumable
 from ..errors import INTERNAL_ERROR, INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
+from ..redaction import public_url
 from ..verify import Digests, Expected
 from .common import Listing, RemoteFile, http_status_of, is_transient
 
@@ -137,12 +138,12 @@ class HubSource:
         self._token = os.environ.get("HF_TOKEN") or False
 
     def describe(self) -> dict:
-        """The source for lorafleet.json (endpoint, repo_id, revision; no token)."""
+        """The source for lorafleet.json (endpoint without user-info, repo_id, revision; no token)."""
         return {
-            "uri": self.uri,
+            "uri": public_url(self.uri),
             "repoId": self.repo_id,
             "revision": self.revision,
-            "endpoint": self.endpoint,
+            "endpoint": public_url(self.endpoint),
             "allowPatterns": self.allow_patterns,
             "ignorePatterns": self.ignore_patterns,
         }
@@ -159,7 +160,7 @@ class HubSource:
             if is_transient(exc):  # retried until the attempts ran out: name the endpoint
                 raise InstallError(
                     INTERNAL_ERROR,
-                    f"{self.endpoint} did not answer while {what} for {self.repo_id}@"
+                    f"{public_url(self.endpoint)} did not answer while {what} for {self.repo_id}@"
                     f"{self.revision} (retried): {type(exc).__name__}: {exc}",
                 ) from exc
             raise
@@ -288,7 +289,10 @@ class HubSource:
             results[f.path] = digests
 
         workers = min(DOWNLOAD_WORKERS, max(1, len(listing.files)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf-download") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf-download")
+        try:
             for fut in [pool.submit(fetch, f) for f in listing.files]:
                 fut.result()
+        finally:  # after a failure, files not started yet are not fetched at all
+            pool.shutdown(wait=True, cancel_futures=True)
         return results

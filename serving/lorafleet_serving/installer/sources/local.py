@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlparse
 from ..deadline import Deadline
 from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, InstallError
 from ..pathsafety import inside, safe_relpath
-from ..verify import Digests, Expected, file_digests
+from ..redaction import public_url
+from ..verify import Digests, Expected, file_digests, refuse_past_size
 from .common import Listing, RemoteFile
 
 DEFAULT_PVC_ROOT = "/mnt/pvc"
@@ -63,7 +64,7 @@ class LocalSource:
 
     def describe(self) -> dict:
         """The source for lorafleet.json."""
-        return {"uri": self.uri, "path": str(self.path)}
+        return {"uri": public_url(self.uri), "path": str(self.path)}
 
     def list(self, deadline: Deadline) -> Listing:
         """List the files with sizes and sha256 (the sha256 also names the revision)."""
@@ -81,7 +82,7 @@ class LocalSource:
                     if full.is_symlink():
                         raise InstallError(
                             INVALID_SOURCE,
-                            f"{self.uri}: {full} is a symbolic link; links are refused",
+                            f"{self.uri}: {str(full)!r} is a symbolic link; links are refused",
                         )
                 for name in names:
                     full = Path(dirpath) / name
@@ -128,9 +129,10 @@ class LocalSource:
             size = 0
             with open(f.remote, "rb") as src, part.open("wb") as out:
                 while chunk := src.read(COPY_CHUNK_BYTES):
+                    size += len(chunk)
+                    refuse_past_size(size, f.expected, name=str(f.remote))  # grew since listed
                     out.write(chunk)
                     digest.update(chunk)
-                    size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(part, target)

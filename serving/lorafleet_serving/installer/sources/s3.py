@@ -16,7 +16,8 @@ from pathlib import Path
 from ..deadline import Deadline, with_retries
 from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
-from ..verify import Expected
+from ..redaction import public_url
+from ..verify import Expected, refuse_past_size
 from .common import Listing, RemoteFile, is_transient
 
 CHUNK_BYTES = 8 << 20
@@ -71,10 +72,10 @@ class S3Source:
     def describe(self) -> dict:
         """The source for lorafleet.json (bucket, prefix, endpoint; no credentials)."""
         return {
-            "uri": self.uri,
+            "uri": public_url(self.uri),
             "bucket": self.bucket,
             "prefix": self.prefix,
-            "endpoint": self.endpoint_url,
+            "endpoint": public_url(self.endpoint_url) if self.endpoint_url else None,
         }
 
     @property
@@ -191,8 +192,16 @@ class S3Source:
             kwargs["Range"] = f"bytes={have}-"
         resp = self.client.get_object(**kwargs)
         mode = "ab" if have and resp.get("ContentRange") else "wb"
+        written = have if mode == "ab" else 0
         with target.open(mode) as fh:
             for chunk in resp["Body"].iter_chunks(CHUNK_BYTES):
+                written += len(chunk)
+                try:
+                    refuse_past_size(written, f.expected, name=f.remote)
+                except Exception:
+                    resp["Body"].close()
+                    target.unlink(missing_ok=True)
+                    raise
                 fh.write(chunk)
                 if deadline.expired():
                     deadline.check(f"downloading {f.remote}")
