@@ -37,7 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .chat import render_chat_prompt
+from .body_limit import BodySizeLimit
 from .errors import InvalidRequestError, ServingError
 from .openai_schemas import (
     ChatCompletionRequest,
@@ -61,6 +61,9 @@ TEXT_GENERATION = "text-generation"
 TEXT_CLASSIFICATION = "text-classification"
 #: Header naming the adapter, as Ray Serve's proxy spells it; the hyphenated form is accepted.
 MULTIPLEXED_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
+#: Default largest request body, bytes (``args.max_request_bytes``): room for 256 classify
+#: texts of 16 KB or a prompt filling a 128k-token context, far below what hurts a replica.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
 
 
 class TaskMismatchError(InvalidRequestError):
@@ -75,6 +78,13 @@ class ModelUnavailableError(ServingError):
     status_code = 503
     error_type = "server_error"
     code = "model_unavailable"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request body is larger than the server's ``max_request_bytes``: HTTP 413."""
+
+    status_code = 413
+    code = "request_too_large"
 
 
 class InternalServerError(ServingError):
@@ -92,6 +102,11 @@ class ModelBackend(Protocol):
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> GenerateResult:
         """Generate a completion; with ``messages`` the prompt is rendered by the chat template."""
+        ...
+
+    async def generate_many(self, reqs: list[GenerateRequest]) -> list[GenerateResult]:
+        """Generate one completion per request (the prompts of one HTTP request, one adapter),
+        sharing one turn in the model server's round-robin of queued requests."""
         ...
 
     def generate_stream(
@@ -128,22 +143,28 @@ class ModelServerBackend:
     def __init__(self, server: Any) -> None:
         self.server = server
 
-    def _with_chat(self, req: GenerateRequest, messages: list[dict[str, Any]] | None):
+    async def _with_chat(
+        self, req: GenerateRequest, messages: list[dict[str, Any]] | None
+    ) -> GenerateRequest:
         if messages is None:
             return req
-        return replace(req, prompt=render_chat_prompt(self.server.tokenizer, messages))
+        return replace(req, prompt=await self.server.render_chat(messages))
 
     async def generate(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> GenerateResult:
         """See :meth:`ModelBackend.generate`."""
-        return await self.server.generate(self._with_chat(req, messages))
+        return await self.server.generate(await self._with_chat(req, messages))
+
+    async def generate_many(self, reqs: list[GenerateRequest]) -> list[GenerateResult]:
+        """See :meth:`ModelBackend.generate_many`."""
+        return await self.server.generate_many(reqs)
 
     async def generate_stream(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> AsyncIterator[StreamDelta]:
         """See :meth:`ModelBackend.generate_stream`."""
-        async for delta in self.server.generate_stream(self._with_chat(req, messages)):
+        async for delta in self.server.generate_stream(await self._with_chat(req, messages)):
             yield delta
 
     async def classify(self, req: ClassifyRequest) -> ClassifyResult:
@@ -307,6 +328,27 @@ def resolve_model(
     return name, (None if name == served_name else name)
 
 
+def check_unicode(body: Any) -> None:
+    """Refuse a request whose text holds a lone UTF-16 surrogate (``"\\ud800"`` in JSON).
+
+    Such a string is not Unicode text: tokenizers, Ray and the JSON encoder of the answer all
+    fail on it, so it is caught before anything else looks at the request.
+
+    Args:
+        body: The parsed request (an ``openai_schemas`` request model).
+
+    Raises:
+        InvalidRequestError: ``param`` names the field (``"messages[0].content"``).
+    """
+    param = body.lone_surrogate_field()
+    if param is not None:
+        raise InvalidRequestError(
+            f"'{param}' holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its "
+            "pair), which is not valid Unicode text",
+            param=param,
+        )
+
+
 def _check_prompt(prompt: str | list[int], param: str) -> None:
     if (isinstance(prompt, str) and not prompt.strip()) or (
         isinstance(prompt, list) and not prompt
@@ -374,6 +416,7 @@ def create_app(
     task: str,
     max_tokens_limit: int = 2048,
     max_inputs_per_request: int = 256,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     labels: dict[str, str] | None = None,
     title: str = "lorafleet",
 ) -> FastAPI:
@@ -387,6 +430,9 @@ def create_app(
         max_inputs_per_request: Most texts in one ``/v1/classify`` ``input`` or prompts in one
             ``/v1/completions`` ``prompt`` list; more is a 400 naming the field, so one huge
             request cannot hold a replica for minutes.
+        max_request_bytes: Largest request body in bytes. A larger body is answered 413
+            before it is parsed: at once when its ``Content-Length`` says so, else (chunked)
+            as soon as the bytes read pass the limit, without reading the rest.
         labels: Label names by id of a classification base (shown in ``/v1/models``).
         title: OpenAPI title.
 
@@ -394,8 +440,8 @@ def create_app(
         The FastAPI app (routes listed in the module docstring).
 
     Raises:
-        ValueError: ``task`` is not one of the two supported tasks, or ``max_tokens_limit`` or
-            ``max_inputs_per_request`` < 1.
+        ValueError: ``task`` is not one of the two supported tasks, or ``max_tokens_limit``,
+            ``max_inputs_per_request`` or ``max_request_bytes`` < 1.
     """
     if task not in (TEXT_GENERATION, TEXT_CLASSIFICATION):
         raise ValueError(
@@ -407,6 +453,8 @@ def create_app(
         raise ValueError(
             f"create_app: max_inputs_per_request must be >= 1, got {max_inputs_per_request}"
         )
+    if max_request_bytes < 1:
+        raise ValueError(f"create_app: max_request_bytes must be >= 1, got {max_request_bytes}")
 
     def _check_count(count: int, param: str) -> None:
         if count > max_inputs_per_request:
@@ -418,6 +466,7 @@ def create_app(
 
     created = int(time.time())
     app = FastAPI(title=title, version="v1")
+    app.add_middleware(BodySizeLimit, max_bytes=max_request_bytes)
     app.state.backend = backend
 
     @app.exception_handler(RequestValidationError)
@@ -438,6 +487,13 @@ def create_app(
             code = "method_not_allowed"
         elif exc.status_code == 400:  # e.g. a body that cannot be parsed at all
             message, code = f"the request body cannot be read: {exc.detail}", "invalid_request"
+        elif exc.status_code == 413:
+            return error_json(
+                RequestTooLargeError(
+                    f"the request body is larger than this server's limit of "
+                    f"{max_request_bytes} bytes (max_request_bytes)"
+                )
+            )
         else:
             message, code = str(exc.detail), "http_error"
         body = ErrorResponse.of(message, "invalid_request_error", code)
@@ -516,6 +572,7 @@ def create_app(
     @_guarded
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """OpenAI Completions: one choice per prompt, or a stream for a single prompt."""
+        check_unicode(body)
         _require_task(TEXT_GENERATION, "/v1/completions")
         model, adapter = resolve_model(body.model, request, served_name)
         max_tokens = body.max_tokens if body.max_tokens is not None else 16
@@ -551,7 +608,13 @@ def create_app(
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
-        results = await asyncio.gather(*(backend.generate(r) for r in reqs))
+        # A list of prompts is one call: the replica takes its prompts round-robin with other
+        # requests, and Serve counts it as one ongoing request, not len(prompts).
+        results = (
+            await backend.generate_many(reqs)
+            if len(reqs) > 1
+            else [await backend.generate(reqs[0])]
+        )
         return {
             "id": rid,
             "object": "text_completion",
@@ -570,6 +633,7 @@ def create_app(
     @_guarded
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         """OpenAI Chat Completions over the tokenizer's chat template."""
+        check_unicode(body)
         _require_task(TEXT_GENERATION, "/v1/chat/completions")
         model, adapter = resolve_model(body.model, request, served_name)
         max_tokens, param = body.token_budget(max_tokens_limit)
@@ -622,6 +686,7 @@ def create_app(
     @_guarded
     async def classify(body: ClassifyHTTPRequest, request: Request) -> Any:
         """Classify texts with an adapter's own head and label names (or the base's)."""
+        check_unicode(body)
         _require_task(TEXT_CLASSIFICATION, "/v1/classify")
         model, adapter = resolve_model(body.model, request, served_name)
         texts = body.texts()

@@ -32,8 +32,12 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .api import ModelServerBackend, ModelUnavailableError, create_app
-from .chat import render_chat_prompt
+from .api import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    ModelServerBackend,
+    ModelUnavailableError,
+    create_app,
+)
 from .errors import ServingError, UnknownModelError
 from .types import (
     BASE_ADAPTER,
@@ -67,6 +71,8 @@ class AppArgs(BaseModel):
         max_tokens_limit: Largest ``max_tokens`` a request may ask for.
         max_inputs_per_request: Most texts (``/v1/classify`` ``input``) or prompts
             (``/v1/completions`` ``prompt`` list) one request may carry.
+        max_request_bytes: Largest HTTP request body in bytes; a larger one is answered 413
+            before it is parsed (default 4 MiB).
         allowed_hosts: Host names (without port) the ingress answers; any other ``Host``
             header gets 400. Empty (the default, used on a cluster): any host. Local mode sets
             the loopback names, so a web page cannot reach the API by DNS rebinding.
@@ -83,6 +89,7 @@ class AppArgs(BaseModel):
     batch_wait_timeout_ms: float = Field(5.0, ge=0)
     max_tokens_limit: int = Field(2048, ge=1)
     max_inputs_per_request: int = Field(256, ge=1)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
     allowed_hosts: list[str] = Field(default_factory=list)
 
     @field_validator("labels", mode="before")
@@ -374,6 +381,18 @@ class Model:
         except ServingError as exc:
             raise PortableServingError.of(exc) from None
 
+    async def generate_many(self, reqs: list[GenerateRequest]) -> list[GenerateResult]:
+        """Generate one completion per request (one HTTP request's prompts, one adapter).
+
+        Raises:
+            PortableServingError: Any serving error (the first request's that failed).
+        """
+        try:
+            await self._use_adapter(reqs[0].adapter if reqs else None)
+            return await self.server.generate_many(reqs)
+        except ServingError as exc:
+            raise PortableServingError.of(exc) from None
+
     async def generate_stream(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
     ) -> AsyncIterator[StreamDelta]:
@@ -404,7 +423,7 @@ class Model:
 
     async def render_chat(self, messages: list[dict[str, Any]]) -> str | list[int]:
         """The prompt the chat template makes of ``messages`` (for debugging clients)."""
-        return render_chat_prompt(self.server.tokenizer, messages)
+        return await self.server.render_chat(messages)
 
     async def registered_adapters(self) -> dict[str, dict[str, Any]]:
         """The adapter registry from ``user_config`` (name -> path, rank, labels)."""
@@ -453,6 +472,13 @@ class RayModelBackend:
         """See :meth:`~.api.ModelBackend.generate`."""
         try:
             return await self._for(req.adapter).generate.remote(req, messages)
+        except Exception as exc:
+            raise _as_serving_error(exc) from None
+
+    async def generate_many(self, reqs: list[GenerateRequest]) -> list[GenerateResult]:
+        """See :meth:`~.api.ModelBackend.generate_many` (one call to one replica)."""
+        try:
+            return await self._for(reqs[0].adapter if reqs else None).generate_many.remote(reqs)
         except Exception as exc:
             raise _as_serving_error(exc) from None
 
@@ -533,6 +559,7 @@ class Ingress:
             task=self.args.task,
             max_tokens_limit=self.args.max_tokens_limit,
             max_inputs_per_request=self.args.max_inputs_per_request,
+            max_request_bytes=self.args.max_request_bytes,
             labels=self.args.labels,
             title=f"lorafleet: {self.args.served_name}",
         )
@@ -547,7 +574,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     Args:
         args: ``{"served_name", "base_path", "task", "dtype"?, "labels"?, "max_batch_size"?,
             "batch_wait_timeout_ms"?, "max_tokens_limit"?, "max_inputs_per_request"?,
-            "allowed_hosts"?}`` (``docs/interfaces.md`` section 3).
+            "max_request_bytes"?, "allowed_hosts"?}`` (``docs/interfaces.md`` section 3).
             Deployment options (replicas, resources, ``user_config``) come from the serve
             config's ``deployments`` entries named ``Ingress`` and ``Model``.
 

@@ -6,6 +6,11 @@ adapters in one forward pass. :class:`MixedBatcher` collects whatever is submitt
 after the first item (and not at all once the batch is full), then hands the batch to a handler
 coroutine. Up to ``max_concurrent_batches`` handlers run at once; while they are all busy, new
 items queue up and form the next batch as soon as one finishes.
+
+Items may be submitted in a *group* (e.g. the prompts of one request). Queued items are taken
+round-robin across groups - one from each group in turn, groups in order of arrival - so a
+request with hundreds of items cannot make a later one-item request wait for all of them.
+Items without a group are groups of one, which makes the order plain FIFO when nobody groups.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
@@ -58,7 +64,8 @@ class MixedBatcher(Generic[T]):
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self.max_concurrent_batches = max_concurrent_batches
         self.on_error = on_error
-        self._queue: asyncio.Queue[T] | None = None
+        self._groups: OrderedDict[Hashable, deque[T]] = OrderedDict()
+        self._arrived: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -67,17 +74,39 @@ class MixedBatcher(Generic[T]):
         self.batch_sizes: list[int] = []
         self.joined = 0  # items taken by take_nowait into running batches
 
-    def submit(self, item: T) -> None:
+    def submit(self, item: T, group: Hashable | None = None) -> None:
         """Queue ``item`` for the next batch (starts the collecting task on first use).
 
         Must be called from the event loop the batcher runs on.
+
+        Args:
+            item: The item.
+            group: Items of one group share a turn in the round-robin (see the module
+                docstring); ``None``: a group of its own.
         """
-        if self._queue is None:
-            self._queue = asyncio.Queue()
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
             self._slots = asyncio.Semaphore(self.max_concurrent_batches)
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._collect())
-        self._queue.put_nowait(item)
+        key: Hashable = object() if group is None else group
+        self._groups.setdefault(key, deque()).append(item)
+        self._arrived.set()
+
+    @property
+    def queued(self) -> int:
+        """Number of items waiting for a batch."""
+        return sum(len(items) for items in self._groups.values())
+
+    def _pop(self) -> T:
+        """The next item round-robin: the first group's oldest; that group goes last."""
+        key, items = next(iter(self._groups.items()))
+        item = items.popleft()
+        if items:
+            self._groups.move_to_end(key)
+        else:
+            del self._groups[key]
+        return item
 
     def take_nowait(self, limit: int) -> list[T]:
         """Take up to ``limit`` queued items without waiting (for joining a running batch).
@@ -86,16 +115,19 @@ class MixedBatcher(Generic[T]):
             limit: Most items to take.
 
         Returns:
-            The items, oldest first (empty when none is queued).
+            The items, round-robin across groups (empty when none is queued).
         """
         taken: list[T] = []
-        while self._queue is not None and len(taken) < limit:
-            try:
-                taken.append(self._queue.get_nowait())
-            except asyncio.QueueEmpty:
-                break
+        while self._groups and len(taken) < limit:
+            taken.append(self._pop())
         self.joined += len(taken)
         return taken
+
+    async def _wait_for_items(self) -> None:
+        assert self._arrived is not None
+        while not self._groups:
+            self._arrived.clear()
+            await self._arrived.wait()
 
     @property
     def mean_batch_size(self) -> float:
@@ -103,28 +135,26 @@ class MixedBatcher(Generic[T]):
         return self.items / self.batches if self.batches else 0.0
 
     async def _collect(self) -> None:
-        assert self._queue is not None and self._slots is not None
-        queue, slots = self._queue, self._slots
+        assert self._slots is not None
+        slots = self._slots
         while True:
             await slots.acquire()
             try:
-                first = await queue.get()
+                await self._wait_for_items()
             except BaseException:
                 slots.release()
                 raise
-            batch = [first]
+            batch = [self._pop()]
             deadline = time.monotonic() + self.batch_wait_timeout_s
             while len(batch) < self.max_batch_size:
-                try:
-                    batch.append(queue.get_nowait())
+                if self._groups:
+                    batch.append(self._pop())
                     continue
-                except asyncio.QueueEmpty:
-                    pass
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    batch.append(await asyncio.wait_for(queue.get(), remaining))
+                    await asyncio.wait_for(self._wait_for_items(), remaining)
                 except TimeoutError:
                     break
             self.batches += 1

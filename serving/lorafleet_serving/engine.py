@@ -203,6 +203,18 @@ class Engine:
         self.max_positions: int | None = getattr(self.config, "max_position_embeddings", None) or (
             getattr(self.config, "n_positions", None)
         )
+        # Every token covers at most as many characters as the longest vocabulary entry
+        # (byte-level BPE and SentencePiece entries spell whitespace too; +1 for a separator a
+        # WordPiece tokenizer drops): text longer than positions x this cannot fit, and is
+        # refused (prompts) or cut (classify inputs) before the tokenizer reads it.
+        self.chars_per_token = max(map(len, self.tokenizer.get_vocab()), default=1) + 1
+        self.prompt_char_limit: int | None = (
+            self.max_positions * self.chars_per_token if self.max_positions else None
+        )
+        self.classify_max_tokens = min(
+            int(getattr(self.tokenizer, "model_max_length", 512) or 512), self.max_positions or 512
+        )
+        self.classify_max_chars = self.classify_max_tokens * self.chars_per_token
         self.base_labels: list[str] | None = None
         self._head_module: nn.Module | None = None
         self._features: torch.Tensor | None = None
@@ -475,8 +487,30 @@ class Engine:
 
     # ----------------------------------------------------------------- generation
 
+    def check_prompt_chars(self, chars: int, param: str = "prompt") -> None:
+        """Refuse text too long for the context before anything tokenizes it.
+
+        Args:
+            chars: Length of the text in characters.
+            param: The request field it came from (named in the error).
+
+        Raises:
+            InvalidRequestError: ``chars`` > :attr:`prompt_char_limit` (context length in tokens
+                x :attr:`chars_per_token`): the text cannot fit in the context.
+        """
+        limit = self.prompt_char_limit
+        if limit is not None and chars > limit:
+            raise InvalidRequestError(
+                f"'{param}' has {chars} characters, more than can fit in this model's context "
+                f"of {self.max_positions} tokens (at most {limit} characters, "
+                f"{self.chars_per_token} per token)",
+                param=param,
+            )
+
     def encode_prompt(self, prompt: str | list[int]) -> list[int]:
         """Token ids of a prompt (text is tokenised with special tokens, like ``generate``).
+
+        Thread-safe with other tokenizer reads (run it off the event loop for long text).
 
         Args:
             prompt: Text or a list of token ids.
@@ -485,11 +519,13 @@ class Engine:
             Token ids.
 
         Raises:
-            InvalidRequestError: Empty prompt or ids outside the vocabulary (param ``prompt``).
+            InvalidRequestError: Empty prompt, text longer than :attr:`prompt_char_limit`
+                (refused before tokenizing) or ids outside the vocabulary (param ``prompt``).
         """
         if isinstance(prompt, str):
             if not prompt:
                 raise InvalidRequestError("prompt must not be empty", param="prompt")
+            self.check_prompt_chars(len(prompt))
             ids = list(self.tokenizer(prompt).input_ids)
         else:
             ids = list(prompt)
@@ -569,13 +605,34 @@ class Engine:
 
     # ----------------------------------------------------------------- classification
 
+    def encode_classification(self, texts: Sequence[str]) -> list[dict[str, list[int]]]:
+        """Tokenize classify inputs, truncated to the encoder's length.
+
+        As transformers' text-classification pipeline with ``truncation=True``: each text
+        keeps its first :attr:`classify_max_tokens` tokens (special tokens included). Text past
+        :attr:`classify_max_chars` characters is cut before tokenizing, so a huge input costs no
+        more than one that just fills the encoder (the cut changes nothing unless the kept
+        part is mostly whitespace or characters the tokenizer drops). Thread-safe with other
+        tokenizer reads (run it off the event loop).
+
+        Args:
+            texts: Texts.
+
+        Returns:
+            Per text, its unpadded features: ``input_ids``, ``attention_mask`` and (when the
+            tokenizer makes them) ``token_type_ids``, lists of ints.
+        """
+        cut = [t[: self.classify_max_chars] for t in texts]
+        enc = self.tokenizer(cut, truncation=True, max_length=self.classify_max_tokens)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        return [{k: list(enc[k][i]) for k in keys} for i in range(len(cut))]
+
     def classify(
         self, texts: Sequence[str], adapters: Sequence[str | None]
     ) -> list[tuple[list[str], list[float]]]:
         """Classify a mixed batch: text ``i`` with ``adapters[i]``'s LoRA and head.
 
-        The encoder runs once for the whole batch; rows whose adapter has its own head get that
-        head applied to their features (any label count), the others the base head.
+        :meth:`encode_classification` then :meth:`classify_encoded`.
 
         Args:
             texts: Texts (non-empty).
@@ -591,21 +648,42 @@ class Engine:
         """
         if self.task != "text-classification":
             raise ValueError("classify needs a text-classification base")
-        if len(texts) != len(adapters):
+        return self.classify_encoded(self.encode_classification(texts), adapters)
+
+    def classify_encoded(
+        self, features: Sequence[dict[str, list[int]]], adapters: Sequence[str | None]
+    ) -> list[tuple[list[str], list[float]]]:
+        """Classify a mixed batch of tokenized texts: row ``i`` with ``adapters[i]``.
+
+        The encoder runs once for the whole batch (rows padded to the longest); rows whose
+        adapter has its own head get that head applied to their features (any label count),
+        the others the base head.
+
+        Args:
+            features: Per text, what :meth:`encode_classification` made of it (non-empty).
+            adapters: Adapter per row (``None``/``"__base__"`` = base), same length.
+
+        Returns:
+            Per row: (label names, float32 logits as a list).
+
+        Raises:
+            ValueError: ``features`` and ``adapters`` differ in length, or the task is not
+                classification.
+            KeyError: An adapter is not loaded.
+        """
+        if self.task != "text-classification":
+            raise ValueError("classify needs a text-classification base")
+        if len(features) != len(adapters):
             raise ValueError("texts and adapters must have the same length")
         assert self._head_module is not None and self.base_labels is not None
-        max_len = min(
-            int(getattr(self.tokenizer, "model_max_length", 512) or 512), self.max_positions or 512
-        )
-        enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
-        ).to(self.device)
+        padded = self.tokenizer.pad([dict(f) for f in features], padding=True, return_tensors="pt")
+        enc = padded.to(self.device)
         slots = [self.slot(a) for a in adapters]
         infos = [None if a in (None, BASE_ADAPTER) else self.adapters[a] for a in adapters]
-        results: list[tuple[list[str], list[float]] | None] = [None] * len(texts)
+        results: list[tuple[list[str], list[float]] | None] = [None] * len(features)
         with torch.inference_mode(), self.lora.rows(slots):
             base_logits = self.model(**enc).logits  # [N, base labels]
-            features = self._features  # the head's input: [N, H] (BERT) or [N, T, H]
+            hidden = self._features  # the head's input: [N, H] (BERT) or [N, T, H]
             self._features = None
             own_heads: dict[str, list[int]] = {}
             for i, info in enumerate(infos):
@@ -617,10 +695,10 @@ class Engine:
             for name, rows in own_heads.items():
                 # One call of each adapter's own head on its rows' shared-encoder features.
                 info = self.adapters[name]
-                assert features is not None and info.head is not None
-                index = torch.tensor(rows, device=features.device)
+                assert hidden is not None and info.head is not None
+                index = torch.tensor(rows, device=hidden.device)
                 logits = torch.func.functional_call(
-                    self._head_module, info.head, (features.index_select(0, index),)
+                    self._head_module, info.head, (hidden.index_select(0, index),)
                 )
                 for n, i in enumerate(rows):
                     row = logits[n]
@@ -797,7 +875,10 @@ class GenerationBatch:
         for n, row in enumerate(rows):
             if row.temperature <= 0:
                 continue
-            probs = torch.softmax(logits[n] / row.temperature, dim=-1)
+            # Shifted so the largest is 0 before dividing: any temperature > 0 stays finite
+            # (logits / 1e-40 would overflow to inf and make the softmax nan).
+            shifted = logits[n] - logits[n].max()
+            probs = torch.softmax(shifted / row.temperature, dim=-1)
             if row.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 keep = sorted_p.cumsum(-1) - sorted_p < row.top_p

@@ -4,7 +4,9 @@ The Ray Serve model deployment wraps one :class:`ModelServer` per replica; nothi
 Ray, so the same object serves tests, benchmarks and local tools. It ties together
 
 - :class:`~.engine.Engine` (torch work, run on ONE worker thread so the event loop stays
-  responsive and the model is never used by two threads at once),
+  responsive and the model is never used by two threads at once; tokenizing prompts, chat
+  templates and classify inputs runs on separate tokenizer threads, so a long input neither
+  blocks the event loop nor holds the torch thread),
 - :class:`~.adapter_cache.AdapterCache` (registry from ``user_config``, LRU residency,
   single-flight loads, pinning while requests use an adapter),
 - two :class:`~.batcher.MixedBatcher` (generation, classification) that put requests for
@@ -14,6 +16,11 @@ Generation batches decode step by step; every step's tokens go to per-request
 ``asyncio.Queue`` objects, so streaming works while batching. Errors concern one request only:
 validation errors are raised before it is queued; a failed adapter load fails the requests for
 that adapter; a failing batch fails the requests in that batch, never the server.
+
+Fair share: classification batches run in passes of at most ``max_batch_size`` texts, taken
+round-robin from the requests in the batch, and requests that arrive meanwhile join at the next
+pass - a request with hundreds of texts delays a one-text request by one pass, not by all of
+its own.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import functools
 import logging
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,8 +39,10 @@ from typing import Any, TypeVar
 
 from .adapter_cache import AdapterCache, AdapterSpec
 from .batcher import MixedBatcher
+from .chat import render_chat_prompt
 from .engine import Engine, GenerationRow, StepEvent, softmax_scores
 from .errors import InvalidRequestError, ServingError
+from .openai_schemas import MAX_SEED, MIN_SEED, MIN_TEMPERATURE
 from .types import (
     BASE_ADAPTER,
     ClassifyRequest,
@@ -48,6 +58,10 @@ R = TypeVar("R")
 
 #: Decode steps a request may wait for a partial join while a running batch has a free row.
 JOIN_EVERY_STEPS = 8
+#: Threads that tokenize. The tokenizers library releases the GIL while it works, so a long
+#: input costs CPU time on one of these threads, not latency on the event loop; two let a short
+#: input be tokenized while a long one is.
+TOKENIZER_THREADS = 2
 
 
 @dataclass
@@ -60,12 +74,14 @@ class _GenItem:
     cancelled: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class _ClsItem:
-    texts: list[str]
+    features: list[dict[str, list[int]]]  # per text, from Engine.encode_classification
     adapter: str | None
     future: asyncio.Future
     prompt_tokens: int = 0
+    done: int = 0  # texts classified so far (in order)
+    outputs: list[tuple[list[str], list[float]]] = field(default_factory=list)
 
 
 def _adapter_name(adapter: Any) -> str | None:
@@ -140,6 +156,16 @@ class ModelServer:
         self.max_tokens_limit = max_tokens_limit
         self._tensor_bytes = self.engine.tensor_bytes()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafleet-engine")
+        self._tokenizer_pool = ThreadPoolExecutor(
+            max_workers=TOKENIZER_THREADS, thread_name_prefix="lorafleet-tokenize"
+        )
+        # A fast tokenizer changes its truncation/padding settings on the first call that
+        # asks for other ones; done once here, every later call only reads, so the tokenizer
+        # threads and the torch thread (decoding) can share it.
+        if task == "text-classification":
+            self.engine.encode_classification(["warm up"])
+        else:
+            self.engine.encode_prompt("warm up")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters)
         self._gen_batcher: MixedBatcher[_GenItem] = MixedBatcher(
@@ -191,6 +217,12 @@ class ModelServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    async def _tokenize(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run tokenizer work ``fn(*args)`` on a tokenizer thread (not the torch thread)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        return await loop.run_in_executor(self._tokenizer_pool, functools.partial(fn, *args))
 
     def _measured(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -379,7 +411,7 @@ class ModelServer:
 
     # ----------------------------------------------------------------- generation
 
-    def _prepare_generation(self, req: GenerateRequest) -> _GenItem:
+    async def _prepare_generation(self, req: GenerateRequest) -> _GenItem:
         if self.task != "text-generation":
             raise InvalidRequestError(
                 f"this model serves {self.task}; completions are not available", param="model"
@@ -401,6 +433,12 @@ class ModelServer:
             raise InvalidRequestError(
                 f"temperature must be a number >= 0, got {req.temperature!r}", param="temperature"
             )
+        if 0 < req.temperature < MIN_TEMPERATURE:
+            raise InvalidRequestError(
+                f"temperature must be 0 (greedy decoding) or at least {MIN_TEMPERATURE:g}, "
+                f"got {req.temperature!r}",
+                param="temperature",
+            )
         if not _is_number(req.top_p) or not 0 < req.top_p <= 1:
             raise InvalidRequestError(f"top_p must be in (0, 1], got {req.top_p!r}", param="top_p")
         stop = req.stop if req.stop is not None else []
@@ -408,10 +446,15 @@ class ModelServer:
             stop = [stop]
         if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
             raise InvalidRequestError("stop must be a list of non-empty strings", param="stop")
-        if req.seed is not None and not _is_int(req.seed):
-            raise InvalidRequestError(f"seed must be an integer, got {req.seed!r}", param="seed")
+        if req.seed is not None and (not _is_int(req.seed) or not MIN_SEED <= req.seed <= MAX_SEED):
+            raise InvalidRequestError(
+                f"seed must be an integer from {MIN_SEED} to {MAX_SEED}, got {req.seed!r}",
+                param="seed",
+            )
         adapter = _adapter_name(req.adapter)
-        prompt_ids = self.engine.encode_prompt(req.prompt)
+        if isinstance(req.prompt, str):
+            self.engine.check_prompt_chars(len(req.prompt))  # before a thread hop
+        prompt_ids = await self._tokenize(self.engine.encode_prompt, req.prompt)
         limit = self.engine.max_positions
         if limit is not None and len(prompt_ids) + req.max_tokens > limit:
             raise InvalidRequestError(
@@ -429,6 +472,24 @@ class ModelServer:
             seed=req.seed,
         )
         return _GenItem(request=req, adapter=adapter, prompt_ids=prompt_ids)
+
+    async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str | list[int]:
+        """The prompt the base's chat template makes of ``messages``, rendered off the loop.
+
+        Args:
+            messages: ``[{"role", "content", "name"?}, ...]`` (see
+                :func:`~.chat.render_chat_prompt`).
+
+        Returns:
+            Token ids (chat template) or prompt text (no template).
+
+        Raises:
+            InvalidRequestError: The contents together are longer than can fit in the context
+                (refused before rendering), or the template refused them (``param="messages"``).
+        """
+        chars = sum(len(m.get("content") or "") for m in messages)
+        self.engine.check_prompt_chars(chars, "messages")
+        return await self._tokenize(render_chat_prompt, self.tokenizer, list(messages))
 
     def _row_for(self, item: _GenItem) -> GenerationRow:
         req = item.request
@@ -509,7 +570,9 @@ class ModelServer:
             if item.row is None or item.row.finish_reason is None:
                 item.queue.put_nowait(error)
 
-    async def generate_stream(self, req: GenerateRequest) -> AsyncIterator[StreamDelta]:
+    async def generate_stream(
+        self, req: GenerateRequest, *, group: Any = None
+    ) -> AsyncIterator[StreamDelta]:
         """Generate, yielding one :class:`StreamDelta` per token (the last one is final).
 
         Errors (invalid request, unknown adapter, adapter load failure) are raised by the first
@@ -518,6 +581,8 @@ class ModelServer:
 
         Args:
             req: The request.
+            group: Requests of one group (a hashable key) share one turn when queued requests
+                are taken into batches round-robin; ``None``: a group of its own.
 
         Yields:
             Deltas; the last has ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``.
@@ -527,14 +592,14 @@ class ModelServer:
         """
         self.requests += 1
         try:
-            item = self._prepare_generation(req)
+            item = await self._prepare_generation(req)
         except ServingError:
             self.failed_requests += 1
             raise
         finished = False
         try:
             async with self._lease(item.adapter):
-                self._gen_batcher.submit(item)
+                self._gen_batcher.submit(item, group)
                 while True:
                     event = await item.queue.get()
                     if isinstance(event, BaseException):
@@ -560,11 +625,38 @@ class ModelServer:
                 if item.row is not None:
                     item.row.cancelled = True
 
-    async def generate(self, req: GenerateRequest) -> GenerateResult:
+    async def generate_many(self, reqs: Sequence[GenerateRequest]) -> list[GenerateResult]:
+        """Generate one completion per request: the prompts of one HTTP request.
+
+        They are batched like any requests but share one turn in the round-robin of queued
+        requests, so many prompts in one request do not delay other requests more than one
+        prompt would. The first error cancels the others and is raised.
+
+        Args:
+            reqs: The requests, in order.
+
+        Returns:
+            One :class:`GenerateResult` per request, in order.
+
+        Raises:
+            InvalidRequestError, UnknownModelError, AdapterLoadError, ServingError: As
+                :meth:`generate`, from the first request that failed.
+        """
+        group = object()
+        tasks = [asyncio.ensure_future(self.generate(r, group=group)) for r in reqs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+
+    async def generate(self, req: GenerateRequest, *, group: Any = None) -> GenerateResult:
         """Generate a completion for one request (batched with concurrent requests).
 
         Args:
             req: The request.
+            group: See :meth:`generate_stream`.
 
         Returns:
             The :class:`GenerateResult`.
@@ -578,7 +670,7 @@ class ModelServer:
         text_parts: list[str] = []
         token_ids: list[int] = []
         final: StreamDelta | None = None
-        async for delta in self.generate_stream(req):
+        async for delta in self.generate_stream(req, group=group):
             text_parts.append(delta.text)
             if delta.token_id is not None:
                 token_ids.append(delta.token_id)
@@ -629,45 +721,74 @@ class ModelServer:
                     )
             adapter = _adapter_name(req.adapter)
             loop = asyncio.get_running_loop()
-            tokens = sum(len(ids) for ids in self.tokenizer(texts).input_ids)
+            features = await self._tokenize(self.engine.encode_classification, list(texts))
+            tokens = sum(len(f["input_ids"]) for f in features)
             async with self._lease(adapter):
-                item = _ClsItem(list(texts), adapter, loop.create_future(), tokens)
+                item = _ClsItem(features, adapter, loop.create_future(), tokens)
                 self._cls_batcher.submit(item)
                 return await item.future
         except ServingError:
             self.failed_requests += 1
             raise
 
+    def _next_pass(self, pending: deque[_ClsItem], size: int) -> list[tuple[_ClsItem, int]]:
+        """Up to ``size`` (item, text index) pairs, one text per request in turn (round-robin)."""
+        taken: dict[int, int] = {}
+        picked: list[tuple[_ClsItem, int]] = []
+        progress = True
+        while len(picked) < size and progress:
+            progress = False
+            for item in pending:
+                index = item.done + taken.get(id(item), 0)
+                if index < len(item.features) and len(picked) < size:
+                    picked.append((item, index))
+                    taken[id(item)] = taken.get(id(item), 0) + 1
+                    progress = True
+        return picked
+
     async def _run_classification(self, items: list[_ClsItem]) -> None:
-        texts = [t for item in items for t in item.texts]
-        adapters = [item.adapter for item in items for _ in item.texts]
-        chunk = max(self._cls_batcher.max_batch_size, 16)
-        outputs: list[tuple[list[str], list[float]]] = []
-        for start in range(0, len(texts), chunk):
-            outputs.extend(
-                await self._call(
-                    self.engine.classify,
-                    texts[start : start + chunk],
-                    adapters[start : start + chunk],
+        """Classify a batch in passes of at most ``max_batch_size`` texts (at least 16).
+
+        Each pass takes texts round-robin from the requests still running, and requests queued
+        meanwhile join at the next pass, so no request waits for more than one pass of
+        another's texts. A failing pass fails the requests still running, not the server.
+        """
+        size = max(self._cls_batcher.max_batch_size, 16)
+        pending: deque[_ClsItem] = deque(items)
+        try:
+            while True:
+                pending.extend(self._cls_batcher.take_nowait(size))
+                for item in [i for i in pending if i.future.done()]:  # cancelled by the caller
+                    pending.remove(item)
+                if not pending:
+                    return
+                picked = self._next_pass(pending, size)
+                outputs = await self._call(
+                    self.engine.classify_encoded,
+                    [item.features[i] for item, i in picked],
+                    [item.adapter for item, _ in picked],
                 )
-            )
-        pos = 0
-        for item in items:
-            mine = outputs[pos : pos + len(item.texts)]
-            pos += len(item.texts)
-            if item.future.done():
-                continue
-            labels, scores, logits = [], [], []
-            for names, values in mine:
-                best = max(range(len(values)), key=values.__getitem__)
-                labels.append(names[best])
-                scores.append(softmax_scores(names, values))
-                logits.append(values)
-            item.future.set_result(
-                ClassifyResult(
-                    labels=labels, scores=scores, logits=logits, prompt_tokens=item.prompt_tokens
-                )
-            )
+                for (item, _), output in zip(picked, outputs, strict=True):
+                    item.outputs.append(output)
+                    item.done += 1
+                for item in [i for i in pending if i.done == len(i.features)]:
+                    pending.remove(item)
+                    if not item.future.done():
+                        item.future.set_result(self._classify_result(item))
+        except Exception as exc:
+            self._fail_classification(list(pending), exc)
+
+    @staticmethod
+    def _classify_result(item: _ClsItem) -> ClassifyResult:
+        labels, scores, logits = [], [], []
+        for names, values in item.outputs:
+            best = max(range(len(values)), key=values.__getitem__)
+            labels.append(names[best])
+            scores.append(softmax_scores(names, values))
+            logits.append(values)
+        return ClassifyResult(
+            labels=labels, scores=scores, logits=logits, prompt_tokens=item.prompt_tokens
+        )
 
     def _fail_classification(self, items: list[_ClsItem], exc: BaseException) -> None:
         if not items:
@@ -695,3 +816,4 @@ class ModelServer:
         self._fail_generation(self._gen_batcher.take_nowait(2**31), closing)
         self._fail_classification(self._cls_batcher.take_nowait(2**31), closing)
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._tokenizer_pool.shutdown(wait=True, cancel_futures=True)

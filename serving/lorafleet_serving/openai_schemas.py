@@ -13,6 +13,7 @@ validators with a message naming the field.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -25,10 +26,59 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 1.0
 #: How many stop sequences a request may give (OpenAI allows 4; a few more cost nothing).
 MAX_STOP_SEQUENCES = 16
+#: Smallest positive ``temperature``: below it sampling cannot be told apart from greedy
+#: decoding, so a request must say 0 (some clients send 1e-5 or 1e-6 to mean greedy: allowed).
+MIN_TEMPERATURE = 1e-6
+#: Seeds ``torch.Generator.manual_seed`` accepts: any signed or unsigned 64-bit integer.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**64 - 1
+
+#: A UTF-16 surrogate code point. JSON's ``\uXXXX`` escapes may name one alone (``"\ud800"``);
+#: valid pairs become one character when parsed, so any left is not Unicode text.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def lone_surrogate_path(value: Any, path: str = "") -> str | None:
+    """Where the first lone UTF-16 surrogate hides in a parsed request, if anywhere.
+
+    Args:
+        value: A request model, or a str / list / dict / scalar inside one.
+        path: Dotted path of ``value`` itself (``""`` for the body).
+
+    Returns:
+        The field path of the first string holding a lone surrogate (``"prompt"``,
+        ``"messages[0].content[1].text"``, ``"stop[2]"``), or ``None`` when every string is
+        valid Unicode.
+    """
+    if isinstance(value, str):
+        return (path or "body") if _SURROGATE.search(value) else None
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            found = lone_surrogate_path(getattr(value, name), f"{path}.{name}" if path else name)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, child in enumerate(value):
+            found = lone_surrogate_path(child, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found = lone_surrogate_path(child, f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+    return None
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    def lone_surrogate_field(self) -> str | None:
+        """The first field whose text holds a lone UTF-16 surrogate (see
+        :func:`lone_surrogate_path`), or ``None``."""
+        return lone_surrogate_path(self)
 
 
 class StreamOptions(_Request):
@@ -49,14 +99,29 @@ class _SamplingRequest(_Request):
         description="Served name of the base model or name of an adapter. May be omitted when "
         "the serve_multiplexed_model_id header names the adapter.",
     )
-    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(
+        DEFAULT_TEMPERATURE,
+        ge=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description=f"0 for greedy decoding, else {MIN_TEMPERATURE:g} to 2.",
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=MIN_SEED, le=MAX_SEED)
     user: str | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_vanishing(cls, value: float) -> float:
+        if 0.0 < value < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature must be 0 (greedy decoding) or at least {MIN_TEMPERATURE:g}"
+            )
+        return value
 
     @field_validator("n")
     @classmethod
