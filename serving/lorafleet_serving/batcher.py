@@ -93,11 +93,6 @@ class MixedBatcher(Generic[T]):
         self._groups.setdefault(key, deque()).append(item)
         self._arrived.set()
 
-    @property
-    def queued(self) -> int:
-        """Number of items waiting for a batch."""
-        return sum(len(items) for items in self._groups.values())
-
     def _pop(self) -> T:
         """The next item round-robin: the first group's oldest; that group goes last."""
         key, items = next(iter(self._groups.items()))

@@ -143,3 +143,27 @@ def test_invalid_settings_name_the_field(kwargs, field):
 
     with pytest.raises(ValueError, match=field):
         MixedBatcher(handler, **kwargs)
+
+
+async def test_groups_are_taken_round_robin_so_a_late_single_item_is_not_starved():
+    """Items of one group (one request's prompts) share a turn: a later lone item is taken
+    after at most one item of each earlier group, not after all of them."""
+    rec = Recorder(hold_s=0.05)
+    batcher: MixedBatcher[str] = MixedBatcher(rec, max_batch_size=2, batch_wait_timeout_s=0.0)
+    batcher.submit("warm")  # occupies the only batch slot, so the rest queue up
+    await asyncio.sleep(0.01)
+    for i in range(6):
+        batcher.submit(f"big{i}", group="big")
+    for i in range(2):
+        batcher.submit(f"other{i}", group="other")
+    batcher.submit("late")  # no group: a group of its own
+    assert batcher.take_nowait(3) == ["big0", "other0", "late"]
+    assert batcher.take_nowait(3) == ["big1", "other1", "big2"]
+    assert batcher.take_nowait(10) == ["big3", "big4", "big5"]
+    assert batcher.take_nowait(10) == []
+    # Batches formed by the collector follow the same order.
+    for i in range(4):
+        batcher.submit(f"big{i}", group="big")
+    batcher.submit("late")
+    await _drain(batcher, rec, 1 + 5)
+    assert rec.batches[1:] == [["big0", "late"], ["big1", "big2"], ["big3"]]
