@@ -39,10 +39,25 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    raw_base: str = ""
+    """The ``FROM`` argument as written (``${BASE_IMAGE}``, an earlier stage's name ...)."""
 
     def all(self, keyword: str) -> list[Instruction]:
         """The stage's instructions with this keyword, in order."""
         return [i for i in self.instructions if i.keyword == keyword]
+
+
+def build_args(path: Path) -> dict[str, str]:
+    """The ``ARG`` defaults declared before the first ``FROM`` (the base images' arguments)."""
+    args: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        keyword, _, value = line.strip().partition(" ")
+        if keyword.upper() == "FROM":
+            break
+        if keyword.upper() == "ARG":
+            key, _, default = value.partition("=")
+            args[key.strip()] = default.strip()
+    return args
 
 
 def parse_dockerfile(path: Path) -> list[Stage]:
@@ -86,7 +101,7 @@ def parse_dockerfile(path: Path) -> list[Stage]:
                 r"\$\{(\w+)\}|\$(\w+)", lambda m: _arg(args, m.group(1) or m.group(2)), parts[0]
             )
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
-            stages.append(Stage(base=base, name=name))
+            stages.append(Stage(base=base, name=name, raw_base=parts[0]))
         elif not stages:
             if keyword != "ARG":
                 raise ValueError(f"{path}: {keyword} before the first FROM")
@@ -103,19 +118,50 @@ def _arg(args: dict[str, str], name: str) -> str:
     return args[name]
 
 
+SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "!", "do", "done", "{", "}"}
+
+
 def run_commands(stage: Stage) -> list[list[str]]:
-    """Split each shell-form RUN of a stage into its simple commands (argv lists)."""
+    """Split each shell-form RUN of a stage into its simple commands (argv lists).
+
+    Shell keywords (``if``, ``then``, ``!`` ...) and leading ``VAR=value`` assignments are
+    dropped, so ``if ! command -v wget`` reads as ``command -v wget`` and
+    ``PYTHONPATH=x lorafleet --help`` as ``lorafleet --help``.
+    """
     commands: list[list[str]] = []
     for inst in stage.all("RUN"):
         exec_form = inst.exec_form()
         if exec_form is not None:
             commands.append(exec_form)
             continue
-        for part in re.split(r"&&|\|\||;|\|", inst.value):
-            words = shlex.split(part, comments=False)
+        for words in _simple_commands(inst.value):
+            while words and (
+                words[0] in SHELL_KEYWORDS or re.fullmatch(r"[A-Za-z_]\w*=\S*", words[0])
+            ):
+                words = words[1:]
             if words:
                 commands.append(words)
     return commands
+
+
+def _simple_commands(text: str) -> list[list[str]]:
+    """Split shell text on ``&&``, ``||``, ``;`` and ``|`` outside quotes; drop redirections."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|<>")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    commands: list[list[str]] = [[]]
+    tokens = list(lexer)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token in {"&&", "||", ";", "|"}:
+            commands.append([])
+        elif token in {">", ">>", "<", ">&"}:
+            i += 1  # the redirection's target
+        else:
+            commands[-1].append(token)
+        i += 1
+    return [c for c in commands if c]
 
 
 def ignored(rel_path: str, patterns: list[str]) -> bool:
