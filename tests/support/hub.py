@@ -52,14 +52,17 @@ import requests
 LFS_DEFAULT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.onnx")
 
 
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now.
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now.
+
+    Args:
+        host: The local address the port will be bound on.
 
     Returns:
         A port number (the OS picked it; another process may take it later).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -439,17 +442,19 @@ class OlahHub:
 
 
 @contextlib.contextmanager
-def run_olah_hub(workdir: Path) -> Iterator[OlahHub]:
-    """Start olah (offline, mirrors only) behind the stand-in on a free loopback port.
+def run_olah_hub(workdir: Path, host: str = "127.0.0.1") -> Iterator[OlahHub]:
+    """Start olah (offline, mirrors only) behind the stand-in on a free port of ``host``.
 
     Args:
         workdir: Folder for the config, mirrors, olah's cache/logs and the stand-in state.
+        host: Address to listen on: loopback, or the test node's bridge address for Pods
+            (never all interfaces).
 
     Yields:
         The running :class:`OlahHub`; the server process is stopped on exit.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port(host)
     mirrors = workdir / "mirrors"
     (mirrors / "models").mkdir(parents=True, exist_ok=True)
     config = workdir / "olah.toml"
@@ -457,11 +462,11 @@ def run_olah_hub(workdir: Path) -> Iterator[OlahHub]:
         textwrap.dedent(
             f"""
             [basic]
-            host = "127.0.0.1"
+            host = "{host}"
             port = {port}
             repos-path = "{workdir / "repos"}"
-            mirror-netloc = "127.0.0.1:{port}"
-            mirror-lfs-netloc = "127.0.0.1:{port}"
+            mirror-netloc = "{host}:{port}"
+            mirror-lfs-netloc = "{host}:{port}"
             mirrors-path = ["{mirrors}"]
             metadata-cache-ttl = 0
 
@@ -471,7 +476,7 @@ def run_olah_hub(workdir: Path) -> Iterator[OlahHub]:
         )
     )
     hub = OlahHub(
-        endpoint=f"http://127.0.0.1:{port}",
+        endpoint=f"http://{host}:{port}",
         mirrors_path=mirrors,
         state_file=workdir / "standin-state.json",
     )
@@ -485,7 +490,7 @@ def run_olah_hub(workdir: Path) -> Iterator[OlahHub]:
     )
     log = (workdir / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCHER, "127.0.0.1", str(port)],
+        [sys.executable, "-c", _LAUNCHER, host, str(port)],
         cwd=workdir,
         env=env,
         stdout=log,

@@ -1,22 +1,21 @@
 """Fixtures for the Go-built Kubernetes control plane (``scripts/cluster.sh``).
 
 Fixtures:
-    ``kube_cluster`` (session): etcd + kube-apiserver + kube-controller-manager on loopback,
-        started once per test session by ``scripts/cluster.sh up`` in a per-session run folder
-        and stopped by ``scripts/cluster.sh down`` at the end; the KubeRay CRDs (RayService,
-        RayCluster, RayJob) are installed. ``KUBECONFIG`` is exported for the ``kubernetes``
-        client and kopf, and the client's default configuration is loaded from it. Yields a
-        :class:`KubeCluster`. Skips with a clear message when Go is not installed (on CI,
-        where ``CI`` is set, it fails instead: CI machines have Go).
+    ``kube_cluster`` (session): etcd + kube-apiserver + kube-controller-manager and a real
+        node (kube-scheduler, containerd + runc, CNI bridge, kubelet, kube-proxy, CoreDNS),
+        started once per test session by ``scripts/cluster.sh up --node`` in a per-session run
+        folder and stopped by ``scripts/cluster.sh down`` at the end; the project's image
+        (``scripts/image.sh build``, cached) is imported into the node's containerd, and the
+        KubeRay CRDs (RayService, RayCluster, RayJob) are installed. ``KUBECONFIG`` is exported
+        for the ``kubernetes`` client and kopf, and the client's default configuration is
+        loaded from it. Yields a :class:`KubeCluster`. Skips with a clear message when Go is
+        not installed or this is not root (on CI, where ``CI`` is set, it fails instead).
     ``kube_api`` (session): a ``kubernetes.client.ApiClient`` for the cluster (admin).
     ``namespace`` (function): a fresh namespace per test, deleted after it.
-    ``kubelet_standin`` (function): a factory ``(volume_map=None, **kw) -> KubeletStandIn``;
-        every stand-in made is stopped after the test.
     ``kuberay_standin`` (function): a factory ``(dashboard_url, path_map=None, **kw) ->
         KubeRayStandIn``; stopped (its applications removed from Ray) after the test.
 
-The stand-ins themselves live in ``tests/support/kubelet_standin.py`` and
-``tests/support/kuberay_standin.py``.
+The KubeRay stand-in lives in ``tests/support/kuberay_standin.py``.
 """
 
 from __future__ import annotations
@@ -30,29 +29,29 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.kubelet_standin import KubeletStandIn
 from tests.support.kuberay_standin import KubeRayStandIn
+from tests.support.node_host import host_state
 
 __all__ = [
     "KubeCluster",
     "KubeRayStandIn",
-    "KubeletStandIn",
+    "build_image",
     "find_go",
     "kube_api",
     "kube_cluster",
-    "kubelet_standin",
     "kuberay_standin",
     "namespace",
 ]
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "scripts" / "cluster.sh"
+IMAGE_SH = REPO / "scripts" / "image.sh"
 #: Seconds allowed for `cluster.sh up` (a cold build of the binaries is much longer; run
 #: `scripts/cluster.sh build` first, as scripts/test.sh does).
 UP_TIMEOUT_S = float(os.environ.get("LORAFLEET_CLUSTER_UP_TIMEOUT", "3600"))
@@ -82,6 +81,13 @@ class KubeCluster:
         run_dir: folder with certificates, etcd data, logs and pids of this run.
         version: the Kubernetes version, e.g. ``v1.37.2``.
         env: environment for subprocesses (``KUBECONFIG`` set, cluster tools on PATH).
+        node_name: the node's name (``lorafleet-node``).
+        node_ip: the node's address on its bridge; Pods reach servers the tests run on the
+            host only at this address.
+        image: the project's image reference, present in the node's containerd
+            (``imagePullPolicy: IfNotPresent`` or ``Never`` finds it).
+        host_before: the host's network state read before the node started
+            (:func:`tests.support.node_host.host_state`), for the teardown test.
     """
 
     kubeconfig: Path
@@ -92,6 +98,10 @@ class KubeCluster:
     run_dir: Path
     version: str
     env: dict[str, str]
+    node_name: str = ""
+    node_ip: str = ""
+    image: str = ""
+    host_before: dict[str, Any] = field(default_factory=dict)
 
     def api_client(self) -> Any:
         """Return a new ``kubernetes.client.ApiClient`` for this cluster (admin identity)."""
@@ -135,9 +145,11 @@ class KubeCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _script(cmd: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _script(
+    cmd: str, env: dict[str, str], timeout: float, *args: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["bash", str(CLUSTER_SH), cmd],
+        ["bash", str(CLUSTER_SH), cmd, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -160,22 +172,62 @@ def _script_env(run_dir: Path) -> dict[str, str]:
     return env
 
 
+def build_image(*args: str, timeout: float = UP_TIMEOUT_S) -> dict[str, str]:
+    """Run ``scripts/image.sh ARGS`` (cached builds) and return its ``KEY=VALUE`` lines.
+
+    Args:
+        args: ``build`` for the project's image, or ``scratch NAME BINARY`` for a one-binary
+            image.
+        timeout: Seconds (a cold build of the project's image takes minutes).
+
+    Returns:
+        At least ``IMAGE`` (the reference) and ``ARCHIVE`` (the image archive's path).
+
+    Raises:
+        AssertionError: The script failed (its stderr tail is in the message).
+    """
+    proc = subprocess.run(
+        ["bash", str(IMAGE_SH), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"scripts/image.sh {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+        )
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+
+
+def _need(condition: bool, msg: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    """The session's Kubernetes control plane (see the module docstring)."""
-    if find_go() is None:
-        msg = (
-            "Go is not installed: the test Kubernetes control plane is built from Go modules "
-            "(scripts/cluster.sh build needs Go >= 1.26 on PATH or in /usr/local/go/bin)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    """The session's Kubernetes cluster with its node (see the module docstring)."""
+    _need(
+        find_go() is not None,
+        "Go is not installed: the test Kubernetes cluster is built from Go modules "
+        "(scripts/cluster.sh build needs Go >= 1.26 on PATH or in /usr/local/go/bin)",
+    )
+    _need(
+        os.geteuid() == 0,
+        "the test node needs root (network namespaces, cgroups, iptables, mounts)",
+    )
+    image = build_image("build")
     run_dir = tmp_path_factory.mktemp("kube") / "run"
     env = _script_env(run_dir)
-    proc = _script("up", env, UP_TIMEOUT_S)
+    env["LORAFLEET_NODE_IMAGES"] = f"{image['IMAGE']}={image['ARCHIVE']}"
+    before = host_state()
+    proc = _script("up", env, UP_TIMEOUT_S, "--node")
     if proc.returncode != 0:
-        _script("down", env, 120)
+        _script("down", env, 300)
         pytest.fail(f"scripts/cluster.sh up failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     try:
         paths = dict(
@@ -198,6 +250,10 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
             run_dir=Path(paths["RUN_DIR"]),
             version=paths["K8S_VERSION"],
             env=cluster_env,
+            node_name=paths.get("NODE_NAME", ""),
+            node_ip=paths.get("NODE_IP", ""),
+            image=image["IMAGE"],
+            host_before=before,
         )
         old_kubeconfig = os.environ.get("KUBECONFIG")
         os.environ["KUBECONFIG"] = str(kubeconfig)
@@ -215,10 +271,22 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
         _stop_cluster(env, run_dir)
 
 
+def stop_cluster(cluster: KubeCluster) -> subprocess.CompletedProcess[str]:
+    """Run ``scripts/cluster.sh down`` for a session cluster (idempotent).
+
+    Args:
+        cluster: The cluster.
+
+    Returns:
+        The completed ``down`` (its stderr says what was stopped and removed).
+    """
+    return _script("down", _script_env(cluster.run_dir), 300)
+
+
 def _stop_cluster(env: dict[str, str], run_dir: Path) -> None:
     """``scripts/cluster.sh down``; if it fails or hangs, kill the recorded process ids."""
     try:
-        down = _script("down", env, 120)
+        down = _script("down", env, 300)
         if down.returncode == 0:
             return
         print(f"scripts/cluster.sh down failed: {down.stderr}", file=sys.stderr)
@@ -258,24 +326,6 @@ def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
         except ApiException as e:
             if e.status != 404:
                 raise
-
-
-@pytest.fixture
-def kubelet_standin(kube_api: Any) -> Iterator[Callable[..., KubeletStandIn]]:
-    """Factory of :class:`KubeletStandIn` objects bound to the session cluster; each one made
-    is stopped after the test (its running containers killed)."""
-    made: list[KubeletStandIn] = []
-
-    def make(volume_map: dict[str, Any] | None = None, **kwargs: Any) -> KubeletStandIn:
-        standin = KubeletStandIn(kube_api, volume_map, **kwargs)
-        made.append(standin)
-        return standin
-
-    try:
-        yield make
-    finally:
-        for standin in made:
-            standin.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
 """A TEST STAND-IN for the kubelet: runs the Pods of Jobs as local processes.
 
+Used only by ``benchmarks/operator.py`` (hundreds of Jobs, to measure the operator rather than
+container start-up) on a control plane started without a node. Every test runs its Pods on the
+real test node (``scripts/cluster.sh up --node``; tests/cluster/README.md).
+
 The test control plane (``scripts/cluster.sh``) has a real kube-apiserver and a real
 kube-controller-manager, whose Job controller creates a Job's Pods and writes the Job's
 status (``succeeded``/``failed`` counts, ``Complete``/``Failed`` conditions, retries up to
