@@ -9,7 +9,9 @@ Measures, in one run against the Go-built test control plane (``scripts/cluster.
 - the operator process's CPU use over an idle window once everything is settled.
 
 The operator runs as a separate process (``lorafleet operator``) so its CPU can be measured.
-Install Jobs run through the kubelet stand-in (tests/support/kubelet_standin.py). To measure the
+Install Jobs run through the kubelet stand-in (tests/support/kubelet_standin.py) on a control
+plane without a node (`cluster.sh up`, no `--node`): the benchmark measures the operator, not
+container start-up, which on a 2-core test node would dominate 200 Jobs. To measure the
 operator rather than torch start-up, the Jobs' ``lorafleet-install`` resolves (through ``PATH``)
 to a *benchmark installer* written by this script, which lays out the install folder and writes
 an install report exactly as the real installer does (docs/interfaces.md sections 1-2) for a

@@ -19,10 +19,23 @@ echo "== ruff"
 ruff check .
 ruff format --check . || { echo "ruff format: run 'ruff format .'"; exit 1; }
 
-if [ -x "$here/scripts/cluster.sh" ]; then
-  echo "== building the test control plane (cached after the first build)"
-  "$here/scripts/cluster.sh" build
+# The project's image (buildah; network- and disk-bound) builds while the Go modules of the
+# test cluster compile (CPU-bound); both are cached, keyed by their inputs.
+logs=${LORAFLEET_BUILD_LOGS:-$HOME/.cache/lorafleet/logs}
+mkdir -p "$logs"
+echo "== building the project's image in the background (log: $logs/image-build.log)"
+started=$SECONDS
+"$here/scripts/image.sh" build > "$logs/image-build.log" 2>&1 &
+image_pid=$!
+echo "== building the test cluster: control plane, node, CoreDNS, KubeRay (cached after the first build)"
+"$here/scripts/cluster.sh" build
+echo "   cluster binaries ready after $((SECONDS - started)) s"
+if ! wait "$image_pid"; then
+  tail -n 40 "$logs/image-build.log"
+  echo "scripts/image.sh build failed (log: $logs/image-build.log)"
+  exit 1
 fi
+echo "   image ready after $((SECONDS - started)) s: $(grep '^IMAGE=' "$logs/image-build.log" | cut -d= -f2-)"
 
 if [ "$#" -gt 0 ]; then
   exec python -m pytest "$@"
