@@ -43,6 +43,12 @@ ROLE_LABEL = "lorafleet.io/role"
 TERMINATION_LOG = "/dev/termination-log"
 VOLUME_NAME = "models"
 CONTAINER_NAME = "installer"
+#: The root filesystem is read-only; HOME and TMPDIR are this emptyDir.
+SCRATCH_VOLUME = "scratch"
+SCRATCH_MOUNT = "/tmp"
+#: Where ``pvc://<claim>/<path>`` sources are mounted (read-only): the installer reads them at
+#: ``$LORAFLEET_PVC_ROOT/<claim>/<path>`` (docs/interfaces.md section 1).
+PVC_ROOT = "/mnt/pvc"
 _MAX_NAME = 63
 
 
@@ -188,6 +194,60 @@ def _source_args(source: Source) -> list[str]:
     return args
 
 
+def source_claims(*uris: str | None) -> list[str]:
+    """The claims named by ``pvc://<claim>/<path>`` URIs, in order, without repeats.
+
+    Args:
+        *uris: Source or checkpoint URIs (``None`` and other schemes are skipped).
+
+    Returns:
+        Claim names.
+    """
+    claims: list[str] = []
+    for uri in uris:
+        if uri and uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if claim and claim not in claims:
+                claims.append(claim)
+    return claims
+
+
+def local_only_source(**uris: str | None) -> str | None:
+    """Why a spec cannot be installed on a cluster, or None when it can.
+
+    ``file://`` sources name a path on the machine that runs ``lorafleet up`` (local mode); an
+    install Job's Pod runs elsewhere, from an image, and would not see it. The same manifests
+    work in local mode, which reads them itself, so the CRD schema allows the scheme and the
+    operator refuses it.
+
+    Args:
+        **uris: Spec field path (``source_uri``, ``checkpoint_uri``) -> URI or None.
+
+    Returns:
+        A message naming the field and what to use instead, or None.
+    """
+    for field_name, uri in uris.items():
+        if uri and uri.startswith("file://"):
+            where = "spec." + field_name.replace("_uri", ".uri")
+            return (
+                f"{where}: file:// is read from the machine running `lorafleet up` (local mode"
+                " only); on a cluster use pvc://<claim>/<path>, hf://, s3:// or https://"
+            )
+    return None
+
+
+def _source_volumes(claims: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read-only volumes and mounts for the claims of ``pvc://`` sources."""
+    volumes, mounts = [], []
+    for i, claim in enumerate(claims):
+        volume = f"source-{i}"
+        volumes.append(
+            {"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        )
+        mounts.append({"name": volume, "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    return volumes, mounts
+
+
 def _job(
     *,
     name: str,
@@ -200,19 +260,33 @@ def _job(
     settings: Settings,
     backoff_limit: int,
     resources: Mapping[str, Mapping[str, str]] | None = None,
+    source_claims: list[str] | None = None,
 ) -> dict[str, Any]:
     uid = settings.run_as_user
+    extra_volumes, extra_mounts = _source_volumes(source_claims or [])
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": settings.installer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
-        "env": env,
-        "volumeMounts": [{"name": VOLUME_NAME, "mountPath": settings.models_mount}],
+        "env": [
+            # The root filesystem is read-only: every cache and temporary file goes to the
+            # scratch emptyDir.
+            {"name": "HOME", "value": SCRATCH_MOUNT},
+            {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+            {"name": "LORAFLEET_PVC_ROOT", "value": PVC_ROOT},
+            *env,
+        ],
+        "volumeMounts": [
+            {"name": VOLUME_NAME, "mountPath": settings.models_mount},
+            {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT},
+            *extra_mounts,
+        ],
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
     }
@@ -229,7 +303,11 @@ def _job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}}],
+        "volumes": [
+            {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}},
+            {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}},
+            *extra_volumes,
+        ],
     }
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": n} for n in settings.image_pull_secrets]
@@ -270,6 +348,7 @@ def _install_job(
     *,
     claim_name: str,
     settings: Settings,
+    checkpoint_uri: str | None = None,
 ) -> dict[str, Any]:
     """An install Job running ``lorafleet-install base|adapter`` (docs/interfaces.md section 1).
 
@@ -281,9 +360,12 @@ def _install_job(
         kind_args: Installer arguments of that kind, placed after ``--dest``.
         claim_name: The PersistentVolumeClaim the files go to.
         settings: Operator settings.
+        checkpoint_uri: A BaseModel's ``spec.checkpoint.uri`` (its claim is mounted too when it
+            is a ``pvc://`` URI).
 
     Returns:
-        A ``batch/v1`` Job manifest.
+        A ``batch/v1`` Job manifest; the claims of ``pvc://`` source and checkpoint URIs are
+        mounted read-only under ``/mnt/pvc/<claim>``.
     """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -316,6 +398,7 @@ def _install_job(
         settings=settings,
         backoff_limit=settings.job_backoff_limit,
         resources=settings.installer_resources,
+        source_claims=source_claims(source.uri, checkpoint_uri),
     )
 
 
@@ -349,6 +432,7 @@ def build_base_install_job(
         args,
         claim_name=claim_name,
         settings=settings,
+        checkpoint_uri=spec.checkpoint.uri if spec.checkpoint else None,
     )
 
 

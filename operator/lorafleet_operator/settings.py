@@ -19,7 +19,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_JOB_TTL_S`` | ``3600`` | Job ``ttlSecondsAfterFinished`` |
 | ``LORAFLEET_INSTALLER_RESOURCES`` | none | install Job container ``resources``, JSON: ``{"requests": {...}, "limits": {...}}`` |
 | ``LORAFLEET_GPU_RESOURCE_NAME`` | ``nvidia.com/gpu`` | extended resource Ray workers request for ``spec.serving.gpus`` |
-| ``LORAFLEET_RUN_AS_USER`` | ``1000`` | uid (and gid/fsGroup) of Job and Ray pods |
+| ``LORAFLEET_RUN_AS_USER`` | ``10001`` | uid (and gid/fsGroup) of Job and Ray pods: the image's own user |
 | ``LORAFLEET_READY_TIMEOUT_S`` | ``900`` | seconds a RayService may take to become ready before ``Degraded`` |
 | ``LORAFLEET_POLL_INTERVAL_S`` | ``2`` | seconds between checks of running Jobs / RayServices |
 | ``LORAFLEET_DEBOUNCE_S`` | ``1.0`` | coalescing window of serve-config writes, in seconds |
@@ -32,6 +32,8 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_NAMESPACES`` | all | comma-separated namespaces to watch |
 | ``LORAFLEET_PEERING`` | standalone | kopf peering name (several replicas, one active) |
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
+| ``LORAFLEET_NETWORK_POLICY`` | ``true`` | make a NetworkPolicy per BaseModel that admits to its Ray Pods only their own cluster, KubeRay (dashboard) and clients of the Serve port |
+| ``LORAFLEET_KUBERAY_NAMESPACE`` | ``kuberay-system`` | namespace of the KubeRay operator (admitted to Ray's dashboard port) |
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ ENV_LISTEN_HOST = "LORAFLEET_LISTEN_HOST"
 ENV_NAMESPACES = "LORAFLEET_NAMESPACES"
 ENV_PEERING = "LORAFLEET_PEERING"
 ENV_LOG_FORMAT = "LORAFLEET_LOG_FORMAT"
+ENV_KUBERAY_NAMESPACE = "LORAFLEET_KUBERAY_NAMESPACE"
+ENV_NETWORK_POLICY = "LORAFLEET_NETWORK_POLICY"
 
 DEFAULT_IMAGE = "ghcr.io/lorafleet/lorafleet:0.1.0"
 DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
@@ -112,7 +116,8 @@ class Settings:
             ``limits``, resource name -> Kubernetes quantity string); empty for none.
         gpu_resource_name: Extended resource the Ray worker pods request ``spec.serving.gpus``
             of (``nvidia.com/gpu``, ``amd.com/gpu``, ...).
-        run_as_user: uid/gid/fsGroup of pods (non-root).
+        run_as_user: uid/gid/fsGroup of pods (non-root); default 10001, the user the image
+            (Dockerfile) and the chart (``runAsUser``) use.
         ready_timeout_s: Seconds a RayService may take to become ready before ``Degraded``.
         poll_interval_s: Seconds between checks of running Jobs and RayServices.
         debounce_s: Coalescing window of serve config writes (seconds).
@@ -126,6 +131,9 @@ class Settings:
         namespaces: Namespaces to watch; empty means all.
         peering: kopf peering name, or ``None`` for standalone.
         log_format: ``json`` or ``plain``.
+        network_policy: Whether each BaseModel gets a NetworkPolicy for its Ray Pods.
+        kuberay_namespace: Namespace of the KubeRay operator, admitted to the Ray dashboard
+            port by that NetworkPolicy.
     """
 
     installer_image: str = DEFAULT_IMAGE
@@ -142,7 +150,7 @@ class Settings:
     job_ttl_s: int = 3600
     installer_resources: dict[str, dict[str, str]] = field(default_factory=dict)
     gpu_resource_name: str = DEFAULT_GPU_RESOURCE_NAME
-    run_as_user: int = 1000
+    run_as_user: int = 10001
     ready_timeout_s: float = 900.0
     poll_interval_s: float = 2.0
     debounce_s: float = 1.0
@@ -155,6 +163,8 @@ class Settings:
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     peering: str | None = None
     log_format: str = "json"
+    network_policy: bool = True
+    kuberay_namespace: str = "kuberay-system"
 
     @property
     def ray_image(self) -> str:
@@ -201,6 +211,8 @@ _ENV_FIELDS: dict[str, str] = {
     "namespaces": ENV_NAMESPACES,
     "peering": ENV_PEERING,
     "log_format": ENV_LOG_FORMAT,
+    "network_policy": ENV_NETWORK_POLICY,
+    "kuberay_namespace": ENV_KUBERAY_NAMESPACE,
 }
 
 
@@ -284,6 +296,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 value = float(raw)
                 if value < 0:  # type: ignore[operator]
                     raise ValueError("must not be negative")
+            elif kind == "bool":
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError("must be true or false")
+                value = raw.lower() == "true"
             elif name == "namespaces":
                 value = tuple(ns.strip() for ns in raw.split(",") if ns.strip())
             elif name == "image_pull_secrets":

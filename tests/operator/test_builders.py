@@ -85,8 +85,23 @@ def test_base_install_job():
     (container,) = pod["containers"]
     assert container["image"] == "reg/lorafleet:1"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert container["volumeMounts"] == [{"name": "models", "mountPath": "/models"}]
+    # Read-only root: HOME and TMPDIR are an emptyDir; the image's user by default.
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["volumeMounts"] == [
+        {"name": "models", "mountPath": "/models"},
+        {"name": "scratch", "mountPath": "/tmp"},
+    ]
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "shared"}
+    assert pod["volumes"][1] == {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}
+    assert {e["name"]: e.get("value") for e in container["env"]}.items() >= {
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+    }.items()
     cmd = container["command"]
     assert cmd[:2] == ["lorafleet-install", "base"]
 
@@ -109,6 +124,38 @@ def test_base_install_job():
         "optional": True,
     }
     assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
+
+
+def test_default_uid_is_the_images_user():
+    assert Settings().run_as_user == 10001
+    pod = build_base_install_job(BM_BODY, BM_SPEC, "shared", Settings())["spec"]["template"]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 10001
+
+
+def test_pvc_sources_are_mounted_read_only_where_the_installer_reads_them():
+    spec = BaseModelSpec.model_validate(
+        {
+            "source": {"uri": "pvc://weights/minilm"},
+            "checkpoint": {"uri": "pvc://ckpts/run1/last.ckpt"},
+            "task": "text-classification",
+        }
+    )
+    pod = build_base_install_job(BM_BODY, spec, "shared", SETTINGS)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for claim in ("weights", "ckpts"):
+        mount = mounts[f"/mnt/pvc/{claim}"]
+        assert mount["readOnly"] is True
+        assert volumes[mount["name"]]["persistentVolumeClaim"] == {
+            "claimName": claim,
+            "readOnly": True,
+        }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LORAFLEET_PVC_ROOT"] == "/mnt/pvc"
+    # Other schemes mount nothing more.
+    plain = build_base_install_job(BM_BODY, BM_SPEC, "shared", SETTINGS)["spec"]["template"]
+    assert len(plain["spec"]["volumes"]) == 2
 
 
 def test_adapter_and_cleanup_jobs():
@@ -198,6 +245,12 @@ def test_rayservice():
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # Ray is closed to the namespace: token auth, no API token, RuntimeDefault seccomp.
+    assert cluster["authOptions"] == {"mode": "token"}
+    for template in (cluster["headGroupSpec"]["template"], group["template"]):
+        assert template["spec"]["automountServiceAccountToken"] is False
+        assert template["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
     assert serve_endpoint("minilm", "ml", SETTINGS) == "http://minilm-serve-svc.ml.svc:8000"
 
 
@@ -361,3 +414,44 @@ def test_pull_secrets_installer_resources_and_gpu_name_reach_jobs_and_ray_pods()
     assert res["requests"]["amd.com/gpu"] == "2" and res["limits"]["amd.com/gpu"] == "2"
     assert "nvidia.com/gpu" not in res["requests"] and "nvidia.com/gpu" not in res["limits"]
     assert not any("gpu" in name for name in head["containers"][0]["resources"]["limits"])
+
+
+def test_file_sources_are_refused_on_a_cluster_naming_the_field():
+    from lorafleet_operator.jobs import local_only_source
+
+    assert local_only_source(source_uri="hf://a/b", checkpoint_uri=None) is None
+    assert local_only_source(source_uri="pvc://c/p", checkpoint_uri="s3://b/k") is None
+    msg = local_only_source(source_uri="hf://a/b", checkpoint_uri="file:///tmp/x.ckpt")
+    assert msg and msg.startswith("spec.checkpoint.uri: file://") and "pvc://" in msg
+    msg = local_only_source(source_uri="file:///data/m")
+    assert msg and msg.startswith("spec.source.uri: file://") and "local mode" in msg
+
+
+def test_network_policy_admits_only_the_ray_cluster_kuberay_and_serve_clients():
+    from lorafleet_operator.networkpolicy import build_network_policy
+
+    policy = build_network_policy(BM_BODY, SETTINGS)
+    rs = build_rayservice(
+        BM_BODY,
+        BM_SPEC,
+        serve_config_yaml=dump_serve_config(build_serve_config("minilm", "/p", BM_SPEC, {})),
+        claim_name="shared",
+        settings=SETTINGS,
+    )
+    cluster = rs["spec"]["rayClusterConfig"]
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    # It selects exactly the Pods of this BaseModel's Ray cluster (head and workers).
+    for template in (
+        cluster["headGroupSpec"]["template"],
+        cluster["workerGroupSpecs"][0]["template"],
+    ):
+        assert selector.items() <= template["metadata"]["labels"].items()
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "BaseModel"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    own, kuberay, serve = policy["spec"]["ingress"]
+    assert own == {"from": [{"podSelector": {"matchLabels": selector}}]} and "ports" not in own
+    assert kuberay["ports"] == [{"protocol": "TCP", "port": 8265}]
+    assert kuberay["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "kuberay-system"
+    }
+    assert serve == {"ports": [{"protocol": "TCP", "port": 8000}]}  # any client, Serve only
