@@ -48,6 +48,7 @@ from lorafleet_operator.jobs import (
     build_adapter_install_job,
     build_base_install_job,
     build_cleanup_job,
+    local_only_source,
     progress_file,
 )
 from lorafleet_operator.models import (
@@ -61,6 +62,7 @@ from lorafleet_operator.models import (
     LoraAdapterSpec,
     Phase,
 )
+from lorafleet_operator.networkpolicy import build_network_policy
 from lorafleet_operator.rayservice import (
     RAY_GROUP,
     RAY_VERSION,
@@ -70,7 +72,12 @@ from lorafleet_operator.rayservice import (
     rayservice_readiness,
     serve_endpoint,
 )
-from lorafleet_operator.report import InstallReport, format_progress, parse_report
+from lorafleet_operator.report import (
+    InstallReport,
+    format_progress,
+    parse_report,
+    progress_from_log,
+)
 from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config, registry_of
 from lorafleet_operator.settings import Settings, settings_from_env
 from lorafleet_operator.volumes import build_claim, claim_name_for
@@ -81,6 +88,9 @@ log = logging.getLogger("lorafleet.operator")
 DELETE_BOUND_S = 25.0
 #: Seconds an idle daemon sleeps before a safety re-check when nobody wakes it.
 IDLE_RECHECK_S = 120.0
+#: How much of a running install Pod's log is read for its progress line (lines, bytes).
+PROGRESS_LOG_LINES = 20
+PROGRESS_LOG_BYTES = 16384
 CLUSTER_HASH_ANNOTATION = "lorafleet.io/cluster-config-hash"
 #: Installer reasons that mean "this adapter does not fit its base" (status.compatible false).
 INCOMPATIBLE_REASONS = frozenset(
@@ -117,6 +127,10 @@ class _State:
     @property
     def custom(self) -> client.CustomObjectsApi:
         return client.CustomObjectsApi(self.api_client)
+
+    @property
+    def networking(self) -> client.NetworkingV1Api:
+        return client.NetworkingV1Api(self.api_client)
 
     def event_for(self, key: tuple[str, str, str]) -> asyncio.Event:
         if key not in self.wakeups:
@@ -493,17 +507,41 @@ class Reconciler:
                     best = (finished, cs.state.terminated.message or "")
         return parse_report(best[1]) if best else None
 
-    def read_progress(self) -> str | None:
-        """Read the installer's progress file when the operator sees the volume."""
+    async def read_progress(self, job_name: str) -> str | None:
+        """The running install's progress (``42%`` or ``1.5 GiB``), or None if not known yet.
+
+        Read from the installer's progress file when the operator sees the volume
+        (``LORAFLEET_MODELS_LOCAL_ROOT``), else from the last progress line in the log tail of
+        the Job's running Pod (``pods/log``; docs/interfaces.md section 2).
+        """
         root = self.settings.models_local_root
-        if not root:
-            return None
-        path = progress_file(self.settings, self.namespace, self.kind, self.name)
-        local = Path(root) / path[len(self.settings.models_mount) :].lstrip("/")
+        if root:
+            path = progress_file(self.settings, self.namespace, self.kind, self.name)
+            local = Path(root) / path[len(self.settings.models_mount) :].lstrip("/")
+            try:
+                return format_progress(json.loads(local.read_text()))
+            except (OSError, ValueError):
+                return None
         try:
-            return format_progress(json.loads(local.read_text()))
-        except (OSError, ValueError):
+            pods = await _call(
+                STATE.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=f"batch.kubernetes.io/job-name={job_name}",
+            )
+            running = [p for p in pods.items if p.status and p.status.phase == "Running"]
+            if not running:
+                return None
+            text = await _call(
+                STATE.core.read_namespaced_pod_log,
+                running[-1].metadata.name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                tail_lines=PROGRESS_LOG_LINES,
+                limit_bytes=PROGRESS_LOG_BYTES,
+            )
+        except ApiException:
             return None
+        return format_progress(progress_from_log(text or ""))
 
     def observe_install_duration(self, job_name: str) -> None:
         started = STATE.job_created.pop(job_name, None)
@@ -522,6 +560,13 @@ class Reconciler:
             await self.fail(
                 "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
             )
+            return None
+        local_only = local_only_source(
+            source_uri=spec.source.uri,
+            checkpoint_uri=spec.checkpoint.uri if spec.checkpoint else None,
+        )
+        if local_only:
+            await self.fail("UnsupportedSource", local_only)
             return None
         poll = self.settings.poll_interval_s
         claim = claim_name_for(self.name, spec, self.settings)
@@ -565,7 +610,9 @@ class Reconciler:
                     phase=str(Phase.READY if serving_old else Phase.INSTALLING),
                     installJob=self.status.get("installJob") if serving_old else job_name,
                     claimName=claim,
-                    progress=self.read_progress() or self.status.get("progress") or "0%",
+                    progress=await self.read_progress(job_name)
+                    or self.status.get("progress")
+                    or "0%",
                     message=detail,
                     conditions=conditions,
                 )
@@ -646,6 +693,12 @@ class Reconciler:
             metrics.SERVE_CONFIG_WRITES.labels(self.namespace, self.name).inc()
             STATE.deploy_started[bm_key] = time.monotonic()
             self.logger.info("created RayService %s", rs_name)
+            if self.settings.network_policy:
+                await _create_ignoring_conflict(
+                    STATE.networking.create_namespaced_network_policy,
+                    self.namespace,
+                    build_network_policy(self.body, self.settings),
+                )
         else:
             patch: dict[str, Any] = {}
             deferred: float | None = None
@@ -819,6 +872,10 @@ class Reconciler:
                 "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
             )
             return None
+        local_only = local_only_source(source_uri=spec.source.uri)
+        if local_only:
+            await self.fail("UnsupportedSource", local_only)
+            return None
         served = spec.served_name or self.name
         created = self.meta.get("creationTimestamp") or ""
         for other in _adapters_of(self.namespace, spec.base_model):
@@ -874,7 +931,7 @@ class Reconciler:
                 phase=str(Phase.INSTALLING),
                 installJob=job_name,
                 servedName=served,
-                progress=self.read_progress() or "0%",
+                progress=await self.read_progress(job_name) or "0%",
                 message=detail,
                 conditions=self.conditions((cond.INSTALLED, False, "Installing", detail)),
             )

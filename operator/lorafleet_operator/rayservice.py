@@ -5,6 +5,13 @@ One RayService per BaseModel (same name, owned by it). Its ``serveConfigV2`` is 
 runs no model replicas (``num-cpus: 0``) and one worker group whose pods request the GPUs
 (as ``Settings.gpu_resource_name``), CPU and memory of ``spec.serving`` (one model replica per
 worker pod) and mount the model volume read-only. KubeRay v1 API: ``ray.io/v1`` (``ray-operator/apis/ray/v1/rayservice_types.go``).
+
+Ray is not open to the namespace: ``authOptions.mode: token`` makes KubeRay (>= 1.5) generate a
+per-cluster token Secret, give it to every Ray container (``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN``)
+and use it itself, so the dashboard (job submission), the Ray client and GCS refuse requests
+without it; the Serve HTTP port stays open to clients. Ray Pods get no ServiceAccount token
+(``automountServiceAccountToken: false``: Ray never calls the Kubernetes API) and the
+RuntimeDefault seccomp profile.
 """
 
 from __future__ import annotations
@@ -68,11 +75,13 @@ def _pod_template(
 ) -> dict[str, Any]:
     uid = settings.run_as_user
     spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": uid,
             "runAsGroup": uid,
             "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
             {
@@ -164,6 +173,7 @@ def build_rayservice(
             "serveConfigV2": serve_config_yaml,
             "rayClusterConfig": {
                 "rayVersion": serving.ray_version or settings.ray_version,
+                "authOptions": {"mode": "token"},
                 "enableInTreeAutoscaling": serving.autoscaling is not None,
                 "headGroupSpec": {
                     "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},

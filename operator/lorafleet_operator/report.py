@@ -1,4 +1,4 @@
-"""Read the installer's JSON report (docs/interfaces.md section 2) and its progress file.
+"""Read the installer's JSON report (docs/interfaces.md section 2) and its progress.
 
 The operator sees the report as the termination message of the install Job's container: the
 last line of ``/dev/termination-log`` (at most 4096 bytes), or, with
@@ -11,12 +11,15 @@ with reason ``InternalError`` whose message quotes the (truncated) text.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 #: How much of a non-JSON termination message is quoted in a condition message (characters).
 QUOTE_CHARS = 400
+#: The installer's plain progress line (docs/interfaces.md section 2), at the end of a log line.
+PROGRESS_LINE = re.compile(r": (?P<done>\d+)/(?P<total>\d+|\?) bytes(?: \([0-9.]+%\))?$")
 
 
 class InstallReport(BaseModel):
@@ -105,4 +108,25 @@ def format_progress(progress: dict[str, Any] | None) -> str | None:
         if size < 1024 or unit == "TiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
+    return None
+
+
+def progress_from_log(text: str) -> dict[str, Any] | None:
+    """The progress of the last progress line in an install container's log tail.
+
+    Args:
+        text: Log text (a few trailing lines; stderr and stdout interleaved).
+
+    Returns:
+        ``{"bytesDone": int, "bytesTotal": int | None}`` (what :func:`format_progress` takes),
+        or None when no line matches docs/interfaces.md's progress line.
+    """
+    for line in reversed(text.splitlines()):
+        match = PROGRESS_LINE.search(line.rstrip())
+        if match:
+            total = match["total"]
+            return {
+                "bytesDone": int(match["done"]),
+                "bytesTotal": None if total == "?" else int(total),
+            }
     return None

@@ -67,13 +67,17 @@ def find_helm() -> Path | None:
     if not script.exists() or not (shutil.which("go") or Path("/usr/local/go/bin/go").exists()):
         on_path = shutil.which("helm")
         return Path(on_path) if on_path else None
-    done = subprocess.run(
-        [str(script), "build"], capture_output=True, text=True, timeout=3600, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/cluster.sh build failed: {done.stderr[-2000:]}")
-    helm = Path(done.stdout.strip().splitlines()[-1]) / "helm"
-    return helm if helm.exists() else None
+    for cmd in (["build", "control-plane"], ["paths"]):
+        done = subprocess.run(
+            [str(script), *cmd], capture_output=True, text=True, timeout=3600, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/cluster.sh {cmd[0]} failed: {done.stderr[-2000:]}")
+    paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    helm = Path(paths.get("HELM", ""))
+    if not helm.is_file():
+        raise RuntimeError(f"scripts/cluster.sh built no helm (paths: HELM={helm})")
+    return helm
 
 
 def run_helm(

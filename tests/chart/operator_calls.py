@@ -45,6 +45,7 @@ CLIENT_RESOURCES = {
     "secret": ("", "secrets"),
     "service": ("", "services"),
     "service_account": ("", "serviceaccounts"),
+    "network_policy": ("networking.k8s.io", "networkpolicies"),
 }
 #: kopf handler decorators that change the object (finalizers, progress annotations).
 KOPF_MUTATING = {"create", "update", "delete", "resume", "field", "daemon", "timer"}

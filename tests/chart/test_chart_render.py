@@ -111,6 +111,9 @@ def test_default_render(helm_bin: Path) -> None:
     assert env["LORAFLEET_GPU_RESOURCE_NAME"] == "nvidia.com/gpu"
     assert env["LORAFLEET_REGISTRY_WRITE_INTERVAL_S"] == "4"
     assert env["LORAFLEET_LISTEN_HOST"] == "0.0.0.0"
+    # Ray Pods get a NetworkPolicy admitting KubeRay from its usual namespace.
+    assert env["LORAFLEET_NETWORK_POLICY"] == "true"
+    assert env["LORAFLEET_KUBERAY_NAMESPACE"] == "kuberay-system"
     assert "LORAFLEET_INSTALLER_RESOURCES" not in env
     assert "LORAFLEET_IMAGE_PULL_SECRETS" not in env
     assert settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
@@ -191,6 +194,8 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert env["LORAFLEET_REGISTRY_WRITE_INTERVAL_S"] == "10"
     assert env["LORAFLEET_LISTEN_HOST"] == "::"
     assert env["LORAFLEET_GPU_RESOURCE_NAME"] == "amd.com/gpu"
+    assert env["LORAFLEET_NETWORK_POLICY"] == "false"
+    assert env["LORAFLEET_KUBERAY_NAMESPACE"] == "ray-operators"
     assert env["LORAFLEET_IMAGE_PULL_SECRETS"] == "regcred,mirror-cred"
     # The operator reads the chart's env exactly as it will in the cluster.
     settings = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})

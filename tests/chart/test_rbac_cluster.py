@@ -65,7 +65,6 @@ FORBIDDEN = [
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("delete", "events"),
-    ("get", "pods", "log"),
     ("update", "rayservices.ray.io", "status"),
 ]
 #: Cluster-scoped: kopf reads CRDs in both modes; nothing else is granted cluster-wide.

@@ -31,6 +31,7 @@ def test_needed_permissions_are_found_in_the_code() -> None:
     for anchor in [
         ("batch", "jobs", "create"),
         ("", "pods", "list"),
+        ("", "pods/log", "get"),
         ("ray.io", "rayservices", "patch"),
         ("lorafleet.io", "basemodels/status", "patch"),
         ("lorafleet.io", "loraadapters", "watch"),

@@ -45,8 +45,18 @@ def test_readyz_and_real_server_version(kube_cluster: KubeCluster) -> None:
     assert abs(client_minor - int(out["serverVersion"]["minor"])) <= 1
 
 
-def test_only_loopback_and_rbac(kube_cluster: KubeCluster, kube_api: Any) -> None:
-    assert kube_cluster.server.startswith("https://127.0.0.1:")
+def test_api_server_only_on_the_node_bridge_and_rbac(
+    kube_cluster: KubeCluster, kube_api: Any
+) -> None:
+    # The API server listens on the node's bridge address only (Pods reach it there; nothing
+    # outside this machine does), never on all interfaces.
+    assert kube_cluster.server.startswith(f"https://{kube_cluster.node_ip}:")
+    port = kube_cluster.server.rsplit(":", 1)[1]
+    listening = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    local = [word for word in listening if word.endswith(f":{port}")]
+    assert local == [f"{kube_cluster.node_ip}:{port}"], listening
     # RBAC is on: an identity without bindings is refused.
     review = client.AuthorizationV1Api(kube_api).create_subject_access_review(
         {

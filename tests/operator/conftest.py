@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "lorafleet.io", "v1alpha1"
 CLAIM = "models"
+#: The claim ``pvc://`` sources are read from (:func:`pvc_sources`).
+SOURCES_CLAIM = "sources"
 
 
 @pytest.fixture(scope="session")
@@ -55,37 +58,51 @@ def custom(kube_api: Any) -> Any:
 
 
 @pytest.fixture
-def model_volume(kube_api: Any, namespace: str, tmp_path: Path) -> Path:
-    """A PVC ``models`` in the test namespace and the local folder standing in for it."""
-    from kubernetes import client
+def model_volume(host_volume: Callable[..., Path], namespace: str) -> Path:
+    """The claim ``models`` in the test namespace, bound to a hostPath PersistentVolume on the
+    test node; returns the host folder behind it (what Pods see under ``/models``)."""
+    return host_volume(namespace, CLAIM)
 
-    client.CoreV1Api(kube_api).create_namespaced_persistent_volume_claim(
-        namespace,
-        {
-            "metadata": {"name": CLAIM},
-            "spec": {
-                "accessModes": ["ReadWriteMany"],
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
-    folder = tmp_path / "volume"
-    folder.mkdir()
-    return folder
+
+@pytest.fixture
+def pvc_sources(
+    host_volume: Callable[..., Path], namespace: str, tmp_path: Path
+) -> Callable[..., dict[str, str]]:
+    """Factory: ``pvc_sources(name=folder, ...)`` copies each folder into a claim ``sources``
+    (a second hostPath PersistentVolume) and returns ``{name: "pvc://sources/<name>"}`` — the
+    source URIs install Jobs read from that claim, mounted read-only. Call it once per test.
+    """
+
+    def make(**folders: Path) -> dict[str, str]:
+        root = tmp_path / "pvc-sources"
+        root.mkdir()
+        for name, folder in folders.items():
+            shutil.copytree(folder, root / name)
+        host_volume(namespace, SOURCES_CLAIM, root)
+        return {name: f"pvc://{SOURCES_CLAIM}/{name}" for name in folders}
+
+    return make
 
 
 @pytest.fixture
 def run_operator(
-    lorafleet_crds: None, namespace: str, monkeypatch: pytest.MonkeyPatch
+    lorafleet_crds: None,
+    kube_cluster: Any,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Callable[..., Any]]:
     """Factory: ``run_operator(**env)`` -> a context manager running the kopf operator.
 
     The operator runs in this process (``kopf.testing.KopfRunner``), watches only the test
-    namespace, standalone (no peering). Keyword arguments set ``LORAFLEET_<NAME>`` variables.
+    namespace, standalone (no peering); its install and cleanup Jobs run on the test node from
+    the project's image (already in the node's containerd: pull policy ``Never``). Keyword
+    arguments set ``LORAFLEET_<NAME>`` variables.
     """
     from kopf.testing import KopfRunner
 
     defaults = {
+        "INSTALLER_IMAGE": kube_cluster.image,
+        "IMAGE_PULL_POLICY": "Never",
         "DEFAULT_CLAIM": CLAIM,
         "POLL_INTERVAL_S": "0.5",
         "DEBOUNCE_S": "0.5",

@@ -1,8 +1,9 @@
 """End to end: BaseModel from the olah Hub mirror + adapters -> Ready -> answered by Ray Serve.
 
 Real parts: kube-apiserver + controller-manager, the kopf operator (in this process), the real
-installer in Jobs run by the kubelet stand-in, the RayService deployed by the KubeRay stand-in
-to a real local Ray Serve, and the lorafleet serving app. Outputs are compared with plain peft.
+installer in install Jobs run as Pods on the test node from the project's image (reading the
+hub mirror on the node's address), the RayService deployed by the KubeRay stand-in to a real
+local Ray Serve, and the lorafleet serving app. Outputs are compared with plain peft.
 
 The operator runs as the Helm chart's ServiceAccount (a TokenRequest token, the chart's own
 namespaced Role), not as the admin: the flow passing proves the chart's RBAC suffices.
@@ -22,7 +23,7 @@ from tests.chart.operator_identity import (  # noqa: F401 (operator_sa_kubeconfi
     kubeconfig_in_process,
     operator_sa_kubeconfig,
 )
-from tests.operator.conftest import CLAIM, GROUP, VERSION, wait_for
+from tests.operator.conftest import GROUP, VERSION, wait_for
 from tests.operator.test_operator_k8s import _bm, _get, _lora, _phase, _rayservice, _registry
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
@@ -88,26 +89,23 @@ def test_end_to_end_adapters_served_added_and_removed(
     custom: Any,
     namespace: str,
     model_volume: Path,
-    kubelet_standin: Any,
     kuberay_standin: Any,
     ray_cluster: Any,
-    olah_hub: Any,
+    pod_hub: Any,
     run_operator: Any,
     tiny_causal_lm: Path,
     tiny_lora_adapters: dict[str, Path],
 ):
-    olah_hub.create_repo("lorafleet/tiny-llama", tiny_causal_lm)
+    pod_hub.create_repo("lorafleet/tiny-llama", tiny_causal_lm)
     for name in ("alpha", "beta", "gamma"):
-        olah_hub.create_repo(f"lorafleet/tiny-llama-{name}", tiny_lora_adapters[name])
-    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
-    kubelet.start([namespace])
+        pod_hub.create_repo(f"lorafleet/tiny-llama-{name}", tiny_lora_adapters[name])
     standin = kuberay_standin(
         ray_cluster.dashboard_url,
         path_map={"/models": str(model_volume)},
         headers=ray_cluster.auth_headers,
     )
     standin.start([namespace])
-    with run_operator(HF_ENDPOINT=olah_hub.endpoint):
+    with run_operator(HF_ENDPOINT=pod_hub.endpoint):
         custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -185,4 +183,3 @@ def test_end_to_end_adapters_served_added_and_removed(
         assert not local_alpha.exists()
         assert _complete(ray_cluster.http_url, "beta").status_code == 200
     standin.stop()
-    kubelet.stop()

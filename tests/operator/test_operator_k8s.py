@@ -1,9 +1,12 @@
 """The operator against the real test control plane (kube-apiserver + controller-manager).
 
-The kopf operator runs in this process; install Jobs run through the kubelet stand-in with the
-real installer (``lorafleet-install``) on tiny models. RayService readiness comes from a small
-thread standing in for KubeRay's status writer (``ReadinessWriter``), so these tests need no
-Ray; the end-to-end test with real Ray Serve lives in ``test_operator_e2e.py``.
+The kopf operator runs in this process; install and cleanup Jobs run as real Pods on the test
+node (kubelet, containerd, runc) from the project's image, with the real installer
+(``lorafleet-install``) on tiny models read from a second claim (``pvc://sources/...``) into a
+hostPath-backed ``models`` claim. RayService readiness comes from a small thread standing in
+for KubeRay's status writer (``ReadinessWriter``; the real KubeRay operator watches only its
+own namespace, see tests/cluster/README.md), so these tests need no Ray; the end-to-end tests
+with Ray Serve live in ``test_operator_e2e.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.operator.conftest import CLAIM, GROUP, VERSION, wait_for
+from tests.operator.conftest import GROUP, VERSION, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
 
@@ -177,7 +180,7 @@ def test_install_serve_add_and_delete_adapters(
     namespace: str,
     kube_cluster: Any,
     model_volume: Path,
-    kubelet_standin: Any,
+    pvc_sources: Any,
     run_operator: Any,
     tiny_causal_lm: Path,
     tiny_lora_adapters: dict[str, Path],
@@ -185,15 +188,22 @@ def test_install_serve_add_and_delete_adapters(
 ):
     """Base installed, RayService created, adapters installed into its registry, a new base
     revision rolled out, one adapter deleted, the base waiting for the rest."""
-    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
-    kubelet.start([namespace])
-    with run_operator(), ReadinessWriter(namespace):
+    new_source = tmp_path / "tiny-v2"
+    shutil.copytree(tiny_causal_lm, new_source)
+    (new_source / "README.md").write_text("revision 2\n")
+    uris = pvc_sources(
+        tiny=tiny_causal_lm,
+        tiny_v2=new_source,
+        alpha=tiny_lora_adapters["alpha"],
+        beta=tiny_lora_adapters["beta"],
+    )
+    with run_operator(MODELS_LOCAL_ROOT=str(model_volume)), ReadinessWriter(namespace):
         custom.create_namespaced_custom_object(
             GROUP,
             VERSION,
             namespace,
             "loraadapters",
-            _lora("alpha", "tiny", f"file://{tiny_lora_adapters['alpha']}"),
+            _lora("alpha", "tiny", uris["alpha"]),
         )
         # The adapter waits for its base with a reason a user can search for.
         wait_for(
@@ -204,7 +214,7 @@ def test_install_serve_add_and_delete_adapters(
             ),
         )
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", uris["tiny"])
         )
         bm = wait_for(
             "BaseModel Ready",
@@ -223,7 +233,7 @@ def test_install_serve_add_and_delete_adapters(
                 VERSION,
                 namespace,
                 "loraadapters",
-                _lora(name, "tiny", f"file://{tiny_lora_adapters[name]}"),
+                _lora(name, "tiny", uris[name]),
             )
         for name in ("alpha", "beta"):
             lora = wait_for(
@@ -268,16 +278,13 @@ def test_install_serve_add_and_delete_adapters(
         # A new source revision installs beside the old one, then the RayService rolls to it
         # and the old files go; the model stays Ready meanwhile.
         old_path = bm["status"]["path"]
-        new_source = tmp_path / "tiny-v2"
-        shutil.copytree(tiny_causal_lm, new_source)
-        (new_source / "README.md").write_text("revision 2\n")
         custom.patch_namespaced_custom_object(
             GROUP,
             VERSION,
             namespace,
             "basemodels",
             "tiny",
-            {"spec": {"source": {"uri": f"file://{new_source}"}}},
+            {"spec": {"source": {"uri": uris["tiny_v2"]}}},
         )
         phases = set()
 
@@ -333,22 +340,19 @@ def test_install_serve_add_and_delete_adapters(
         )
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "loraadapters", "beta")
         wait_for("base gone", lambda: _get(custom, namespace, "basemodels", "tiny") is None, 60)
-    kubelet.stop()
 
 
 def test_failure_reasons(
     custom: Any,
     namespace: str,
     model_volume: Path,
-    kubelet_standin: Any,
+    pvc_sources: Any,
     run_operator: Any,
     tiny_causal_lm: Path,
     tiny_cls_adapters: dict[str, Path],
-    tmp_path: Path,
 ):
     """SourceNotFound, TargetModulesNotFound, retries exhausted, Degraded after the timeout."""
-    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
-    kubelet.start([namespace])
+    uris = pvc_sources(tiny=tiny_causal_lm, wrong=tiny_cls_adapters["plain"])
     with (
         run_operator(READY_TIMEOUT_S="3", JOB_BACKOFF_LIMIT="1"),
         ReadinessWriter(namespace, ready=False),
@@ -358,10 +362,10 @@ def test_failure_reasons(
             VERSION,
             namespace,
             "basemodels",
-            _bm("missing", f"file://{tmp_path}/does-not-exist"),
+            _bm("missing", f"{uris['tiny']}-does-not-exist"),
         )
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", uris["tiny"])
         )
         missing = wait_for(
             "missing Failed",
@@ -395,7 +399,7 @@ def test_failure_reasons(
             VERSION,
             namespace,
             "loraadapters",
-            _lora("wrong", "tiny", f"file://{tiny_cls_adapters['plain']}"),
+            _lora("wrong", "tiny", uris["wrong"]),
         )
         wrong = wait_for(
             "wrong Failed",
@@ -407,35 +411,51 @@ def test_failure_reasons(
             timeout=120,
         )
         assert _cond(wrong, "Installed")["reason"] == "TargetModulesNotFound", wrong["status"]
+        # A file:// source (local mode's) is refused by the operator, never attempted.
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "loraadapters", _lora("local", "tiny", "file:///data/a")
+        )
+        local = wait_for(
+            "local Failed",
+            lambda: (
+                (o := _get(custom, namespace, "loraadapters", "local"))
+                and _phase(o) == "Failed"
+                and o
+            ),
+        )
+        assert _cond(local, "Installed")["reason"] == "UnsupportedSource", local["status"]
+        assert "spec.source.uri" in _cond(local, "Installed")["message"]
+        assert not [
+            j
+            for j in client.BatchV1Api().list_namespaced_job(namespace).items
+            if j.metadata.name.startswith("install-lora-local")
+        ]
         # Events record phase changes.
         events = client.CoreV1Api().list_namespaced_event(namespace).items
         assert any(e.reason == "Failed" and e.involved_object.name == "missing" for e in events)
-    kubelet.stop()
 
 
 def test_restart_adopts_running_job_and_deletion_is_bounded(
     custom: Any,
     namespace: str,
     model_volume: Path,
-    kubelet_standin: Any,
+    pvc_sources: Any,
     run_operator: Any,
     tiny_causal_lm: Path,
-    tmp_path: Path,
 ):
     """A restarted operator adopts the install Job (no second Job); deletion ends in bound."""
     batch = client.BatchV1Api()
+    uris = pvc_sources(tiny=tiny_causal_lm)
     with run_operator():
         custom.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, "basemodels", _bm("tiny", f"file://{tiny_causal_lm}")
+            GROUP, VERSION, namespace, "basemodels", _bm("tiny", uris["tiny"])
         )
         wait_for("install Job", lambda: batch.list_namespaced_job(namespace).items)
         wait_for(
             "Installing",
             lambda: _phase(_get(custom, namespace, "basemodels", "tiny")) == "Installing",
         )
-    # Operator stopped while the Job has not run (no kubelet yet); start a new one and a kubelet.
-    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
-    kubelet.start([namespace])
+    # The operator stopped while its Job runs (or has just finished); a new one adopts it.
     with run_operator(), ReadinessWriter(namespace):
         wait_for(
             "Ready after restart",
@@ -450,7 +470,7 @@ def test_restart_adopts_running_job_and_deletion_is_bounded(
             VERSION,
             namespace,
             "loraadapters",
-            _lora("broken", "tiny", f"file://{tmp_path}/nothing-here"),
+            _lora("broken", "tiny", f"{uris['tiny']}/nothing-here"),
         )
         wait_for(
             "broken Installing or Failed",
@@ -476,24 +496,22 @@ def test_restart_adopts_running_job_and_deletion_is_bounded(
             ),
             30,
         )
-    kubelet.stop()
 
 
 def test_gated_repo_needs_the_token_secret(
     custom: Any,
     namespace: str,
     model_volume: Path,
-    kubelet_standin: Any,
     run_operator: Any,
-    olah_hub: Any,
+    pod_hub: Any,
     tiny_causal_lm: Path,
 ):
     """Without secretRef a gated repo fails Unauthorized; with it, it installs; no token leaks."""
     import base64
 
     token = "hf_lorafleet_test_secret_token"
-    olah_hub.create_repo("lorafleet/gated-llama", tiny_causal_lm)
-    olah_hub.gate("lorafleet/gated-llama", token)
+    pod_hub.create_repo("lorafleet/gated-llama", tiny_causal_lm)
+    pod_hub.gate("lorafleet/gated-llama", token)
     core = client.CoreV1Api()
     core.create_namespaced_secret(
         namespace,
@@ -502,9 +520,7 @@ def test_gated_repo_needs_the_token_secret(
             "data": {"HF_TOKEN": base64.b64encode(token.encode()).decode()},
         },
     )
-    kubelet = kubelet_standin(volume_map={CLAIM: model_volume})
-    kubelet.start([namespace])
-    with run_operator(HF_ENDPOINT=olah_hub.endpoint):
+    with run_operator(HF_ENDPOINT=pod_hub.endpoint):
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "basemodels", _bm("nokey", "hf://lorafleet/gated-llama")
         )
@@ -539,4 +555,3 @@ def test_gated_repo_needs_the_token_secret(
             str([e.message for e in events]),
         ):
             assert token not in text
-    kubelet.stop()

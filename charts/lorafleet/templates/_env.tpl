@@ -51,6 +51,10 @@ install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyR
   value: {{ .Values.operator.listenHost | quote }}
 - name: LORAFLEET_GPU_RESOURCE_NAME
   value: {{ .Values.gpuResourceName | quote }}
+- name: LORAFLEET_NETWORK_POLICY
+  value: {{ .Values.networkPolicy.enabled | quote }}
+- name: LORAFLEET_KUBERAY_NAMESPACE
+  value: {{ .Values.kuberay.namespace | quote }}
 {{- with .Values.installer.resources }}
 - name: LORAFLEET_INSTALLER_RESOURCES
   value: {{ toJson . | quote }}

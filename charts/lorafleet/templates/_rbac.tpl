@@ -27,6 +27,10 @@ resolves with its own identity.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# A running install Pod's log tail holds its progress line (status.progress).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # The shared volume: checked, or made from spec.storage.size.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
@@ -35,6 +39,10 @@ resolves with its own identity.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One NetworkPolicy per BaseModel closes its Ray Pods to the namespace (networkPolicy.enabled).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create"]
 # Events on every phase change (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
