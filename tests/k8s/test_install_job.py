@@ -9,6 +9,7 @@ a cluster takes, with no stand-in.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -40,18 +41,23 @@ def _wait_job(batch: client.BatchV1Api, core: client.CoreV1Api, ns: str, name: s
 
 
 def _run_install(
-    kube_api: Any, namespace: str, spec: BaseModelSpec, settings: Settings, timeout: float = 300
+    kube_api: Any,
+    namespace: str,
+    spec: BaseModelSpec,
+    settings: Settings,
+    timeout: float = 300,
+    name: str = "minilm",
 ) -> tuple[client.V1Job, client.V1Pod]:
     core = client.CoreV1Api(kube_api)
     batch = client.BatchV1Api(kube_api)
-    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": f"owner-{name}"}})
     body = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "minilm", "namespace": namespace, "uid": owner.metadata.uid},
+        "metadata": {"name": name, "namespace": namespace, "uid": owner.metadata.uid},
     }
     job = build_base_install_job(body, spec, "models", settings)
-    job["metadata"]["ownerReferences"][0]["name"] = "owner"
+    job["metadata"]["ownerReferences"][0]["name"] = f"owner-{name}"
     batch.create_namespaced_job(namespace, job)
     name = job["metadata"]["name"]
     finished = _wait_job(batch, core, namespace, name, timeout)
@@ -106,12 +112,14 @@ def test_install_job_reads_a_pvc_source_mounted_read_only(
     namespace: str,
     host_volume: Any,
     tiny_classifier: Path,
+    tmp_path: Path,
 ) -> None:
     import shutil
 
     volume = host_volume(namespace, "models")
-    weights = host_volume(namespace, "weights")
-    shutil.copytree(tiny_classifier, weights / "bert")
+    source = tmp_path / "weights"
+    shutil.copytree(tiny_classifier, source / "bert")
+    weights = host_volume(namespace, "weights", source)  # owned by the image's user
     settings = Settings(
         installer_image=kube_cluster.image, image_pull_policy="Never", job_backoff_limit=0
     )
@@ -126,3 +134,16 @@ def test_install_job_reads_a_pvc_source_mounted_read_only(
     assert (weights / "bert" / "config.json").exists()
     mounts = {m.mount_path: m for m in pod.spec.containers[0].volume_mounts}
     assert mounts["/mnt/pvc/weights"].read_only is True
+    # A folder the image's user may not read is Unauthorized naming it, not "no files".
+    locked = weights / "locked"
+    shutil.copytree(tiny_classifier, locked)
+    os.chown(locked, 0, 0)
+    locked.chmod(0o700)
+    spec = BaseModelSpec.model_validate(
+        {"source": {"uri": "pvc://weights/locked"}, "task": "text-classification", "numLabels": 2}
+    )
+    _, pod = _run_install(kube_api, namespace, spec, settings, name="locked")
+    report = parse_report(terminated(pod).message)
+    assert report is not None and report.reason == "Unauthorized", terminated(pod).message
+    assert "cannot read /mnt/pvc/weights/locked" in report.message
+    assert "uid 10001" in report.message

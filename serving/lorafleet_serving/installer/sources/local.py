@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ..deadline import Deadline
-from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, InstallError
+from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
 from ..redaction import public_url
 from ..verify import Digests, Expected, file_digests, refuse_past_size
@@ -76,7 +76,18 @@ class LocalSource:
             items = [(self.path.name, self.path)]
         else:
             items = []
-            for dirpath, dirs, names in os.walk(self.path):
+
+            def unreadable(exc: OSError) -> None:
+                # os.walk skips what it cannot read; a folder the installer's user may not
+                # read must not look empty ("no files") or smaller than it is.
+                raise InstallError(
+                    UNAUTHORIZED,
+                    f"{self.uri}: cannot read {exc.filename}: {exc.strerror} (the installer"
+                    f" runs as uid {os.getuid()}, gid {os.getgid()}: make the files readable"
+                    " by it)",
+                )
+
+            for dirpath, dirs, names in os.walk(self.path, onerror=unreadable):
                 for name in sorted(dirs + names):
                     full = Path(dirpath) / name
                     if full.is_symlink():
