@@ -81,6 +81,14 @@ node_preflight() {
     log "removing what is left of an earlier node (run folder $other)"
     node_teardown "$other"
   fi
+  # `down` removes iptables chains by name prefix: refuse to start beside anything else that
+  # owns such chains (another Kubernetes, podman's CNI), rather than remove them later.
+  local foreign
+  foreign=$( { iptables-save 2>/dev/null; ip6tables-save 2>/dev/null; } \
+    | sed -n 's/^:\(\(KUBE\|CNI\|LORAFLEET\)-[^ ]*\).*/\1/p' | sort -u | head -n 5 | tr '\n' ' ')
+  if [ -n "$foreign" ]; then
+    die "this machine already has iptables chains the test node would remove at 'down' ($foreign...): another Kubernetes or CNI runs here; stop it (or remove them) first"
+  fi
   echo "$run_dir" > "$NODE_OWNER_FILE"
 }
 

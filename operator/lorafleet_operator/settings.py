@@ -24,7 +24,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_POLL_INTERVAL_S`` | ``2`` | seconds between checks of running Jobs / RayServices |
 | ``LORAFLEET_DEBOUNCE_S`` | ``1.0`` | coalescing window of serve-config writes, in seconds |
 | ``LORAFLEET_REGISTRY_WRITE_INTERVAL_S`` | ``4.0`` | least time between adapter-registry writes of one BaseModel |
-| ``LORAFLEET_MODELS_LOCAL_ROOT`` | unset | where the operator itself sees the volume (to read progress files) |
+| ``LORAFLEET_MODELS_LOCAL_ROOT`` | unset | where the operator itself sees the volume: progress is read from the installer's progress files there instead of the install Pod's log (tests, local setups) |
 | ``LORAFLEET_SERVE_PORT`` | ``8000`` | Ray Serve HTTP port, used in ``status.endpoint`` |
 | ``LORAFLEET_METRICS_PORT`` | ``9090`` | Prometheus metrics port (0 disables) |
 | ``LORAFLEET_HEALTH_PORT`` | ``8080`` | liveness endpoint port (0 disables) |
@@ -39,6 +39,7 @@ constants). ``lorafleet operator`` flags override the environment.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -123,7 +124,8 @@ class Settings:
         debounce_s: Coalescing window of serve config writes (seconds).
         registry_write_interval_s: Least time between two adapter-registry (user_config)
             writes of one BaseModel, in seconds; a burst of adapter changes waits for it.
-        models_local_root: Where the operator sees the volume (to read progress files), or None.
+        models_local_root: Where the operator sees the volume, or None; when set, progress is
+            read from the installer's progress files there instead of the install Pod's log.
         serve_port: Ray Serve HTTP port (for ``status.endpoint``).
         metrics_port: Prometheus port, 0 disables.
         health_port: Liveness port, 0 disables.
@@ -216,6 +218,19 @@ _ENV_FIELDS: dict[str, str] = {
 }
 
 
+#: Bounds of integer settings (inclusive; None: no upper bound); others must not be negative.
+_INT_RANGES: dict[str, tuple[int, int | None]] = {
+    # runAsNonRoot: uid 0 would never start; Linux uids are 32-bit.
+    "run_as_user": (1, 2**31 - 1),
+    "serve_port": (1, 65535),
+    "metrics_port": (0, 65535),  # 0 disables
+    "health_port": (0, 65535),  # 0 disables
+    "job_deadline_s": (1, None),  # activeDeadlineSeconds must be positive
+}
+#: Float settings that must be above zero (intervals the operator sleeps).
+_POSITIVE_FLOATS = frozenset({"poll_interval_s", "ready_timeout_s"})
+
+
 def parse_resources(raw: str) -> dict[str, dict[str, str]]:
     """Parse container ``resources`` from JSON text.
 
@@ -290,12 +305,17 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             if kind == "int":
                 value: object = int(raw)
-                if value < 0:  # type: ignore[operator]
-                    raise ValueError("must not be negative")
+                low, high = _INT_RANGES.get(name, (0, None))
+                if value < low or (high is not None and value > high):  # type: ignore[operator]
+                    raise ValueError(
+                        f"must be at least {low}" if high is None else f"must be {low}..{high}"
+                    )
             elif kind == "float":
                 value = float(raw)
-                if value < 0:  # type: ignore[operator]
-                    raise ValueError("must not be negative")
+                if not math.isfinite(value) or value < 0:  # type: ignore[arg-type,operator]
+                    raise ValueError("must be a finite number, not negative")
+                if name in _POSITIVE_FLOATS and value == 0:
+                    raise ValueError("must be above 0 (0 would make the operator spin)")
             elif kind == "bool":
                 if raw.lower() not in ("true", "false"):
                     raise ValueError("must be true or false")
@@ -315,6 +335,12 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
         except ValueError as exc:
             raise SettingsError(f"environment variable {var}={raw!r}: {exc}") from exc
         values[name] = value
+    metrics_port = values.get("metrics_port", Settings.metrics_port)
+    if metrics_port and metrics_port == values.get("health_port", Settings.health_port):
+        raise SettingsError(
+            f"environment variables {ENV_METRICS_PORT} and {ENV_HEALTH_PORT} are both"
+            f" {metrics_port}: the metrics and liveness servers need their own ports"
+        )
     if values.get("log_format", "json") not in ("json", "plain"):
         raise SettingsError(f"environment variable {ENV_LOG_FORMAT} must be json or plain")
     if values.get("image_pull_policy", "IfNotPresent") not in ("Always", "IfNotPresent", "Never"):

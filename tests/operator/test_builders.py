@@ -200,7 +200,7 @@ def test_adapter_and_cleanup_jobs():
         "--path",
         "/models/ml/adapters/sentiment/abc",
     ]
-    with pytest.raises(ValueError, match="not inside the volume mount"):
+    with pytest.raises(ValueError, match="not a folder inside the volume mount"):
         build_cleanup_job("LoraAdapter", LORA_BODY, path="/etc", claim_name="s", settings=SETTINGS)
     with pytest.raises(ValueError):
         build_cleanup_job(
@@ -416,15 +416,34 @@ def test_pull_secrets_installer_resources_and_gpu_name_reach_jobs_and_ray_pods()
     assert not any("gpu" in name for name in head["containers"][0]["resources"]["limits"])
 
 
-def test_file_sources_are_refused_on_a_cluster_naming_the_field():
-    from lorafleet_operator.jobs import local_only_source
+def test_file_sources_and_bad_claims_are_refused_on_a_cluster_naming_the_field():
+    from lorafleet_operator.jobs import cluster_source_error
 
-    assert local_only_source(source_uri="hf://a/b", checkpoint_uri=None) is None
-    assert local_only_source(source_uri="pvc://c/p", checkpoint_uri="s3://b/k") is None
-    msg = local_only_source(source_uri="hf://a/b", checkpoint_uri="file:///tmp/x.ckpt")
+    assert cluster_source_error(source_uri="hf://a/b", checkpoint_uri=None) is None
+    assert cluster_source_error(source_uri="pvc://c.d-1/p", checkpoint_uri="s3://b/k") is None
+    msg = cluster_source_error(source_uri="hf://a/b", checkpoint_uri="file:///tmp/x.ckpt")
     assert msg and msg.startswith("spec.checkpoint.uri: file://") and "pvc://" in msg
-    msg = local_only_source(source_uri="file:///data/m")
+    msg = cluster_source_error(source_uri="file:///data/m")
     assert msg and msg.startswith("spec.source.uri: file://") and "local mode" in msg
+    for claim in ("..", "A_B", "-x"):
+        msg = cluster_source_error(source_uri=f"pvc://{claim}/m")
+        assert msg and msg.startswith(f"spec.source.uri: {claim!r} is not a"), msg
+
+
+def test_basemodel_names_kuberay_refuses_are_named_up_front():
+    from lorafleet_operator.rayservice import rayservice_name_error
+
+    assert rayservice_name_error("minilm") is None
+    assert rayservice_name_error("a" * 47) is None
+    assert "at most 47" in rayservice_name_error("a" * 48)
+    for name in ("9lives", "my.model", "x-"):
+        assert "start with a letter" in rayservice_name_error(name), name
+
+
+def test_cleanup_never_targets_the_volume_root():
+    for path in ("/models/", "/models/.", "/models//", "/models/./."):
+        with pytest.raises(ValueError, match="not a folder inside the volume mount"):
+            build_cleanup_job("BaseModel", BM_BODY, path=path, claim_name="c", settings=SETTINGS)
 
 
 def test_network_policy_admits_only_the_ray_cluster_kuberay_and_serve_clients():
@@ -440,7 +459,11 @@ def test_network_policy_admits_only_the_ray_cluster_kuberay_and_serve_clients():
     )
     cluster = rs["spec"]["rayClusterConfig"]
     selector = policy["spec"]["podSelector"]["matchLabels"]
-    # It selects exactly the Pods of this BaseModel's Ray cluster (head and workers).
+    # It selects exactly the Pods of this BaseModel's Ray cluster (head and workers), not its
+    # install and cleanup Job Pods, which handle untrusted downloads.
+    job = build_base_install_job(BM_BODY, BM_SPEC, "shared", SETTINGS)
+    job_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= job_labels.items()
     for template in (
         cluster["headGroupSpec"]["template"],
         cluster["workerGroupSpecs"][0]["template"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from lorafleet_operator.settings import Settings, SettingsError, settings_from_env
 
@@ -82,3 +84,20 @@ def test_bad_new_settings_name_the_variable_and_the_fault(var, value, detail):
     with pytest.raises(SettingsError, match=var) as info:
         settings_from_env({var: value})
     assert detail in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"LORAFLEET_RUN_AS_USER": "0"}, "LORAFLEET_RUN_AS_USER='0': must be 1..2147483647"),
+        ({"LORAFLEET_SERVE_PORT": "70000"}, "LORAFLEET_SERVE_PORT='70000': must be 1..65535"),
+        ({"LORAFLEET_POLL_INTERVAL_S": "nan"}, "must be a finite number"),
+        ({"LORAFLEET_POLL_INTERVAL_S": "0"}, "must be above 0"),
+        ({"LORAFLEET_JOB_DEADLINE_S": "0"}, "LORAFLEET_JOB_DEADLINE_S='0': must be at least 1"),
+        ({"LORAFLEET_METRICS_PORT": "8080"}, "both 8080"),
+        ({"LORAFLEET_NETWORK_POLICY": "yes"}, "LORAFLEET_NETWORK_POLICY='yes': must be true or"),
+    ],
+)
+def test_values_that_would_make_invalid_objects_or_a_busy_loop_are_refused(env, says):
+    with pytest.raises(SettingsError, match=re.escape(says)):
+        settings_from_env(env)
