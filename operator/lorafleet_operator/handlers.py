@@ -114,6 +114,8 @@ class _State:
         self.deploy_started: dict[tuple[str, str], float] = {}
         self.registry_writes: dict[tuple[str, str], float] = {}
         self.job_created: dict[str, float] = {}
+        # (namespace, BaseModel) -> the installed path last seen in its status.
+        self.base_paths: dict[tuple[str, str], str | None] = {}
         # BaseModels whose NetworkPolicy this process has made or found.
         self.network_policies: set[tuple[str, str]] = set()
         self.base_index: Any = None
@@ -220,6 +222,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         STATE.hints,
         STATE.deploy_started,
         STATE.job_created,
+        STATE.base_paths,
+        STATE.network_policies,
     ):
         cache.clear()
 
@@ -1093,13 +1097,20 @@ async def adapter_daemon(body: Any, stopped: Any, logger: Any, **kwargs: Any) ->
 
 
 @kopf.on.event(GROUP, VERSION, BASEMODEL_PLURAL)
-def basemodel_event(namespace: str, name: str, meta: Any, **kwargs: Any) -> None:
-    """Wake a BaseModel's daemon when its spec changed (new generation)."""
+def basemodel_event(namespace: str, name: str, meta: Any, status: Any, **kwargs: Any) -> None:
+    """Wake a BaseModel's daemon when its spec changed (new generation), and its adapters
+    when its installed path changed: an adapter waiting for its base reads the index, which
+    this event has just updated (a wake-up at the base's own status write could come first)."""
     _remember_indexes(kwargs)
     key = (BASEMODEL_KIND, namespace, name)
     if STATE.generations.get(key) != meta.get("generation"):
         STATE.generations[key] = meta.get("generation")
         STATE.wake(*key)
+    path = (status or {}).get("path")
+    if STATE.base_paths.get((namespace, name)) != path:
+        STATE.base_paths[(namespace, name)] = path
+        for adapter in _adapters_of(namespace, name):
+            STATE.wake(LORAADAPTER_KIND, namespace, adapter["name"])
 
 
 @kopf.on.event(GROUP, VERSION, LORAADAPTER_PLURAL)
