@@ -68,6 +68,8 @@ from lorafleet_operator.rayservice import (
     RAY_VERSION,
     RAYSERVICE_PLURAL,
     build_rayservice,
+    ray_pod_labels,
+    ray_pod_problems,
     rayservice_name,
     rayservice_name_error,
     rayservice_readiness,
@@ -811,6 +813,15 @@ class Reconciler:
             await self.remove_old_revision(previous_path, path, claim)
             return None
         waited = time.monotonic() - STATE.deploy_started[bm_key]
+        pods = await _call(
+            STATE.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=",".join(f"{k}={v}" for k, v in ray_pod_labels(self.name).items()),
+        )
+        problems = ray_pod_problems([_plain(p) for p in pods.items])
+        if problems:
+            # What stops the Ray Pods is on the Pods, not in KubeRay's status.
+            reason, message = "RayPodsNotRunning", problems
         updates = [(cond.SERVING, False, reason, message)]
         phase = Phase.DEPLOYING
         if waited > self.settings.ready_timeout_s:

@@ -296,3 +296,58 @@ def rayservice_readiness(rayservice: Mapping[str, Any] | None) -> tuple[bool, st
     if ready_cond is not None:
         return False, ready_cond.get("reason") or "NotReady", ready_cond.get("message") or ""
     return False, "Initializing", "KubeRay has not reported the RayService's status yet"
+
+
+#: Container waiting reasons that do not go away by themselves (the kubelet's, as in
+#: ``kubectl get pods``): the Ray cluster will not start until the spec or the cluster changes.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+def ray_pod_problems(pods: list[Mapping[str, Any]], limit: int = 3) -> str | None:
+    """Why a BaseModel's Ray Pods do not run, as a user would read it in ``kubectl describe``.
+
+    KubeRay's RayService status says only that it is not ready; the reason (an image that
+    cannot be pulled, a crash loop, no node with enough CPU/memory/GPUs) is on the Pods.
+
+    Args:
+        pods: The Ray Pods (``ray_pod_labels``) as plain dicts (the API's JSON).
+        limit: At most this many problems are named.
+
+    Returns:
+        ``"pod <name>: <Reason>: <message>; ..."`` for Pods the scheduler cannot place
+        (``PodScheduled`` False) and containers waiting for a :data:`STUCK_REASONS` reason, or
+        None when there is none.
+    """
+    problems: list[str] = []
+    for pod in pods:
+        name = (pod.get("metadata") or {}).get("name", "?")
+        status = pod.get("status") or {}
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False":
+                problems.append(
+                    f"pod {name}: {c.get('reason') or 'Unschedulable'}: "
+                    f"{c.get('message') or ''}".strip()
+                )
+        for cs in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                problems.append(
+                    f"pod {name}: {waiting['reason']}: {waiting.get('message') or ''}".strip()
+                )
+    if not problems:
+        return None
+    return "; ".join(p[:300] for p in problems[:limit])

