@@ -509,6 +509,7 @@ cmd_reap() {  # owner-pid: wait for the owner to exit, then stop what `up` start
 }
 
 cmd_env() {
+  [ -f "$(kubeconfig_path)" ] || die "no cluster in $run_dir: start one with 'scripts/cluster.sh up'"
   echo "export KUBECONFIG=$(kubeconfig_path)"
 }
 

@@ -49,7 +49,11 @@ BASE_PACKAGES=python3.11,python3.11-venv,python3,python3-venv,python-is-python3,
 log() { echo "image.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-usage() {
+usage() {  # [exit-code]: 0 for --help (on stdout), 2 for a usage error (on stderr)
+  if [ "${1:-2}" = 0 ]; then
+    sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+    exit 0
+  fi
   sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
   exit 2
 }
@@ -464,7 +468,7 @@ cmd_scratch() {
   local user=${LORAFLEET_SCRATCH_USER:-65532:65532} ca=0
   while [ $# -gt 0 ]; do
     case "$1" in
-      --user) user=$2; shift 2 ;;
+      --user) [ $# -ge 2 ] || die "scratch: --user needs a value UID:GID"; user=$2; shift 2 ;;
       --user=*) user=${1#--user=}; shift ;;
       --ca-certs) ca=1; shift ;;
       --) shift; break ;;
@@ -548,8 +552,9 @@ main() {
     key) cmd_key ;;
     paths) cmd_paths ;;
     buildah) need_tools; setup_storage; bh "$@" ;;
-    -h|--help|help) usage ;;
-    *) log "usage: $0 base|build|scratch|key|paths|buildah"; exit 2 ;;
+    -h|--help|help) usage 0 ;;
+    "") log "usage: $0 base|build|scratch|key|paths|buildah"; exit 2 ;;
+    *) log "unknown command '$cmd' (usage: $0 base|build|scratch|key|paths|buildah)"; exit 2 ;;
   esac
 }
 
