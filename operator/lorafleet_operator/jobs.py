@@ -159,7 +159,9 @@ def progress_file(settings: Settings, namespace: str, kind: str, name: str) -> s
     return f"{settings.models_mount}/.progress/{namespace}/{plural}/{name}.json"
 
 
-def _labels(kind: str, name: str, role: str) -> dict[str, str]:
+def object_labels(kind: str, name: str, role: str) -> dict[str, str]:
+    """Labels of what lorafleet makes for one object: managed-by, kind, name and role
+    (``install``, ``cleanup``, ``ray``), so selectors can tell Job Pods from Ray Pods."""
     return {
         MANAGED_BY_LABEL: MANAGED_BY,
         KIND_LABEL: kind.lower(),
@@ -399,7 +401,7 @@ def _install_job(
     return _job(
         name=job_name,
         namespace=namespace,
-        labels=_labels(kind, name, "install"),
+        labels=object_labels(kind, name, "install"),
         owner=owner_reference(body),
         command=command,
         env=_common_env(settings, source),
@@ -517,7 +519,7 @@ def build_cleanup_job(
     return _job(
         name=cleanup_job_name(kind, body, path),
         namespace=meta["namespace"],
-        labels=_labels(kind, meta["name"], "cleanup"),
+        labels=object_labels(kind, meta["name"], "cleanup"),
         owner=owner_reference(body),
         command=["lorafleet-install", "remove", "--path", path, "--report-file", TERMINATION_LOG],
         env=[],

@@ -25,11 +25,11 @@ from lorafleet_operator.jobs import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     NAME_LABEL,
-    ROLE_LABEL,
     VOLUME_NAME,
+    object_labels,
     owner_reference,
 )
-from lorafleet_operator.models import BaseModelSpec
+from lorafleet_operator.models import BASEMODEL_KIND, BaseModelSpec
 from lorafleet_operator.settings import Settings
 
 #: KubeRay's limit on a RayService name (``MaxRayServiceNameLength``: its RayCluster's name
@@ -58,12 +58,7 @@ def ray_pod_labels(basemodel_name: str) -> dict[str, str]:
     ``lorafleet.io/role: ray`` tells them from the BaseModel's install and cleanup Job Pods,
     which carry the same kind and name labels with roles ``install``/``cleanup``.
     """
-    return {
-        MANAGED_BY_LABEL: MANAGED_BY,
-        KIND_LABEL: "basemodel",
-        NAME_LABEL: basemodel_name,
-        ROLE_LABEL: "ray",
-    }
+    return object_labels(BASEMODEL_KIND, basemodel_name, "ray")
 
 
 def rayservice_name_error(basemodel_name: str) -> str | None:

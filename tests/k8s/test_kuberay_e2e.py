@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from tests.chart.helm import run_helm
+from tests.operator.conftest import GROUP, VERSION, wait_for
+from tests.operator.test_operator_k8s import _cond
+from tests.operator.test_operator_k8s import _get as get_object
 from tests.support.kube import KubeCluster
 from tests.support.models import make_lora_adapter, reference_logits
 
@@ -40,34 +42,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.cluster, pytest.mark.slow]
 
 #: The namespace the test cluster's KubeRay operator watches (scripts/cluster-node.sh).
 NAMESPACE = "lorafleet-e2e"
-GROUP, VERSION = "lorafleet.io", "v1alpha1"
 CHART = Path(__file__).resolve().parents[2] / "charts" / "lorafleet"
 TEXTS = ["I love this movie", "Parliament passed the budget"]
 
 
-def _wait(what: str, fn: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
-
-
 def _get(custom: Any, plural: str, name: str) -> dict[str, Any] | None:
-    try:
-        return custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
+    return get_object(custom, NAMESPACE, plural, name)
+
+
+def _minilm(name: str, **serving: Any) -> dict[str, Any]:
+    """A BaseModel of all-MiniLM-L6-v2 from the ``weights`` claim, on CPU."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BaseModel",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "source": {"uri": "pvc://weights/minilm"},
+            "task": "text-classification",
+            "numLabels": 2,
+            "storage": {"claimName": "models"},
+            "serving": {"gpus": 0, "cpu": "500m", **serving},
+        },
+    }
 
 
 def _ready(obj: dict[str, Any] | None) -> bool:
-    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+    return _cond(obj, "Ready").get("status") == "True"
 
 
 def _describe(kube_cluster: KubeCluster) -> str:
@@ -98,7 +98,7 @@ def e2e_namespace(kube_api: Any) -> Iterator[str]:
             return False
 
         with contextlib.suppress(BaseException):
-            _wait(f"namespace {NAMESPACE} deleted", gone, timeout=180)
+            wait_for(f"namespace {NAMESPACE} deleted", gone, timeout=180)
 
 
 def _helm_install(kube_cluster: KubeCluster, release: str, *extra: str) -> Callable[[], None]:
@@ -131,7 +131,7 @@ def _delete_all_then(custom: Any, uninstall: Callable[[], None]) -> None:
         with contextlib.suppress(ApiException):
             custom.delete_collection_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural)
     with contextlib.suppress(BaseException):
-        _wait(
+        wait_for(
             "BaseModels and adapters deleted",
             lambda: (
                 not custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "basemodels")[
@@ -190,18 +190,7 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
     uninstall = _helm_install(kube_cluster, f"lf-e2e-{uuid.uuid4().hex[:6]}")
     try:
         manifests = [
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "BaseModel",
-                "metadata": {"name": "minilm", "namespace": NAMESPACE},
-                "spec": {
-                    "source": {"uri": "pvc://weights/minilm"},
-                    "task": "text-classification",
-                    "numLabels": 2,
-                    "storage": {"claimName": "models"},
-                    "serving": {"gpus": 0, "cpu": "500m", "memory": "3Gi", "replicas": 1},
-                },
-            },
+            _minilm("minilm", memory="3Gi", replicas=1),
             *(
                 {
                     "apiVersion": f"{GROUP}/{VERSION}",
@@ -221,7 +210,7 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
             ("loraadapters", "sentiment"),
             ("loraadapters", "topic"),
         ):
-            _wait(
+            wait_for(
                 f"{plural}/{name} Ready\n{_describe(kube_cluster)}",
                 lambda p=plural, n=name: _ready(_get(custom, p, n)),
                 timeout=600,
@@ -250,7 +239,7 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
             check=False,
         )  # fmt: skip
         assert applied.returncode == 0, applied.stderr
-        _wait(
+        wait_for(
             f"intent Ready\n{_describe(kube_cluster)}",
             lambda: _ready(_get(custom, "loraadapters", "intent")),
             timeout=300,
@@ -263,9 +252,9 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
         on_host = models / path.removeprefix("/models/")
         assert (on_host / "lorafleet.json").is_file()
         custom.delete_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "loraadapters", "topic")
-        _wait("topic gone", lambda: _get(custom, "loraadapters", "topic") is None, timeout=120)
-        _wait("topic 404", lambda: _classify(url, "topic").status_code == 404, timeout=60)
-        _wait("topic's files removed", lambda: not on_host.exists(), timeout=60)
+        wait_for("topic gone", lambda: _get(custom, "loraadapters", "topic") is None, timeout=120)
+        wait_for("topic 404", lambda: _classify(url, "topic").status_code == 404, timeout=60)
+        wait_for("topic's files removed", lambda: not on_host.exists(), timeout=60)
         _assert_equals_peft(_classify(url, "sentiment"), weights["minilm"], weights["sentiment"])
         # Ray is closed without its token: the dashboard refuses job submission.
         head = next(
@@ -313,23 +302,7 @@ def test_ray_pods_that_cannot_start_are_degraded_with_the_pods_reason_never_read
             VERSION,
             NAMESPACE,
             "basemodels",
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "BaseModel",
-                "metadata": {"name": "noimage"},
-                "spec": {
-                    "source": {"uri": "pvc://weights/minilm"},
-                    "task": "text-classification",
-                    "numLabels": 2,
-                    "storage": {"claimName": "models"},
-                    "serving": {
-                        "gpus": 0,
-                        "cpu": "500m",
-                        "memory": "2Gi",
-                        "image": "localhost/lorafleet/does-not-exist:0",
-                    },
-                },
-            },
+            _minilm("noimage", memory="2Gi", image="localhost/lorafleet/does-not-exist:0"),
         )
         seen: set[str] = set()
 
@@ -339,7 +312,7 @@ def test_ray_pods_that_cannot_start_are_degraded_with_the_pods_reason_never_read
             conditions = {c["type"]: c for c in (obj or {}).get("status", {}).get("conditions", [])}
             return conditions.get("Degraded", {}).get("status") == "True" and conditions
 
-        conditions = _wait(f"noimage Degraded\n{_describe(kube_cluster)}", degraded, timeout=300)
+        conditions = wait_for(f"noimage Degraded\n{_describe(kube_cluster)}", degraded, timeout=300)
         assert "Ready" not in seen, seen
         assert conditions["Ready"]["status"] == "False"
         assert conditions["Degraded"]["reason"] == "ReadyTimeout"

@@ -201,51 +201,23 @@ def test_service_cluster_ip_and_dns_name_answer_from_another_pod(
         },
     )
     fqdn = f"web.{namespace}.svc.cluster.local"
-    for target in (cluster_ip, fqdn, "web"):
+
+    def in_client(*argv: str) -> str:
         # kubectl exec: the API server streams from the kubelet, which streams from containerd.
-        out = kube_cluster.kubectl_run(
-            "-n",
-            namespace,
-            "exec",
-            "client",
-            "--",
-            "wget",
-            "-q",
-            "-T",
-            "5",
-            "-t",
-            "3",
-            "-O-",
-            f"http://{target}/index.html",
-        )
-        assert out.stdout.strip() == "hello-from-web", (target, out.stderr)
-    resolved = kube_cluster.kubectl_run(
-        "-n",
-        namespace,
-        "exec",
-        "client",
-        "--",
-        "python",
-        "-c",
-        f"import socket; print(socket.gethostbyname({fqdn!r}))",
-    )
-    assert resolved.stdout.strip() == cluster_ip
+        return kube_cluster.kubectl_run("-n", namespace, "exec", "client", "--", *argv).stdout
+
+    for target in (cluster_ip, fqdn, "web"):
+        got = in_client("wget", "-q", "-T", "5", "-t", "3", "-O-", f"http://{target}/index.html")
+        assert got.strip() == "hello-from-web", target
+    resolved = in_client("python", "-c", f"import socket; print(socket.gethostbyname({fqdn!r}))")
+    assert resolved.strip() == cluster_ip
     # The API server, through the `kubernetes` Service, by its DNS name (CA from the token).
-    version = kube_cluster.kubectl_run(
-        "-n",
-        namespace,
-        "exec",
-        "client",
-        "--",
-        "wget",
-        "-q",
-        "-T",
-        "5",
-        "-O-",
+    version = in_client(
+        "wget", "-q", "-T", "5", "-O-",
         "--ca-certificate=/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
         "https://kubernetes.default.svc.cluster.local/version",
-    )
-    assert json.loads(version.stdout)["gitVersion"] == kube_cluster.version
+    )  # fmt: skip
+    assert json.loads(version)["gitVersion"] == kube_cluster.version
     logs = kube_cluster.kubectl_run("-n", namespace, "logs", "web")
     assert "GET /index.html" in logs.stdout + logs.stderr
 

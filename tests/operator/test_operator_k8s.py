@@ -66,6 +66,17 @@ def _phase(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("status") or {}).get("phase")
 
 
+def _wait_phase(
+    custom: Any, ns: str, plural: str, name: str, phase: str, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Wait until the object's ``status.phase`` is ``phase``; return the object."""
+    return wait_for(
+        f"{plural}/{name} {phase}",
+        lambda: (o := _get(custom, ns, plural, name)) and _phase(o) == phase and o,
+        timeout=timeout,
+    )
+
+
 class ReadinessWriter:
     """Stands in for KubeRay's status writer only: marks RayServices Ready at their generation."""
 
@@ -216,13 +227,7 @@ def test_install_serve_add_and_delete_adapters(
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "basemodels", _bm("tiny", uris["tiny"])
         )
-        bm = wait_for(
-            "BaseModel Ready",
-            lambda: (
-                (o := _get(custom, namespace, "basemodels", "tiny")) and _phase(o) == "Ready" and o
-            ),
-            timeout=180,
-        )
+        bm = _wait_phase(custom, namespace, "basemodels", "tiny", "Ready", timeout=180)
         assert bm["status"]["path"].startswith(f"/models/{namespace}/basemodels/tiny/")
         assert bm["status"]["endpoint"] == f"http://tiny-serve-svc.{namespace}.svc:8000"
         assert _cond(bm, "Installed")["status"] == "True"
@@ -236,13 +241,7 @@ def test_install_serve_add_and_delete_adapters(
                 _lora(name, "tiny", uris[name]),
             )
         for name in ("alpha", "beta"):
-            lora = wait_for(
-                f"{name} Ready",
-                lambda n=name: (
-                    (o := _get(custom, namespace, "loraadapters", n)) and _phase(o) == "Ready" and o
-                ),
-                timeout=180,
-            )
+            lora = _wait_phase(custom, namespace, "loraadapters", name, "Ready", timeout=180)
             assert lora["status"]["rank"] in (8, 4)
             assert _cond(lora, "Ready")["status"] == "True"
         # What a user sees: printer columns and field docs.
@@ -367,15 +366,7 @@ def test_failure_reasons(
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "basemodels", _bm("tiny", uris["tiny"])
         )
-        missing = wait_for(
-            "missing Failed",
-            lambda: (
-                (o := _get(custom, namespace, "basemodels", "missing"))
-                and _phase(o) == "Failed"
-                and o
-            ),
-            timeout=120,
-        )
+        missing = _wait_phase(custom, namespace, "basemodels", "missing", "Failed", timeout=120)
         assert _cond(missing, "Installed")["reason"] == "SourceNotFound", missing["status"]
         # The Job retried (backoffLimit 1) and exhausted its retries; the reason is the
         # installer's, the message says how the Job ended.
@@ -401,28 +392,13 @@ def test_failure_reasons(
             "loraadapters",
             _lora("wrong", "tiny", uris["wrong"]),
         )
-        wrong = wait_for(
-            "wrong Failed",
-            lambda: (
-                (o := _get(custom, namespace, "loraadapters", "wrong"))
-                and _phase(o) == "Failed"
-                and o
-            ),
-            timeout=120,
-        )
+        wrong = _wait_phase(custom, namespace, "loraadapters", "wrong", "Failed", timeout=120)
         assert _cond(wrong, "Installed")["reason"] == "TargetModulesNotFound", wrong["status"]
         # A file:// source (local mode's) is refused by the operator, never attempted.
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "loraadapters", _lora("local", "tiny", "file:///data/a")
         )
-        local = wait_for(
-            "local Failed",
-            lambda: (
-                (o := _get(custom, namespace, "loraadapters", "local"))
-                and _phase(o) == "Failed"
-                and o
-            ),
-        )
+        local = _wait_phase(custom, namespace, "loraadapters", "local", "Failed")
         assert _cond(local, "Installed")["reason"] == "UnsupportedSource", local["status"]
         assert "spec.source.uri" in _cond(local, "Installed")["message"]
         assert not [
@@ -527,15 +503,7 @@ def test_gated_repo_needs_the_token_secret(
         with_key = _bm("withkey", "hf://lorafleet/gated-llama")
         with_key["spec"]["source"]["secretRef"] = {"name": "hf-token"}
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "basemodels", with_key)
-        nokey = wait_for(
-            "nokey Failed",
-            lambda: (
-                (o := _get(custom, namespace, "basemodels", "nokey"))
-                and _phase(o) == "Failed"
-                and o
-            ),
-            timeout=120,
-        )
+        nokey = _wait_phase(custom, namespace, "basemodels", "nokey", "Failed", timeout=120)
         assert _cond(nokey, "Installed")["reason"] == "Unauthorized", nokey["status"]
         withkey = wait_for(
             "withkey Installed",
