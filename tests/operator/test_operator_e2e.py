@@ -7,6 +7,13 @@ local Ray Serve, and the lorafleet serving app. Outputs are compared with plain 
 
 The operator runs as the Helm chart's ServiceAccount (a TokenRequest token, the chart's own
 namespaced Role), not as the admin: the flow passing proves the chart's RBAC suffices.
+
+Why a KubeRay stand-in here: this test covers a text-generation base (completions equal to
+peft's greedy output) through the operator, on the session's host Ray that the serving tests
+already run; real KubeRay would add a second Ray cluster (head 1 CPU + worker) on the 2-core
+node. The real KubeRay path — chart, Ray Pods from the image, Serve Service — is covered for a
+classification base by ``tests/k8s/test_kuberay_e2e.py``; moving this one there is issue 11's
+remaining work.
 """
 
 from __future__ import annotations

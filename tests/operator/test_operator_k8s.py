@@ -78,7 +78,12 @@ def _wait_phase(
 
 
 class ReadinessWriter:
-    """Stands in for KubeRay's status writer only: marks RayServices Ready at their generation."""
+    """Stands in for KubeRay's status writer only: marks RayServices Ready at their generation.
+
+    These tests check the operator's decisions (Ready, Degraded after its timeout, roll-outs,
+    deletion) without Ray Pods, which take a minute and most of the 2-core node each; the real
+    KubeRay writes this status in ``tests/k8s/test_kuberay_e2e.py``.
+    """
 
     def __init__(self, namespace: str, ready: bool = True) -> None:
         self.namespace = namespace
