@@ -251,6 +251,12 @@ def run(args: argparse.Namespace) -> int:
         gen0 = rs["metadata"]["generation"]
 
         n = args.adapters
+        print(
+            "note: install Jobs run through the kubelet STAND-IN (no node, no containers) and"
+            " RayService readiness is written by the benchmark: this measures the operator,"
+            " not container start-up",
+            flush=True,
+        )
         print(f"creating {n} LoraAdapters", flush=True)
         started = time.monotonic()
         for i in range(n):
