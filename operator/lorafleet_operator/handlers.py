@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ from lorafleet_operator.report import (
     progress_from_log,
 )
 from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config, registry_of
+from lorafleet_operator.serveprobe import ServeAnswer, applications_running, probe_serve
 from lorafleet_operator.settings import Settings, settings_from_env
 from lorafleet_operator.volumes import build_claim, claim_name_for
 
@@ -777,11 +778,23 @@ class Reconciler:
         STATE.deploy_started.setdefault(bm_key, time.monotonic())
         ready, reason, message = rayservice_readiness(rs)
         # A user_config update keeps the app serving; adapters count as served only once
-        # KubeRay has observed the RayService generation holding them.
+        # KubeRay has observed the RayService generation holding them, Serve reports every
+        # application RUNNING (all replicas applied it) and the app itself lists them.
         generation = (rs.get("metadata") or {}).get("generation")
         observed = (rs.get("status") or {}).get("observedGeneration")
         applied = generation is None or observed is None or observed >= generation
+        applied = applied and applications_running(rs)
         endpoint = serve_endpoint(self.name, self.namespace, self.settings)
+        # Ready means served: KubeRay's Ready says the Service has endpoints; the app answers.
+        answer = ServeAnswer(
+            ok=True, base_path=path if applied else None, adapters=frozenset(registry)
+        )
+        if ready and self.settings.serving_probe:
+            answer = await probe_serve(endpoint)
+            if not answer.ok:
+                ready, reason, message = False, "ServeNotAnswering", answer.error or ""
+            elif answer.base_path is not None and answer.base_path != path:
+                applied = False  # the previous revision still answers
         if ready:
             STATE.deploy_started.pop(bm_key, None)
             previous_path = self.status.get("servedPath")
@@ -800,8 +813,9 @@ class Reconciler:
                     (
                         cond.SERVING,
                         True,
-                        "RayServiceReady",
-                        f"RayService {rs_name} serves {len(registry)} adapter(s)",
+                        "ServeAnswering" if self.settings.serving_probe else "RayServiceReady",
+                        f"RayService {rs_name} serves {len(registry)} adapter(s)"
+                        + (f" at {endpoint}" if self.settings.serving_probe else ""),
                     ),
                     (cond.READY, True, "Ready", "installed and serving"),
                     (cond.DEGRADED, False, "RayServiceReady", "serving"),
@@ -809,9 +823,10 @@ class Reconciler:
             )
             if not applied:
                 return poll
-            await self.mark_adapters_ready(registry)
+            await self.mark_adapters_ready(registry, answer.adapters)
             await self.remove_old_revision(previous_path, path, claim)
-            return None
+            # Adapters the answering replica does not list yet: ask again.
+            return poll if set(registry) - answer.adapters else None
         waited = time.monotonic() - STATE.deploy_started[bm_key]
         pods = await _call(
             STATE.core.list_namespaced_pod,
@@ -872,10 +887,20 @@ class Reconciler:
                 message=f"{new_path} serves; removing {old_path}",
             )
 
-    async def mark_adapters_ready(self, registry: Mapping[str, Any]) -> None:
-        """Set Serving/Ready on adapters the (ready) RayService's registry now holds."""
+    async def mark_adapters_ready(
+        self, registry: Mapping[str, Any], answered: Collection[str]
+    ) -> None:
+        """Set Serving/Ready on adapters the (ready) RayService's registry holds and the
+        Serve application lists.
+
+        Args:
+            registry: The registry written to the RayService (served name -> entry).
+            answered: Served names the application's ``GET /stats`` listed (with the probe
+                off: the registry's names).
+        """
         for adapter in _adapters_of(self.namespace, self.name):
-            if adapter["deleting"] or adapter["servedName"] not in registry:
+            name = adapter["servedName"]
+            if adapter["deleting"] or name not in registry or name not in answered:
                 continue
             if registry[adapter["servedName"]] != adapter["entry"] and adapter["entry"] is not None:
                 continue

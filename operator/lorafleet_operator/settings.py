@@ -33,6 +33,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_PEERING`` | standalone | kopf peering name (several replicas, one active) |
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
 | ``LORAFLEET_NETWORK_POLICY`` | ``true`` | make a NetworkPolicy per BaseModel that admits to its Ray Pods only their own cluster, KubeRay (dashboard) and clients of the Serve port |
+| ``LORAFLEET_SERVING_PROBE`` | ``true`` | before Ready, ask each Serve application through its Service (``GET /stats``) that it answers and lists the adapter; ``false`` only where the operator cannot reach the Serve Services (Ready then follows KubeRay's condition alone) |
 | ``LORAFLEET_KUBERAY_NAMESPACE`` | ``kuberay-system`` | namespace of the KubeRay operator (admitted to Ray's dashboard port) |
 """
 
@@ -74,6 +75,7 @@ ENV_PEERING = "LORAFLEET_PEERING"
 ENV_LOG_FORMAT = "LORAFLEET_LOG_FORMAT"
 ENV_KUBERAY_NAMESPACE = "LORAFLEET_KUBERAY_NAMESPACE"
 ENV_NETWORK_POLICY = "LORAFLEET_NETWORK_POLICY"
+ENV_SERVING_PROBE = "LORAFLEET_SERVING_PROBE"
 
 DEFAULT_IMAGE = "ghcr.io/lorafleet/lorafleet:0.1.0"
 DEFAULT_GPU_RESOURCE_NAME = "nvidia.com/gpu"
@@ -136,6 +138,8 @@ class Settings:
         network_policy: Whether each BaseModel gets a NetworkPolicy for its Ray Pods.
         kuberay_namespace: Namespace of the KubeRay operator, admitted to the Ray dashboard
             port by that NetworkPolicy.
+        serving_probe: Whether Ready waits for the Serve application to answer through its
+            Service and list the adapter (:mod:`lorafleet_operator.serveprobe`).
     """
 
     installer_image: str = DEFAULT_IMAGE
@@ -167,6 +171,7 @@ class Settings:
     log_format: str = "json"
     network_policy: bool = True
     kuberay_namespace: str = "kuberay-system"
+    serving_probe: bool = True
 
     @property
     def ray_image(self) -> str:
@@ -215,6 +220,7 @@ _ENV_FIELDS: dict[str, str] = {
     "log_format": ENV_LOG_FORMAT,
     "network_policy": ENV_NETWORK_POLICY,
     "kuberay_namespace": ENV_KUBERAY_NAMESPACE,
+    "serving_probe": ENV_SERVING_PROBE,
 }
 
 

@@ -430,11 +430,16 @@ class Model:
         return self.server.registered_adapters()
 
     async def info(self) -> dict[str, Any]:
-        """Replica facts: pid, registered and resident adapters, Serve's multiplexed ids, stats."""
+        """Replica facts: pid, base folder, registered and resident adapters, multiplexed ids, stats.
+
+        The operator reads ``base_path`` and ``registered`` (``GET /stats``) before it calls a
+        BaseModel or an adapter Ready (``lorafleet_operator.serveprobe``).
+        """
         wrapper = self._multiplex()
         return {
             "pid": os.getpid(),
             "task": self.args.task,
+            "base_path": self.args.base_path,
             "max_adapters": self.max_adapters,
             "reconfigures": self.reconfigures,
             "registered": sorted(self.server.registered_adapters()),

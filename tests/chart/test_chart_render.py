@@ -114,6 +114,7 @@ def test_default_render(helm_bin: Path) -> None:
     # Ray Pods get a NetworkPolicy admitting KubeRay from its usual namespace.
     assert env["LORAFLEET_NETWORK_POLICY"] == "true"
     assert env["LORAFLEET_KUBERAY_NAMESPACE"] == "kuberay-system"
+    assert env["LORAFLEET_SERVING_PROBE"] == "true"
     assert "LORAFLEET_INSTALLER_RESOURCES" not in env
     assert "LORAFLEET_IMAGE_PULL_SECRETS" not in env
     assert settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
@@ -178,6 +179,7 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert env["LORAFLEET_READY_TIMEOUT_S"] == "600"
     assert env["LORAFLEET_POLL_INTERVAL_S"] == "5"
     assert env["LORAFLEET_DEBOUNCE_S"] == "0.5"
+    assert env["LORAFLEET_SERVING_PROBE"] == "false"
     assert env["LORAFLEET_AWS_ENDPOINT_URL"] == "http://minio.ml.svc.cluster.local:9000"
     assert env["LORAFLEET_INSTALLER_IMAGE"] == (
         "registry.example.internal/ml/lorafleet-installer:0.1.0-slim"

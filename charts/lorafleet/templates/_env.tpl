@@ -55,6 +55,8 @@ install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyR
   value: {{ .Values.networkPolicy.enabled | quote }}
 - name: LORAFLEET_KUBERAY_NAMESPACE
   value: {{ .Values.kuberay.namespace | quote }}
+- name: LORAFLEET_SERVING_PROBE
+  value: {{ .Values.operator.servingProbe | quote }}
 {{- with .Values.installer.resources }}
 - name: LORAFLEET_INSTALLER_RESOURCES
   value: {{ toJson . | quote }}

@@ -1,0 +1,111 @@
+"""Ask a BaseModel's Serve application what it serves, before anything is called Ready.
+
+KubeRay's ``Ready`` condition on a RayService means "the Serve Service has endpoints", and it
+stays True while a new ``serveConfigV2`` is applied: it does not say that the application
+answers, nor that a replica already holds the adapter registry the operator just wrote. So
+the operator asks the application itself, through the same Service clients use
+(``status.endpoint``): ``GET /stats`` is answered by the Ingress and one ``Model`` replica
+(``lorafleet_serving.app.Model.info``) with the base folder it loaded (``base_path``) and the
+adapter names its registry holds (``registered``). A BaseModel turns Ready only when that
+answers; an adapter only when it is listed; an old revision's files are removed only when the
+answer names the new folder.
+
+With several ``Model`` replicas one answer comes from one replica; the operator also waits for
+KubeRay to report every application ``RUNNING`` (Serve marks an application ``DEPLOYING``
+until every replica has applied a new ``user_config``), see :func:`applications_running`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+#: The lorafleet serving route the probe reads (``lorafleet_serving.api``).
+STATS_ROUTE = "/stats"
+
+
+@dataclass(frozen=True)
+class ServeAnswer:
+    """What the Serve application answered (or why it did not).
+
+    Attributes:
+        ok: The application answered ``200`` with the expected JSON.
+        base_path: The base model folder the answering replica loaded (``None`` if not said).
+        adapters: Adapter names in the answering replica's registry.
+        error: Why it did not answer, for a status message (no secrets: the URL is the
+            in-cluster Service address); ``None`` when ``ok``.
+    """
+
+    ok: bool
+    base_path: str | None = None
+    adapters: frozenset[str] = field(default_factory=frozenset)
+    error: str | None = None
+
+
+def parse_stats(payload: Any) -> ServeAnswer:
+    """Read a ``GET /stats`` body.
+
+    Args:
+        payload: The decoded JSON body.
+
+    Returns:
+        The answer; ``ok`` False with the reason when the body is not the expected object
+        (e.g. another application answers on the port).
+    """
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("registered"), list):
+        return ServeAnswer(
+            ok=False, error="GET /stats: the answer is not lorafleet's (no 'registered' list)"
+        )
+    base_path = payload.get("base_path")
+    return ServeAnswer(
+        ok=True,
+        base_path=base_path if isinstance(base_path, str) else None,
+        adapters=frozenset(str(n) for n in payload["registered"]),
+    )
+
+
+async def probe_serve(endpoint: str, *, timeout_s: float = 5.0) -> ServeAnswer:
+    """Ask the application at ``endpoint`` what it serves.
+
+    Args:
+        endpoint: Base URL of the Serve Service (``http://<name>-serve-svc.<ns>.svc:8000``).
+        timeout_s: Seconds for connecting and for the answer.
+
+    Returns:
+        The answer; never raises for network or HTTP errors (they are the ``error``).
+    """
+    url = endpoint.rstrip("/") + STATS_ROUTE
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
+            resp = await client.get(url)
+    except httpx.HTTPError as exc:
+        return ServeAnswer(ok=False, error=f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": "))
+    if resp.status_code != 200:
+        detail = resp.text[:200].replace("\n", " ")
+        return ServeAnswer(ok=False, error=f"GET {url}: HTTP {resp.status_code}: {detail}")
+    try:
+        payload = resp.json()
+    except ValueError:
+        return ServeAnswer(ok=False, error=f"GET {url}: the answer is not JSON")
+    answer = parse_stats(payload)
+    if not answer.ok:
+        return ServeAnswer(ok=False, error=f"GET {url}: {answer.error}")
+    return answer
+
+
+def applications_running(rayservice: Mapping[str, Any]) -> bool:
+    """Whether KubeRay reports every Serve application of the RayService ``RUNNING``.
+
+    Args:
+        rayservice: The RayService object.
+
+    Returns:
+        True when ``status.activeServiceStatus.applicationStatuses`` is empty or absent (older
+        KubeRay, nothing to wait for) or every application's ``status`` is ``RUNNING``.
+    """
+    status = rayservice.get("status") or {}
+    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
+    return all((app or {}).get("status") == "RUNNING" for app in apps.values())
