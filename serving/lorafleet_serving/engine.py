@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adapter_support import HEAD_NAMES, classification_head_name, unsupported_features
 from .errors import AdapterLoadError, InvalidRequestError
 from .lora_batched import BASE_SLOT, BatchedLoRA
 from .types import BASE_ADAPTER, FinishReason
@@ -238,13 +239,13 @@ class Engine:
         return ids
 
     def _find_head(self) -> tuple[str, nn.Module]:
-        for name in ("classifier", "score"):
-            module = getattr(self.model, name, None)
-            if isinstance(module, nn.Module):
-                return name, module
-        raise InvalidRequestError(
-            f"{type(self.model).__name__} has no 'classifier' or 'score' head", param="task"
-        )
+        name = classification_head_name(self.model)
+        if name is None:
+            raise InvalidRequestError(
+                f"{type(self.model).__name__} has no head named one of {list(HEAD_NAMES)}",
+                param="task",
+            )
+        return name, getattr(self.model, name)
 
     def _capture_features(self, _mod: nn.Module, args: tuple, _out: torch.Tensor) -> None:
         self._features = args[0]
@@ -311,6 +312,12 @@ class Engine:
             weights = load_peft_weights(str(folder), device=str(self.device))
         except Exception as exc:
             raise AdapterLoadError(name, f"adapter weights cannot be read: {exc}") from exc
+        # The installer ran the same check at install time; this catches files changed since.
+        unsupported = unsupported_features(
+            config.to_dict(), weights.keys(), self.model, task=self.task
+        )
+        if unsupported:
+            raise AdapterLoadError(name, "; ".join(unsupported))
         head_names = set(config.modules_to_save or [])
         lora_sd: dict[str, torch.Tensor] = {}
         head_sd: dict[str, torch.Tensor] = {}
@@ -413,17 +420,8 @@ class Engine:
     ) -> dict[str, torch.Tensor] | None:
         if not head_names:
             return None
-        if self.task != "text-classification":
-            raise AdapterLoadError(
-                name, f"modules_to_save {sorted(head_names)} is only supported for classification"
-            )
+        # unsupported_features has refused any modules_to_save but this base's own head.
         assert self._head_module is not None
-        if head_names - {"classifier", "score"} or self._head_name not in head_names:
-            raise AdapterLoadError(
-                name,
-                f"modules_to_save {sorted(head_names)}: only the classification head "
-                f"{self._head_name!r} is supported",
-            )
         prefix = f"{self._head_name}."
         params = {
             k.removeprefix(prefix): v.to(self.device, self.dtype)

@@ -14,7 +14,7 @@ Asserted: Ready means served (the operator probed the app through its Service; t
 request after Ready is a 200, no polling); outputs
 equal plain peft with only that adapter active (1e-4); a third adapter is served with the same
 Ray Pods (UIDs) and the same replica process (pid); a deleted adapter answers 404 and its files
-are removed; Ray refuses job submission without the token KubeRay generated.
+are removed; Ray refuses job submission from a Pod without the token KubeRay generated.
 """
 
 from __future__ import annotations
@@ -187,6 +187,54 @@ def _upload(s3: Any, bucket: str, prefix: str, folder: Path) -> None:
             api.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
 
 
+#: A client Pod's script: POST argv[2] (JSON) to argv[1], print the HTTP status code.
+_POST_SCRIPT = """
+import sys, urllib.error, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method="POST",
+                             headers={"Content-Type": "application/json"})
+try:
+    print(urllib.request.urlopen(req, timeout=30).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
+def _post_from_a_pod(kube_cluster: KubeCluster, core: Any, url: str, body: str) -> str:
+    """POST ``body`` to ``url`` from a Pod in the namespace (the project's image, no token,
+    no ServiceAccount token); returns the status code it printed."""
+    name = f"client-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_pod(
+        NAMESPACE,
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                "containers": [
+                    {
+                        "name": "client",
+                        "image": kube_cluster.image,
+                        "imagePullPolicy": "Never",
+                        "command": ["python", "-c", _POST_SCRIPT, url, body],
+                    }
+                ],
+            },
+        },
+    )
+    try:
+        wait_for(
+            f"pod {name} done",
+            lambda: (
+                core.read_namespaced_pod(name, NAMESPACE).status.phase in ("Succeeded", "Failed")
+            ),
+            timeout=120,
+        )
+        return core.read_namespaced_pod_log(name, NAMESPACE).strip()
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_pod(name, NAMESPACE, grace_period_seconds=0)
+
+
 def test_helm_install_apply_and_classify_through_the_serve_service(
     kube_cluster: KubeCluster,
     kube_api: Any,
@@ -305,8 +353,10 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
             ).items
         )
         dashboard = f"http://{head.status.pod_ip}:8265"
-        refused = requests.post(f"{dashboard}/api/jobs/", json={"entrypoint": "id"}, timeout=30)
-        assert refused.status_code == 401, refused.text
+        refused = _post_from_a_pod(
+            kube_cluster, core, f"{dashboard}/api/jobs/", '{"entrypoint": "id"}'
+        )
+        assert refused == "401", refused
         secrets = core.list_namespaced_secret(NAMESPACE).items
         tokens = [s for s in secrets if (s.data or {}).get("auth_token")]
         assert len(tokens) == 1, [s.metadata.name for s in secrets]

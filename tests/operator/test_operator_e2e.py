@@ -10,10 +10,13 @@ namespaced Role), not as the admin: the flow passing proves the chart's RBAC suf
 
 Why a KubeRay stand-in here: this test covers a text-generation base (completions equal to
 peft's greedy output) through the operator, on the session's host Ray that the serving tests
-already run; real KubeRay would add a second Ray cluster (head 1 CPU + worker) on the 2-core
-node. The real KubeRay path — chart, Ray Pods from the image, Serve Service — is covered for a
-classification base by ``tests/k8s/test_kuberay_e2e.py``; moving this one there is issue 11's
-remaining work.
+already run; real KubeRay would add a second Ray cluster (head 1 CPU + worker, each loading
+torch and the model) on the 2-core node, which ``tests/k8s/test_kuberay_e2e.py`` already starts
+for the whole real path (chart, Ray Pods from the image, the Serve Service, the operator's
+Serve probe). What differs between the two tasks lies below the operator (the serving app,
+tested against peft on real Ray Serve in ``tests/serving``), not in what KubeRay does. The
+operator's Serve probe is off here (``SERVING_PROBE=false``, conftest): this process cannot
+resolve the in-cluster Service name the probe asks.
 """
 
 from __future__ import annotations

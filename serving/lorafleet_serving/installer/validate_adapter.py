@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapter_support import unsupported_features
 from . import checkpoint as ckpt
 from .architecture import MetaArchitecture, build_meta, load_config
 from .errors import (
@@ -29,6 +30,7 @@ from .errors import (
     RANK_EXCEEDS_LIMIT,
     SHAPE_MISMATCH,
     TARGET_MODULES_NOT_FOUND,
+    UNSUPPORTED_ADAPTER,
     InstallError,
 )
 from .weights import header_shapes
@@ -163,7 +165,9 @@ def validate_adapter(
     Raises:
         InstallError: ``InvalidAdapter``, ``RankExceedsLimit``, ``EmptyAdapterWeights``,
             ``TargetModulesNotFound``, ``NoAdapterWeightsApplied``, ``ShapeMismatch``,
-            ``UnsafeCheckpoint``, ``InvalidBaseModel`` (base folder unusable).
+            ``UnsafeCheckpoint``, ``UnsupportedAdapter`` (a LoRA variant the engine does not
+            serve, :func:`lorafleet_serving.adapter_support.unsupported_features`),
+            ``InvalidBaseModel`` (base folder unusable).
     """
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.is_file():
@@ -206,7 +210,7 @@ def validate_adapter(
         raise InstallError(INVALID_ADAPTER, "adapter_config.json: target_modules is empty")
 
     weights, findings = _ensure_safetensors(folder)
-    shapes = header_shapes([weights])
+    shapes = header_shapes([weights], reason=INVALID_ADAPTER)
     empty = sorted(k for k, s in shapes.items() if 0 in s)
     if empty:
         raise InstallError(
@@ -280,6 +284,10 @@ def validate_adapter(
         raise InstallError(
             SHAPE_MISMATCH, f"{weights.name} over {arch.name}: {ckpt._listing(bad_shapes)}"
         )
+    # What the engine cannot serve is refused here, not answered with 503 after Ready.
+    unsupported = unsupported_features(cfg, shapes, arch.model, task=task or "text-generation")
+    if unsupported:
+        raise InstallError(UNSUPPORTED_ADAPTER, "; ".join(unsupported))
     if unmatched:
         findings.append(
             _finding(

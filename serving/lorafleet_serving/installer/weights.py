@@ -62,11 +62,18 @@ def pickle_weight_files(folder: Path) -> list[Path]:
     )
 
 
-def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+def header_shapes(
+    files: list[Path], *, reason: str = INVALID_BASE_MODEL
+) -> dict[str, tuple[int, ...]]:
     """key -> shape from safetensors headers (no tensor data is read).
 
+    Args:
+        files: The safetensors files.
+        reason: The failure reason for an unreadable file: ``InvalidBaseModel`` for a base's
+            weights, ``InvalidAdapter`` for an adapter's.
+
     Raises:
-        InstallError: ``InvalidBaseModel`` naming an unreadable file.
+        InstallError: ``reason``, naming an unreadable (e.g. truncated) file.
     """
     from safetensors import safe_open
 
@@ -78,7 +85,7 @@ def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
                     shapes[key] = tuple(fh.get_slice(key).get_shape())
         except Exception as exc:
             raise InstallError(
-                INVALID_BASE_MODEL, f"{path.name}: not a readable safetensors file: {exc}"
+                reason, f"{path.name}: not a readable safetensors file: {exc}"
             ) from exc
     return shapes
 

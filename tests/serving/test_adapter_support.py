@@ -1,0 +1,146 @@
+"""One capability check for installer and engine: what the engine cannot serve is refused at
+install (``UnsupportedAdapter``) with the same words the engine would use, never Ready-then-503.
+
+Real peft adapters (``get_peft_model`` + ``save_pretrained``) over the tiny Llama and BERT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lorafleet_serving.engine import Engine
+from lorafleet_serving.errors import AdapterLoadError
+from lorafleet_serving.installer import install
+
+VARIANTS = {
+    "dora": ({"target_modules": ["q_proj", "v_proj"], "use_dora": True}, "DoRA (use_dora) on"),
+    "bias": ({"target_modules": ["q_proj", "v_proj"], "lora_bias": True}, "LoRA bias"),
+    "embeddings": (
+        {"target_modules": ["embed_tokens", "q_proj"]},
+        "LoRA on embedding layers (model.embed_tokens)",
+    ),
+    "lm-head": (
+        {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+        "modules_to_save ['lm_head'] is not served over a text-generation base",
+    ),
+}
+
+
+def _save_adapter(base: Path, out: Path, task_type: str, **config) -> Path:
+    """A peft LoRA adapter with ``config`` over ``base``, saved with ``save_pretrained``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSequenceClassification
+    model = get_peft_model(
+        auto.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=8, task_type=task_type, init_lora_weights=False, **config),
+    )
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def installed_llama(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("dest")
+    report = install(
+        "base",
+        namespace="ml",
+        name="llama",
+        source=f"file://{tiny_causal_lm}",
+        dest=dest,
+        task="text-generation",
+    )
+    assert report["ok"], report
+    return Path(report["path"])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engines_words(
+    variant: str, tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    config, said = VARIANTS[variant]
+    adapter = _save_adapter(tiny_causal_lm, tmp_path / variant, "CAUSAL_LM", **config)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter",
+        namespace="ml",
+        name=variant,
+        source=f"file://{adapter}",
+        dest=dest,
+        base_path=installed_llama,
+    )
+    assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
+    assert said in report["message"], report["message"]
+    assert not any((dest / "ml").rglob("adapter_model.safetensors"))  # nothing left installed
+    # The engine, handed the same files, refuses them with the same message.
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    with pytest.raises(AdapterLoadError) as refused:
+        engine.load_adapter(variant, adapter)
+    assert said in refused.value.message
+    assert report["message"] in refused.value.message
+
+
+def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    adapter = _save_adapter(
+        tiny_causal_lm,
+        tmp_path / "plain",
+        "CAUSAL_LM",
+        target_modules=["q_proj", "v_proj"],
+        use_rslora=True,
+        rank_pattern={"v_proj": 2},
+        alpha_pattern={"v_proj": 4},
+    )
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter",
+        namespace="ml",
+        name="plain",
+        source=f"file://{adapter}",
+        dest=dest,
+        base_path=installed_llama,
+    )
+    assert report["ok"], report
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    assert engine.load_adapter("plain", report["path"]).rank == 4
+
+
+def test_a_classification_head_saved_with_the_adapter_is_served(
+    tiny_classifier: Path, tmp_path: Path
+) -> None:
+    adapter = _save_adapter(
+        tiny_classifier,
+        tmp_path / "head",
+        "SEQ_CLS",
+        target_modules=["query", "value"],
+        modules_to_save=["classifier"],
+    )
+    saved = json.loads((adapter / "adapter_config.json").read_text())["modules_to_save"]
+    assert "classifier" in saved  # peft may add "score" beside it: both are head names
+    engine = Engine(tiny_classifier, "text-classification", max_adapters=2)
+    assert engine.load_adapter("head", adapter).head is not None
+
+
+def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    adapter = _save_adapter(
+        tiny_causal_lm, tmp_path / "cut", "CAUSAL_LM", target_modules=["q_proj"]
+    )
+    weights = adapter / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter", namespace="ml", name="cut", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama,
+    )  # fmt: skip
+    assert not report["ok"] and report["reason"] == "InvalidAdapter", report
+    assert "adapter_model.safetensors: not a readable safetensors file" in report["message"]
