@@ -82,7 +82,12 @@ from lorafleet_operator.report import (
     progress_from_log,
 )
 from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config, registry_of
-from lorafleet_operator.serveprobe import ServeAnswer, applications_running, probe_serve
+from lorafleet_operator.serveprobe import (
+    ServeAnswer,
+    applications_running,
+    failed_applications,
+    probe_serve,
+)
 from lorafleet_operator.settings import Settings, settings_from_env
 from lorafleet_operator.volumes import build_claim, claim_name_for
 
@@ -789,6 +794,10 @@ class Reconciler:
         answer = ServeAnswer(
             ok=True, base_path=path if applied else None, adapters=frozenset(registry)
         )
+        failed = failed_applications(rs)
+        if ready and failed:
+            # KubeRay keeps Ready while a new config fails to deploy; it does not serve it.
+            ready, reason, message = False, "ApplicationFailed", failed
         if ready and self.settings.serving_probe:
             answer = await probe_serve(endpoint)
             if not answer.ok:

@@ -17,6 +17,7 @@ until every replica has applied a new ``user_config``), see :func:`applications_
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +57,7 @@ def parse_stats(payload: Any) -> ServeAnswer:
         (e.g. another application answers on the port).
     """
     if not isinstance(payload, Mapping) or not isinstance(payload.get("registered"), list):
-        return ServeAnswer(
-            ok=False, error="GET /stats: the answer is not lorafleet's (no 'registered' list)"
-        )
+        return ServeAnswer(ok=False, error="the answer is not lorafleet's (no 'registered' list)")
     base_path = payload.get("base_path")
     return ServeAnswer(
         ok=True,
@@ -67,16 +66,33 @@ def parse_stats(payload: Any) -> ServeAnswer:
     )
 
 
-async def probe_serve(endpoint: str, *, timeout_s: float = 5.0) -> ServeAnswer:
+async def probe_serve(
+    endpoint: str, *, timeout_s: float = 5.0, attempts: int = 2, retry_after_s: float = 1.0
+) -> ServeAnswer:
     """Ask the application at ``endpoint`` what it serves.
 
     Args:
         endpoint: Base URL of the Serve Service (``http://<name>-serve-svc.<ns>.svc:8000``).
-        timeout_s: Seconds for connecting and for the answer.
+        timeout_s: Seconds for connecting and for each answer.
+        attempts: Tries before the answer counts as a failure (one slow answer does not turn
+            a serving model un-Ready).
+        retry_after_s: Seconds between tries.
 
     Returns:
-        The answer; never raises for network or HTTP errors (they are the ``error``).
+        The first good answer, else the last failure; never raises for network or HTTP
+        errors (they are the ``error``).
     """
+    answer = ServeAnswer(ok=False, error="not asked")
+    for attempt in range(max(1, attempts)):
+        if attempt:
+            await asyncio.sleep(retry_after_s)
+        answer = await _ask(endpoint, timeout_s)
+        if answer.ok:
+            break
+    return answer
+
+
+async def _ask(endpoint: str, timeout_s: float) -> ServeAnswer:
     url = endpoint.rstrip("/") + STATS_ROUTE
     try:
         async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
@@ -94,6 +110,29 @@ async def probe_serve(endpoint: str, *, timeout_s: float = 5.0) -> ServeAnswer:
     if not answer.ok:
         return ServeAnswer(ok=False, error=f"GET {url}: {answer.error}")
     return answer
+
+
+#: Serve application states that do not heal without a new config (``ray.serve.schema``).
+FAILED_APPLICATION_STATES = frozenset({"DEPLOY_FAILED", "UNHEALTHY"})
+
+
+def failed_applications(rayservice: Mapping[str, Any]) -> str | None:
+    """Serve applications KubeRay reports failed, with their messages, or None.
+
+    Args:
+        rayservice: The RayService object.
+
+    Returns:
+        ``"application <name>: <STATUS>: <message>; ..."``, or None when none failed.
+    """
+    status = rayservice.get("status") or {}
+    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
+    failed = [
+        f"application {name}: {(app or {}).get('status')}: {(app or {}).get('message') or ''}"
+        for name, app in sorted(apps.items())
+        if (app or {}).get("status") in FAILED_APPLICATION_STATES
+    ]
+    return "; ".join(f.rstrip(": ") for f in failed) or None
 
 
 def applications_running(rayservice: Mapping[str, Any]) -> bool:

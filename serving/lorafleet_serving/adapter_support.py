@@ -11,8 +11,10 @@ layers (``nn.Linear`` and transformers' ``Conv1D``) with any ``r``, ``lora_alpha
 ``scaling``; the batched path takes rank and scaling per layer), and, over a
 ``text-classification`` base, ``modules_to_save`` naming exactly the base's classification head
 (``classifier`` or ``score``). Not served, each named with the modules concerned: DoRA
-(``use_dora``), LoRA bias (``lora_bias``), LoRA on embedding layers, ``modules_to_save`` of
-any other module, ``layer_replication`` and ``target_parameters``.
+(``use_dora``), LoRA bias (``lora_bias``), trained base biases (``bias`` other than
+``none``), LoRA on embedding layers, ``trainable_token_indices``, aLoRA
+(``alora_invocation_tokens``), ``modules_to_save`` of any other module,
+``layer_replication`` and ``target_parameters``.
 
 Key format follows peft's saved state dict (``base_model.model.<module>.lora_A.weight``;
 ``peft/utils/save_and_load.py``).
@@ -107,6 +109,15 @@ def unsupported_features(
             problems.append(
                 f"modules_to_save {saved}: only the classification head {head!r} is served"
             )
+    base_bias = config.get("bias") or "none"
+    if base_bias != "none":
+        # The adapter carries trained copies of base biases that peft would write into the
+        # shared base model for every request.
+        problems.append(f"bias={base_bias!r} (trained base-model biases) is not served")
+    if config.get("trainable_token_indices"):
+        problems.append("trainable_token_indices (trained token embeddings) is not served")
+    if config.get("alora_invocation_tokens"):
+        problems.append("aLoRA (alora_invocation_tokens) is not served")
     if config.get("layer_replication"):
         problems.append("layer_replication is not served")
     if config.get("target_parameters"):

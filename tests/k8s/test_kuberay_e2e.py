@@ -306,6 +306,19 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
 
         pods_before = ray_pods()
         assert len(pods_before) == 2, pods_before  # head + one worker
+        # The operator's NetworkPolicy selects exactly these Pods (the labels KubeRay copies
+        # from the RayService's templates) and opens only the dashboard and Serve ports beyond
+        # the Ray cluster itself. (The test node's bridge CNI does not enforce it.)
+        policy = client.NetworkingV1Api(kube_api).read_namespaced_network_policy(
+            "minilm-ray", NAMESPACE
+        )
+        selector = ",".join(f"{k}={v}" for k, v in policy.spec.pod_selector.match_labels.items())
+        selected = core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
+        assert {p.metadata.name for p in selected} == set(pods_before), selector
+        assert {port.port for rule in policy.spec.ingress for port in rule.ports or []} == {
+            8265,
+            8000,
+        }
         pid_before = requests.get(f"{url}/stats", timeout=30).json()["pid"]
         # A third adapter, from S3: served in place, by the same Pods and replica process.
         applied = kube_cluster.kubectl_run(

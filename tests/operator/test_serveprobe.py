@@ -90,3 +90,60 @@ def test_parse_stats_without_base_path_still_lists_adapters() -> None:
 def test_applications_running(apps, running) -> None:
     rs = {"status": {"activeServiceStatus": {"applicationStatuses": apps}}}
     assert applications_running(rs) is running
+
+
+def test_a_foreign_answer_is_said_once(serve_stub) -> None:
+    url = serve_stub(200, b'{"status": "ok"}')
+    answer = asyncio.run(probe_serve(url, attempts=1))
+    assert answer.error == f"GET {url}/stats: the answer is not lorafleet's (no 'registered' list)"
+
+
+def test_a_failed_first_answer_is_asked_again(serve_stub) -> None:
+    """One slow or failed answer does not count: the second try's answer wins."""
+    import threading as th
+
+    port = free_port("127.0.0.1")
+    url = f"http://127.0.0.1:{port}"
+
+    def serve_late() -> None:
+        import time
+
+        time.sleep(0.5)  # the first try finds nothing listening
+        from http.server import ThreadingHTTPServer as Server
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = b'{"registered": ["a"], "base_path": "/m"}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = Server(("127.0.0.1", port), Handler)
+        server.timeout = 5
+        server.handle_request()
+        server.server_close()
+
+    thread = th.Thread(target=serve_late, daemon=True)
+    thread.start()
+    answer = asyncio.run(probe_serve(url, attempts=2, retry_after_s=1.5))
+    thread.join(timeout=10)
+    assert answer.ok and answer.adapters == {"a"}, answer
+
+
+def test_failed_applications_name_their_status_and_message() -> None:
+    from lorafleet_operator.serveprobe import failed_applications
+
+    apps = {
+        "b": {"status": "RUNNING"},
+        "a": {"status": "DEPLOY_FAILED", "message": "ImportError: no module x"},
+        "c": {"status": "UNHEALTHY"},
+    }
+    rs = {"status": {"activeServiceStatus": {"applicationStatuses": apps}}}
+    assert failed_applications(rs) == (
+        "application a: DEPLOY_FAILED: ImportError: no module x; application c: UNHEALTHY"
+    )
+    assert failed_applications({"status": {}}) is None

@@ -144,3 +144,62 @@ def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
     )  # fmt: skip
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert "adapter_model.safetensors: not a readable safetensors file" in report["message"]
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"bias": "all"}, "bias='all' (trained base-model biases) is not served"),
+        ({"bias": "lora_only"}, "bias='lora_only'"),
+        ({"trainable_token_indices": [1, 2]}, "trainable_token_indices"),
+        ({"alora_invocation_tokens": [5, 6]}, "aLoRA (alora_invocation_tokens)"),
+        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
+    ],
+)
+def test_config_only_variants_are_named(tiny_classifier: Path, config: dict, said: str) -> None:
+    from lorafleet_serving.adapter_support import unsupported_features
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier)
+    keys = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"]
+    problems = unsupported_features(
+        {"target_modules": ["query"], **config}, keys, model, task="text-classification"
+    )
+    assert len(problems) == 1 and said in problems[0], problems
+    assert unsupported_features({"bias": "none"}, keys, model, task="text-classification") == []
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        (
+            "rank_pattern",
+            {"q_proj": "abc"},
+            "rank_pattern must be positive numbers (entry 'q_proj')",
+        ),
+        ("rank_pattern", ["q_proj"], "rank_pattern must be an object"),
+        ("rank_pattern", {"q_proj": 2.5}, "rank_pattern must be positive integers"),
+        ("alpha_pattern", {"(": 4}, "alpha_pattern must be valid regular expressions"),
+        ("target_modules", "(", "target_modules must be a valid regular expression"),
+        ("target_modules", 5, "target_modules must be a list of module names"),
+        ("modules_to_save", "lm_head", "modules_to_save must be a list of module names"),
+    ],
+)
+def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path, field: str, value, said: str
+) -> None:
+    adapter = _save_adapter(
+        tiny_causal_lm, tmp_path / "bad", "CAUSAL_LM", target_modules=["q_proj"]
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config[field] = value
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter", namespace="ml", name="bad", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama,
+    )  # fmt: skip
+    assert not report["ok"] and report["reason"] == "InvalidAdapter", report
+    assert said in report["message"], report["message"]
+    assert not list(dest.rglob("adapter_config.json"))  # nothing staged is left behind

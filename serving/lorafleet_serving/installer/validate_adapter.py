@@ -144,6 +144,51 @@ def _module_examples(arch: MetaArchitecture) -> str:
     return ", ".join(leaves[:15])
 
 
+def _check_config_types(cfg: dict) -> None:
+    """Refuse ``adapter_config.json`` fields of the wrong type (peft would fail on them later).
+
+    Raises:
+        InstallError: ``InvalidAdapter`` naming the field and what it must be.
+    """
+
+    def bad(name: str, what: str) -> InstallError:
+        return InstallError(
+            INVALID_ADAPTER, f"adapter_config.json: {name} must be {what}, got {cfg[name]!r}"
+        )
+
+    for name in ("rank_pattern", "alpha_pattern"):
+        value = cfg.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise bad(name, "an object of module pattern -> number")
+        for key, number in value.items():
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+                raise bad(name, f"positive numbers (entry {key!r})")
+            if name == "rank_pattern" and number != int(number):
+                raise bad(name, f"positive integers (entry {key!r})")
+            try:
+                re.compile(key)
+            except re.error as exc:
+                raise bad(name, f"valid regular expressions as keys ({key!r}: {exc})") from exc
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as exc:
+            raise bad("target_modules", f"a valid regular expression ({exc})") from exc
+    elif targets is not None and not (
+        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
+    ):
+        raise bad("target_modules", "a list of module names or a regular expression")
+    for name in ("modules_to_save", "target_parameters"):
+        value = cfg.get(name)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise bad(name, "a list of module names")
+
+
 def validate_adapter(
     folder: Path,
     *,
@@ -196,6 +241,7 @@ def validate_adapter(
         raise InstallError(
             INVALID_ADAPTER, f"adapter_config.json: r must be a positive integer, got {r!r}"
         )
+    _check_config_types(cfg)
     rank_pattern = cfg.get("rank_pattern") or {}
     if max_rank is not None:
         worst = max([r, *[int(v) for v in rank_pattern.values()]])
