@@ -5,16 +5,17 @@ on the meta device, and the engine calls it at load time over the live model, so
 the engine would refuse is refused at install (reason ``UnsupportedAdapter``) and never turns
 Ready only to answer 503.
 
-What the engine serves (``lora_batched.BatchedLoRA`` and ``engine.Engine``): LoRA on linear
-layers (``nn.Linear`` and transformers' ``Conv1D``) with any ``r``, ``lora_alpha``,
-``use_rslora``, ``rank_pattern`` and ``alpha_pattern`` (peft computes each layer's
-``scaling``; the batched path takes rank and scaling per layer), and, over a
-``text-classification`` base, ``modules_to_save`` naming exactly the base's classification head
-(``classifier`` or ``score``). Not served, each named with the modules concerned: DoRA
-(``use_dora``), LoRA bias (``lora_bias``), trained base biases (``bias`` other than
-``none``), LoRA on embedding layers, ``trainable_token_indices``, aLoRA
-(``alora_invocation_tokens``), ``modules_to_save`` of any other module,
-``layer_replication`` and ``target_parameters``.
+What the engine serves (``lora_batched.BatchedLoRA`` and ``engine.Engine``), each equal to
+peft with only that adapter active, mixed with any other adapters in one batch: LoRA on linear
+layers (``nn.Linear`` and transformers' ``Conv1D``) and on embedding layers, with any ``r``,
+``lora_alpha``, ``use_rslora``, ``rank_pattern`` and ``alpha_pattern`` (peft computes each
+layer's ``scaling``; the batched path takes rank and scaling per layer), DoRA (``use_dora``)
+and LoRA bias (``lora_bias``) on linear layers, and ``modules_to_save`` of any module (a
+classification base's head is applied per row by the engine; other modules are swapped per
+row). Not served, each named with the modules concerned: DoRA on embeddings, LoRA on
+convolution layers, a module both adapted and saved whole, trained base biases (``bias`` other
+than ``none``), ``trainable_token_indices``, aLoRA (``alora_invocation_tokens``),
+``layer_replication``, ``target_parameters``, and ``modules_to_save`` entries naming no module.
 
 Key format follows peft's saved state dict (``base_model.model.<module>.lora_A.weight``;
 ``peft/utils/save_and_load.py``).
@@ -22,8 +23,9 @@ Key format follows peft's saved state dict (``base_model.model.<module>.lora_A.w
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -53,6 +55,65 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(names[:_SHOWN]) + more
 
 
+def base_layer_copies(weight_keys: Iterable[str]) -> dict[str, str]:
+    """Adapter tensors that are copies of base weights, and the base's name for each.
+
+    peft saves the whole embedding matrix beside embedding LoRA weights
+    (``save_embedding_layers``: ``<module>.base_layer.weight``), for adapters trained with a
+    resized vocabulary. Such a tensor must never be loaded into the shared base: equal to the
+    base's, it is dropped; different, the adapter is not served (:func:`copy_problems`).
+
+    Args:
+        weight_keys: Tensor names as peft saves them.
+
+    Returns:
+        Adapter key -> the base model's state-dict key (``model.embed_tokens.weight``).
+    """
+    out: dict[str, str] = {}
+    for key in weight_keys:
+        inner = key.removeprefix(PEFT_PREFIX)
+        if ".base_layer." in inner:
+            out[key] = inner.replace(".base_layer.", ".", 1)
+    return out
+
+
+def copy_problems(
+    copies: Mapping[str, str],
+    adapter_tensor: Callable[[str], Any],
+    base_tensor: Callable[[str], Any],
+) -> list[str]:
+    """Name the base-weight copies (:func:`base_layer_copies`) that differ from the base.
+
+    Args:
+        copies: Adapter key -> base key.
+        adapter_tensor: Reads an adapter tensor by its key (``torch.Tensor``).
+        base_tensor: Reads a base tensor by its state-dict key, or returns None when the base
+            has no such tensor.
+
+    Returns:
+        One message per differing copy (shape or values), empty when all equal the base's.
+    """
+    import torch
+
+    problems: list[str] = []
+    for key, base_key in sorted(copies.items()):
+        ours = adapter_tensor(key)
+        theirs = base_tensor(base_key)
+        if theirs is None:
+            problems.append(f"{key} copies {base_key!r}, which the base model does not have")
+        elif tuple(ours.shape) != tuple(theirs.shape):
+            problems.append(
+                f"{key}: a {tuple(ours.shape)} copy of {base_key!r} {tuple(theirs.shape)}"
+                " (a resized vocabulary) is not served"
+            )
+        elif not torch.equal(ours.to(theirs.dtype), theirs):
+            problems.append(
+                f"{key}: retrained base weights ({base_key!r} differs from the base's) are not"
+                " served"
+            )
+    return problems
+
+
 def unsupported_features(
     config: Mapping[str, Any], weight_keys: Iterable[str], model: nn.Module, *, task: str
 ) -> list[str]:
@@ -80,35 +141,40 @@ def unsupported_features(
             continue
         kind = match["kind"] + (".bias" if match["param"] == "bias" else "")
         lora.setdefault(kind, set()).add(match["module"])
-    dora = lora.get("lora_magnitude_vector", set())
-    if config.get("use_dora") or dora:
-        where = f" on {_listing(dora)}" if dora else ""
-        problems.append(f"DoRA (use_dora){where} is not served: install it as plain LoRA")
-    bias = lora.get("lora_B.bias", set()) | lora.get("lora_A.bias", set())
-    if config.get("lora_bias") or bias:
-        where = f" on {_listing(bias)}" if bias else ""
-        problems.append(f"LoRA bias (lora_bias){where} is not served")
-    embeddings = lora.get("lora_embedding_A", set()) | lora.get("lora_embedding_B", set())
-    embeddings |= {
+    dora_embeddings = {
         name
-        for name in lora.get("lora_A", set()) | lora.get("lora_B", set())
+        for name in lora.get("lora_magnitude_vector", set())
         if isinstance(modules.get(name), nn.Embedding)
+        or name in lora.get("lora_embedding_A", set())
     }
-    if embeddings:
-        problems.append(f"LoRA on embedding layers ({_listing(embeddings)}) is not served")
+    if dora_embeddings:
+        problems.append(f"DoRA on embedding layers ({_listing(dora_embeddings)}) is not served")
+    conv = {
+        name
+        for name in lora.get("lora_A", set())
+        if isinstance(modules.get(name), (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    }
+    if conv:
+        problems.append(f"LoRA on convolution layers ({_listing(conv)}) is not served")
     saved = list(dict.fromkeys(config.get("modules_to_save") or []))
-    if saved:
-        head = classification_head_name(model) if task == "text-classification" else None
-        if head is None:
-            problems.append(
-                f"modules_to_save {saved} is not served over a {task} base (only a"
-                " text-classification base's own head may be saved with an adapter)"
-            )
-        elif head not in saved or set(saved) - set(HEAD_NAMES):
-            # peft itself lists both head names for sequence classification.
-            problems.append(
-                f"modules_to_save {saved}: only the classification head {head!r} is served"
-            )
+    adapted = set().union(*lora.values()) if lora else set()
+    both = {
+        name for name in adapted for entry in saved if name == entry or name.endswith("." + entry)
+    }
+    if both:
+        problems.append(
+            f"modules_to_save {saved} also carries LoRA weights ({_listing(both)}): a module"
+            " is either adapted or saved whole, not both"
+        )
+    names = [n for n in modules if n]
+    absent = [
+        entry
+        for entry in saved
+        if not (task == "text-classification" and entry in HEAD_NAMES)
+        and not any(n == entry or n.endswith("." + entry) for n in names)
+    ]
+    if absent:
+        problems.append(f"modules_to_save {absent} names no module of the base model")
     base_bias = config.get("bias") or "none"
     if base_bias != "none":
         # The adapter carries trained copies of base biases that peft would write into the
@@ -125,4 +191,75 @@ def unsupported_features(
             f"LoRA on parameters (target_parameters {list(config['target_parameters'])})"
             " is not served"
         )
+    others = sorted(
+        set(requested_variants(config)) - _SERVED_VARIANTS - {"alora_invocation_tokens"}
+    )
+    if others:
+        problems.append(
+            f"peft LoRA variant(s) {', '.join(others)} (they change the layer's forward) not served"
+        )
+    unknown = config_keys_peft_ignores(config)
+    math = [k for k in unknown if _MATH_KEY.search(k) and _active(config[k])]
+    if math:
+        problems.append(
+            f"adapter_config.json keys the installed peft does not know and would ignore,"
+            f" though they look like they change the math: {', '.join(math)} (set by a newer"
+            " peft? served outputs would not match training)"
+        )
     return problems
+
+
+#: peft variants (``LoraConfig`` fields tagged ``is_lora_variant``, or ``init_lora_weights``
+#: values that select a variant) the engine serves.
+_SERVED_VARIANTS = frozenset({"use_dora"})
+#: Config key names that, by peft's naming, switch on or configure what the forward pass
+#: computes (``use_dora``, ``rank_pattern``, ``kasa_config``, ``alora_invocation_tokens``,
+#: ``trainable_token_indices``): an unknown one with a set value is refused, not ignored.
+_MATH_KEY = re.compile(r"^use_|_pattern$|_config$|_tokens$|_indices$|^lora_")
+#: Keys peft writes into ``adapter_config.json`` besides ``LoraConfig``'s fields.
+_METADATA_KEYS = frozenset({"peft_type", "task_type", "auto_mapping", "base_model_name_or_path"})
+
+
+def _active(value: Any) -> bool:
+    """Whether a config value switches something on (not null, false, zero or empty)."""
+    return value not in (None, False, 0, "", [], {})
+
+
+def requested_variants(config: Mapping[str, Any]) -> list[str]:
+    """The peft LoRA variants ``config`` requests, by peft's own registry.
+
+    peft marks variant switches on ``LoraConfig`` fields with ``metadata["is_lora_variant"]``
+    and variant initialisations in ``init_lora_weights``' ``metadata["lora_variants"]``
+    (``peft/tuners/lora/layer.py``, ``LoraLayer.resolve_lora_variant``); an installed peft that
+    adds a variant is covered without a change here.
+
+    Returns:
+        Field names (or ``init_lora_weights`` values) of the requested variants.
+    """
+    from peft import LoraConfig
+
+    out: list[str] = []
+    for f in dataclasses.fields(LoraConfig):
+        if f.name == "init_lora_weights":
+            value = config.get(f.name)
+            if isinstance(value, str) and value in f.metadata.get("lora_variants", ()):
+                out.append(value)
+        elif f.metadata.get("is_lora_variant") and _active(config.get(f.name)):
+            out.append(f.name)
+    return out
+
+
+def config_keys_peft_ignores(config: Mapping[str, Any]) -> list[str]:
+    """``adapter_config.json`` keys the installed peft's ``LoraConfig`` does not know.
+
+    peft drops such keys with a warning when it loads the config (``peft/config.py``,
+    ``PeftConfigMixin.from_peft_type`` via ``_check_and_remove_unused_kwargs``), so whatever
+    they meant is not applied.
+
+    Returns:
+        The unknown keys, sorted.
+    """
+    from peft import LoraConfig
+
+    known = {f.name for f in dataclasses.fields(LoraConfig)} | _METADATA_KEYS
+    return sorted(k for k in config if k not in known)

@@ -34,7 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapter_support import HEAD_NAMES, classification_head_name, unsupported_features
+from .adapter_support import (
+    HEAD_NAMES,
+    base_layer_copies,
+    classification_head_name,
+    copy_problems,
+    unsupported_features,
+)
 from .errors import AdapterLoadError, InvalidRequestError
 from .lora_batched import BASE_SLOT, BatchedLoRA
 from .types import BASE_ADAPTER, FinishReason
@@ -313,23 +319,44 @@ class Engine:
         except Exception as exc:
             raise AdapterLoadError(name, f"adapter weights cannot be read: {exc}") from exc
         # The installer ran the same check at install time; this catches files changed since.
+        # The raw file, not peft's config: peft drops keys it does not know.
+        try:
+            raw = json.loads((folder / "adapter_config.json").read_text())
+        except ValueError as exc:
+            raise AdapterLoadError(name, f"adapter_config.json is invalid: {exc}") from exc
         unsupported = unsupported_features(
-            config.to_dict(), weights.keys(), self.model, task=self.task
+            {**config.to_dict(), **raw}, weights.keys(), self.model, task=self.task
         )
+        copies = base_layer_copies(weights.keys())
+        unsupported += copy_problems(copies, weights.__getitem__, self._base_tensor)
         if unsupported:
             raise AdapterLoadError(name, "; ".join(unsupported))
-        head_names = set(config.modules_to_save or [])
+        weights = {k: v for k, v in weights.items() if k not in copies}  # equal to the base's
+        # modules_to_save: a classification base's head is applied per row by the engine;
+        # any other module the adapter carries a copy of is swapped per row by BatchedLoRA.
+        saved_entries = list(dict.fromkeys(config.modules_to_save or []))
+        head_names = {
+            n for n in saved_entries if self.task == "text-classification" and n in HEAD_NAMES
+        }
+        saved_paths = self._saved_module_paths(
+            name, [n for n in saved_entries if n not in head_names]
+        )
         lora_sd: dict[str, torch.Tensor] = {}
         head_sd: dict[str, torch.Tensor] = {}
+        saved_sd: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in weights.items():
             module_path = key.removeprefix(_PEFT_PREFIX)
             top = module_path.split(".", 1)[0]
+            owner = next((q for q in saved_paths if module_path.startswith(q + ".")), None)
             if top in head_names:
                 head_sd[module_path] = tensor
+            elif owner is not None:
+                saved_sd.setdefault(owner, {})[module_path[len(owner) + 1 :]] = tensor
             else:
                 lora_sd[key] = tensor
         head = self._adapter_head(name, head_names, head_sd)
-        if not lora_sd and head is None:
+        saved_modules = self._saved_copies(name, saved_sd)
+        if not lora_sd and head is None and not saved_modules:
             raise AdapterLoadError(name, "the adapter holds no weights")
         # peft keys adapters by name inside module paths and ModuleDicts: a served name with a
         # "." (or one contained in "lora_") would break it, so peft gets an internal name.
@@ -370,7 +397,7 @@ class Engine:
                 )
             if meta:
                 raise AdapterLoadError(name, f"{len(meta)} LoRA weights missing, e.g. {meta[0]}")
-            slot = self.lora.add(name, self.model, peft_name=internal)
+            slot = self.lora.add(name, self.model, peft_name=internal, saved_modules=saved_modules)
         except AdapterLoadError:
             raise
         except Exception as exc:
@@ -414,6 +441,50 @@ class Engine:
         )
         self.adapters[name] = info
         return info
+
+    def _base_tensor(self, key: str) -> torch.Tensor | None:
+        """The base model's tensor named ``key`` (its own name, before peft wrapped it)."""
+        module_path, _, param = key.rpartition(".")
+        for path in (f"{module_path}.base_layer", module_path):
+            try:
+                return self.model.get_submodule(path).get_parameter(param).detach()
+            except AttributeError:
+                continue
+        return None
+
+    def _saved_module_paths(self, name: str, entries: list[str]) -> list[str]:
+        """Qualified names of the modules ``modules_to_save`` entries name (peft's rule: the
+        module's name equals the entry or ends with ``.<entry>``), longest first."""
+        names = [n for n, _ in self.model.named_modules() if n]
+        paths: list[str] = []
+        for entry in entries:
+            matched = [n for n in names if n == entry or n.endswith("." + entry)]
+            matched = [n for n in matched if ".base_layer" not in n and ".lora_" not in n]
+            if not matched:
+                raise AdapterLoadError(
+                    name, f"modules_to_save entry {entry!r} names no module of the base model"
+                )
+            paths.extend(matched)
+        return sorted(set(paths), key=len, reverse=True)
+
+    def _saved_copies(
+        self, name: str, saved_sd: dict[str, dict[str, torch.Tensor]]
+    ) -> dict[str, nn.Module]:
+        """The adapter's own copies of whole modules, built from the base's modules."""
+        modules = dict(self.model.named_modules())
+        copies: dict[str, nn.Module] = {}
+        for path, params in saved_sd.items():
+            module = copy.deepcopy(modules[path])
+            try:
+                module.load_state_dict(
+                    {k: v.to(self.device, self.dtype) for k, v in params.items()}, strict=True
+                )
+            except RuntimeError as exc:
+                raise AdapterLoadError(
+                    name, f"modules_to_save {path!r}: weights do not fit the module: {exc}"
+                ) from exc
+            copies[path] = module.eval()
+        return copies
 
     def _adapter_head(
         self, name: str, head_names: set[str], head_sd: dict[str, torch.Tensor]

@@ -18,6 +18,21 @@ weights out of those layers into the stacks, keeps the peft layers disabled (so 
 their base layer), and adds the delta with a forward hook on each wrapper. peft's own
 ``adapter_names`` mixed-batch path loops over adapters in Python per layer; this path costs
 two ``torch.bmm`` per layer whatever the number of distinct adapters in the batch.
+
+The peft variants ride on the same step, each matching peft's own layer code:
+
+- **LoRA bias** (``lora_bias``): ``lora_B`` has a bias; ``bias * scaling`` is a per-slot
+  vector ``[capacity + 1, out]`` gathered per row and added.
+- **DoRA** (``use_dora``; ``peft/tuners/lora/dora.py``, ``DoraLinearLayer``): the output is
+  ``m_s * (W x + s·B A x) + b`` with ``m_s = magnitude / ||W + s·B A||`` per output row. At
+  inference ``m_s`` is constant, computed once at load with peft's own ``get_weight_norm``
+  and stored as a per-slot vector (ones for plain slots), so with ``out = W x + b`` and
+  ``delta = s·B A x`` the hook returns ``out + (m_s - 1) * (out - b) + m_s * delta``.
+- **Embedding LoRA** (``lora_embedding_A/B``): ``delta[n, t] = B[slot] @ A[slot][:, id[n, t]]``
+  — a gather of ``A``'s columns by token id instead of a matmul with ``x``.
+- **modules_to_save** of any module: the adapter's own copy of that module (built at load);
+  a forward hook on the base module replaces the output rows of that adapter's rows with the
+  copy's output on those rows (one extra module call per distinct adapter in the batch).
 """
 
 from __future__ import annotations
@@ -53,6 +68,19 @@ class _RowPlan:
 
 
 @dataclass
+class _Found:
+    """One layer's weights of an adapter being added (before they go into the stacks)."""
+
+    qualname: str
+    a: torch.Tensor  # [r, in] (embeddings: [r, num_embeddings])
+    b: torch.Tensor  # [out, r], scaling folded in
+    embedding: bool = False
+    bias: torch.Tensor | None = None  # [out], scaling folded in
+    mag: torch.Tensor | None = None  # [out] DoRA magnitude / weight norm
+    base_bias: torch.Tensor | None = None
+
+
+@dataclass
 class _StackedLayer:
     """The stacked A/B matrices of one adapted linear layer.
 
@@ -65,6 +93,17 @@ class _StackedLayer:
     a: torch.Tensor | None = None
     b: torch.Tensor | None = None
     ranks: dict[int, int] = field(default_factory=dict)  # slot -> that adapter's rank here
+    #: ``lora_B`` biases (``lora_bias``), scaling folded in: ``[capacity + 1, out_features]``.
+    bias: torch.Tensor | None = None
+    #: DoRA's ``magnitude / ||W + s·B·A||`` per output row, ones for plain slots:
+    #: ``[capacity + 1, out_features]``.
+    mag: torch.Tensor | None = None
+    #: The base layer's own bias (DoRA scales the base output without it), or None.
+    base_bias: torch.Tensor | None = None
+    #: True for an ``nn.Embedding`` (``a``: ``[cap+1, r, num_embeddings]``, input: token ids).
+    embedding: bool = False
+    bias_slots: set[int] = field(default_factory=set)
+    dora_slots: set[int] = field(default_factory=set)
 
     @property
     def rank(self) -> int:
@@ -73,9 +112,11 @@ class _StackedLayer:
 
     def nbytes(self) -> int:
         """Bytes held by this layer's stacks."""
-        if self.a is None or self.b is None:
-            return 0
-        return self.a.numel() * self.a.element_size() + self.b.numel() * self.b.element_size()
+        return sum(
+            t.numel() * t.element_size()
+            for t in (self.a, self.b, self.bias, self.mag)
+            if t is not None
+        )
 
 
 class BatchedLoRA:
@@ -107,6 +148,8 @@ class BatchedLoRA:
         self._layers: dict[str, _StackedLayer] = {}
         self._hooked: dict[str, torch.utils.hooks.RemovableHandle] = {}
         self._slots: dict[str, int] = {}
+        #: modules_to_save copies: qualified module name -> slot -> the adapter's module.
+        self._saved: dict[str, dict[int, nn.Module]] = {}
         self._plan = threading.local()
         self._version = 0
         self._plans: OrderedDict[tuple[int, ...], _RowPlan] = OrderedDict()
@@ -159,10 +202,21 @@ class BatchedLoRA:
         for layer in self._layers.values():
             if layer.a is not None:
                 self._reallocate(layer, capacity, layer.rank)
+            if layer.bias is not None:
+                layer.bias = self._vector(layer.bias, layer.out_features, 0.0)
+            if layer.mag is not None:
+                layer.mag = self._vector(layer.mag, layer.out_features, 1.0)
 
     # ------------------------------------------------------------------ load / unload
 
-    def add(self, name: str, model: nn.Module, *, peft_name: str | None = None) -> int:
+    def add(
+        self,
+        name: str,
+        model: nn.Module,
+        *,
+        peft_name: str | None = None,
+        saved_modules: dict[str, nn.Module] | None = None,
+    ) -> int:
         """Copy adapter ``name`` out of the peft ``LoraLayer`` wrappers of ``model`` into a slot.
 
         Hooks every ``LoraLayer`` not hooked yet and disables the peft layers (they then run
@@ -172,13 +226,16 @@ class BatchedLoRA:
             name: Adapter name (the key of its slot).
             model: The model holding peft's ``LoraLayer`` modules.
             peft_name: The adapter's name inside peft, if different from ``name``.
+            saved_modules: The adapter's own copies of whole modules (``modules_to_save``),
+                by qualified module name: rows of this adapter get the copy's output instead
+                of the module's (a forward hook swaps them per row).
 
         Returns:
             The slot assigned to the adapter.
 
         Raises:
             ValueError: Already stacked, no free slot, the adapter is not in any layer, or it uses
-                a LoRA variant this path does not implement (DoRA, LoRA on embeddings, LoRA bias).
+                a variant this path does not implement (DoRA on embeddings, LoRA on conv layers).
         """
         if name in self._slots:
             raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
@@ -187,43 +244,85 @@ class BatchedLoRA:
         if slot is None:
             raise ValueError(f"BatchedLoRA: all {self.capacity} adapter slots are in use")
         key = peft_name or name
-        found: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+        found: list[_Found] = []
         for qualname, module in model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
             self._hook(qualname, module)
             if key in module.lora_embedding_A:
-                raise ValueError("LoRA on embedding layers is not supported by the batched path")
+                if module.use_dora.get(key, False):
+                    raise ValueError(f"DoRA on the embedding layer {qualname} is not served")
+                found.append(
+                    _Found(
+                        qualname,
+                        a=module.lora_embedding_A[key].detach(),  # [r, num_embeddings]
+                        b=module.lora_embedding_B[key].detach() * module.scaling[key],
+                        embedding=True,
+                    )
+                )
+                module.enable_adapters(False)
+                continue
             if key not in module.lora_A:
                 continue
+            if not isinstance(module.lora_A[key], nn.Linear):
+                raise ValueError(f"LoRA on {type(module).__name__} {qualname} is not served")
+            scaling = module.scaling[key]
+            lora_a, lora_b = module.lora_A[key], module.lora_B[key]
+            item = _Found(qualname, a=lora_a.weight.detach(), b=lora_b.weight.detach() * scaling)
+            if lora_b.bias is not None:  # lora_bias: lora_B(h) * scaling adds bias * scaling
+                item.bias = lora_b.bias.detach() * scaling
             if module.use_dora.get(key, False):
-                raise ValueError("DoRA adapters (use_dora) are not supported by the batched path")
-            if module.lora_bias.get(key, False):
-                raise ValueError("LoRA bias (lora_bias) is not supported by the batched path")
-            a = module.lora_A[key].weight.detach()
-            b = module.lora_B[key].weight.detach() * module.scaling[key]
-            found.append((qualname, a, b))
+                # peft's DoRA (tuners/lora/dora.py, DoraLinearLayer.forward): the output is
+                # m_s * (W x + s·B·A x) + bias with m_s = magnitude / ||W + s·B·A|| per output
+                # row, constant at inference, so it is computed once here with peft's own norm.
+                dora = module.lora_magnitude_vector[key]
+                base = module.get_base_layer()
+                with torch.no_grad():
+                    lora_weight = lora_b.weight @ lora_a.weight
+                    norm = dora.get_weight_norm(base.weight, lora_weight, scaling)
+                item.mag = (dora.weight.detach() / norm.detach()).reshape(-1)
+                item.base_bias = base.bias
+            found.append(item)
             module.enable_adapters(False)
-        if not found:
+        if not found and not saved_modules:
             raise ValueError(f"adapter {name!r} adapts no layer of the model")
-        for qualname, a, b in found:
-            layer = self._layers.get(qualname)
+        for item in found:
+            layer = self._layers.get(item.qualname)
             if layer is None:
-                layer = _StackedLayer(in_features=a.shape[1], out_features=b.shape[0])
-                self._layers[qualname] = layer
-            r = a.shape[0]
+                layer = _StackedLayer(
+                    in_features=item.a.shape[1],
+                    out_features=item.b.shape[0],
+                    embedding=item.embedding,
+                )
+                self._layers[item.qualname] = layer
+            r = item.a.shape[0]
             if layer.a is None or r > layer.rank:
                 self._reallocate(layer, self.capacity, max(r, layer.rank))
             assert layer.a is not None and layer.b is not None
             layer.a[slot].zero_()
             layer.b[slot].zero_()
-            layer.a[slot, :r].copy_(a.to(self.dtype))
-            layer.b[slot, :, :r].copy_(b.to(self.dtype))
+            layer.a[slot, :r].copy_(item.a.to(self.dtype))
+            layer.b[slot, :, :r].copy_(item.b.to(self.dtype))
             layer.ranks[slot] = r
+            if item.bias is not None:
+                layer.bias = self._vector(layer.bias, layer.out_features, 0.0)
+                layer.bias[slot].copy_(item.bias.to(self.dtype))
+                layer.bias_slots.add(slot)
+            if item.mag is not None:
+                layer.mag = self._vector(layer.mag, layer.out_features, 1.0)
+                layer.mag[slot].copy_(item.mag.to(self.dtype))
+                layer.dora_slots.add(slot)
+                layer.base_bias = item.base_bias
         # Any layer peft injected must stay disabled, including ones of other adapters.
         for module in model.modules():
             if isinstance(module, LoraLayer):
                 module.enable_adapters(False)
+        for qualname, copy in (saved_modules or {}).items():
+            original = dict(model.named_modules()).get(qualname)
+            if original is None:
+                raise ValueError(f"modules_to_save: the model has no module {qualname!r}")
+            self._saved.setdefault(qualname, {})[slot] = copy
+            self._hook_saved(qualname, original)
         self._slots[name] = slot
         self._invalidate()
         return slot
@@ -239,12 +338,26 @@ class BatchedLoRA:
         """
         slot = self._slots.pop(name)
         self._invalidate()
+        for copies in self._saved.values():
+            copies.pop(slot, None)
         for layer in self._layers.values():
             if slot in layer.ranks:
                 del layer.ranks[slot]
                 assert layer.a is not None and layer.b is not None
                 layer.a[slot].zero_()
                 layer.b[slot].zero_()
+            if slot in layer.bias_slots:
+                layer.bias_slots.discard(slot)
+                assert layer.bias is not None
+                layer.bias[slot].zero_()
+            if slot in layer.dora_slots:
+                layer.dora_slots.discard(slot)
+                assert layer.mag is not None
+                layer.mag[slot].fill_(1.0)
+            if not layer.bias_slots:
+                layer.bias = None
+            if not layer.dora_slots:
+                layer.mag = None
             if not layer.ranks:
                 layer.a = layer.b = None
             elif layer.rank > (need := max(layer.ranks.values())):
@@ -254,6 +367,15 @@ class BatchedLoRA:
         self._version += 1
         self._plans.clear()
         self._gathered_bytes = 0
+
+    def _vector(self, old: torch.Tensor | None, size: int, fill: float) -> torch.Tensor:
+        """A ``[capacity + 1, size]`` per-slot vector stack filled with ``fill``, keeping
+        the rows of ``old`` that still fit."""
+        new = torch.full((self.capacity + 1, size), fill, dtype=self.dtype, device=self.device)
+        if old is not None:
+            keep = min(new.shape[0], old.shape[0])
+            new[:keep] = old[:keep]
+        return new
 
     def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
         self._invalidate()
@@ -279,6 +401,33 @@ class BatchedLoRA:
             return self._apply(qualname, args[0], output)
 
         self._hooked[qualname] = module.register_forward_hook(hook)
+
+    def _hook_saved(self, qualname: str, module: nn.Module) -> None:
+        key = f"saved:{qualname}"
+        if key in self._hooked:
+            return
+
+        def hook(_mod: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            """Forward hook: rows of adapters with their own copy get the copy's output."""
+            return self._apply_saved(qualname, args[0], output)
+
+        self._hooked[key] = module.register_forward_hook(hook)
+
+    def _apply_saved(
+        self, qualname: str, x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor | None:
+        plan: _RowPlan | None = getattr(self._plan, "value", None)
+        copies = self._saved.get(qualname)
+        if plan is None or not copies or plan.slots.isdisjoint(copies):
+            return None
+        if plan.single is not None:
+            return copies[plan.single](x)
+        out = out.clone()
+        for slot, copy in copies.items():
+            if slot in plan.slots:
+                rows = (plan.index == slot).nonzero().view(-1)
+                out[rows] = copy(x[rows]).to(out.dtype)
+        return out
 
     @contextlib.contextmanager
     def rows(self, slots: list[int]) -> Iterator[None]:
@@ -321,6 +470,8 @@ class BatchedLoRA:
                 f"BatchedLoRA: layer {qualname} got a batch of {x.shape[0]} rows, "
                 f"routing has {plan.index.shape[0]}"
             )
+        if layer.embedding:
+            return out + self._embedding_delta(layer, plan, x).to(out.dtype)
         x = x.to(self.dtype)
         if plan.single is not None:
             # Uniform batch: plain matmuls with one adapter's matrices, no gather.
@@ -341,4 +492,37 @@ class BatchedLoRA:
                     plan.gathered[qualname] = gathered
             delta = torch.bmm(torch.bmm(x3, gathered[0]), gathered[1])
             delta = delta.view(*x.shape[:-1], layer.out_features)
+        if layer.bias is not None and not plan.slots.isdisjoint(layer.bias_slots):
+            delta = delta + self._per_row(layer.bias, plan, x.dim())
+        if layer.mag is not None and not plan.slots.isdisjoint(layer.dora_slots):
+            # DoRA rows: m_s * (W x + delta) + bias == out + (m_s - 1) * (out - bias) + m_s * delta
+            scale = self._per_row(layer.mag, plan, x.dim())
+            base = out if layer.base_bias is None else out - layer.base_bias
+            return out + ((scale - 1) * base.to(self.dtype) + scale * delta).to(out.dtype)
         return out + delta.to(out.dtype)
+
+    @staticmethod
+    def _per_row(vectors: torch.Tensor, plan: _RowPlan, dims: int) -> torch.Tensor:
+        """Each row's slot vector, shaped to broadcast over ``[N, T, out]`` (or ``[N, out]``)."""
+        if plan.single is not None:
+            return vectors[plan.single]
+        rows = vectors.index_select(0, plan.index)
+        return rows.unsqueeze(1) if dims == 3 else rows
+
+    def _embedding_delta(
+        self, layer: _StackedLayer, plan: _RowPlan, ids: torch.Tensor
+    ) -> torch.Tensor:
+        """LoRA on an embedding (peft ``lora.Embedding``): ``onehot(ids) @ A.T @ B.T``, i.e.
+        a lookup in ``A.T`` per row's slot, then ``B``. ``ids``: ``[N, T]`` int64 ->
+        ``[N, T, dim]``."""
+        assert layer.a is not None and layer.b is not None
+        if plan.single is not None:
+            k = plan.single
+            return nn.functional.embedding(ids, layer.a[k].T) @ layer.b[k].T
+        table = layer.a.transpose(1, 2)  # [cap+1, num_embeddings, r]
+        after_a = table[plan.index.view(-1, *([1] * (ids.dim() - 1))), ids]  # [N, T, r]
+        b_t = layer.b.index_select(0, plan.index).transpose(1, 2)  # [N, r, dim]
+        n = ids.shape[0]
+        return torch.bmm(after_a.reshape(n, -1, layer.rank), b_t).view(
+            *ids.shape, layer.out_features
+        )

@@ -28,6 +28,8 @@ from lorafleet_operator.cli import main as lorafleet_main
 from lorafleet_operator.local.serve_rest import ServeREST, replica_pids
 from lorafleet_operator.local.status import load_state
 
+from tests.support.models import make_variant_adapter
+
 LORAFLEET = str(Path(sys.executable).with_name("lorafleet"))
 SENTIMENT = {"0": "negative", "1": "positive"}
 TOPIC = {"0": "sport", "1": "politics", "2": "science", "3": "business"}
@@ -320,6 +322,35 @@ class TestUp:
         out = capsys.readouterr().out
         assert "Failed" in out and "TargetModulesNotFound" in out
         (fleet["folder"] / "wrong.yaml").unlink()
+        while key in load_state(fleet["home"])["objects"]:
+            assert time.monotonic() < deadline + 60, fleet["up"].text()
+            time.sleep(0.3)
+
+    def test_an_adapter_the_engine_cannot_serve_fails_at_install_never_ready(
+        self, fleet: dict, tiny_classifier: Path, tmp_path: Path
+    ) -> None:
+        """Trained base biases (bias='all') would be written into the shared base: refused by
+        the installer with UnsupportedAdapter (the engine's own check), never Ready."""
+        adapter = make_variant_adapter(
+            tiny_classifier, tmp_path / "biases", "SEQ_CLS", 7, target_modules=["query"],
+            bias="all",
+        )  # fmt: skip
+        _write(fleet["folder"] / "biases.yaml", _adapter("biases", adapter))
+        key = "LoraAdapter/default/biases"
+        phases = set()
+        deadline = time.monotonic() + 120
+        while (record := load_state(fleet["home"])["objects"].get(key) or {}).get(
+            "phase"
+        ) != "Failed":
+            phases.add(record.get("phase"))
+            assert time.monotonic() < deadline, fleet["up"].text()
+            time.sleep(0.2)
+        assert "Ready" not in phases
+        assert record["reason"] == "UnsupportedAdapter", record
+        assert "bias='all' (trained base-model biases) is not served" in record["message"]
+        assert _classify(fleet["url"], "biases", ["x"]).status_code == 404
+        assert _classify(fleet["url"], "plain", ["x"]).status_code == 200
+        (fleet["folder"] / "biases.yaml").unlink()
         while key in load_state(fleet["home"])["objects"]:
             assert time.monotonic() < deadline + 60, fleet["up"].text()
             time.sleep(0.3)

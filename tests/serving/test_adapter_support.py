@@ -13,34 +13,22 @@ from lorafleet_serving.engine import Engine
 from lorafleet_serving.errors import AdapterLoadError
 from lorafleet_serving.installer import install
 
+from tests.support.models import make_variant_adapter
+
 VARIANTS = {
-    "dora": ({"target_modules": ["q_proj", "v_proj"], "use_dora": True}, "DoRA (use_dora) on"),
-    "bias": ({"target_modules": ["q_proj", "v_proj"], "lora_bias": True}, "LoRA bias"),
-    "embeddings": (
-        {"target_modules": ["embed_tokens", "q_proj"]},
-        "LoRA on embedding layers (model.embed_tokens)",
+    "dora-embed": (
+        {"target_modules": ["embed_tokens", "q_proj"], "use_dora": True},
+        "DoRA on embedding layers (model.embed_tokens) is not served",
     ),
-    "lm-head": (
-        {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
-        "modules_to_save ['lm_head'] is not served over a text-generation base",
+    "tokens": (
+        {"target_modules": ["q_proj"], "trainable_token_indices": [1, 2]},
+        "trainable_token_indices (trained token embeddings) is not served",
+    ),
+    "base-bias": (
+        {"target_modules": ["q_proj"], "bias": "all"},
+        "bias='all' (trained base-model biases) is not served",
     ),
 }
-
-
-def _save_adapter(base: Path, out: Path, task_type: str, **config) -> Path:
-    """A peft LoRA adapter with ``config`` over ``base``, saved with ``save_pretrained``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    torch.manual_seed(0)
-    auto = AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSequenceClassification
-    model = get_peft_model(
-        auto.from_pretrained(base),
-        LoraConfig(r=4, lora_alpha=8, task_type=task_type, init_lora_weights=False, **config),
-    )
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +51,7 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
     variant: str, tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
 ) -> None:
     config, said = VARIANTS[variant]
-    adapter = _save_adapter(tiny_causal_lm, tmp_path / variant, "CAUSAL_LM", **config)
+    adapter = make_variant_adapter(tiny_causal_lm, tmp_path / variant, "CAUSAL_LM", 0, **config)
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
@@ -77,7 +65,8 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert said in report["message"], report["message"]
     assert not any((dest / "ml").rglob("adapter_model.safetensors"))  # nothing left installed
-    # The engine, handed the same files, refuses them with the same message.
+    # The engine, handed the same files, refuses them with the same message (served variants:
+    # test_adapter_variants.py).
     engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
     with pytest.raises(AdapterLoadError) as refused:
         engine.load_adapter(variant, adapter)
@@ -88,10 +77,11 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
 def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
     tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
 ) -> None:
-    adapter = _save_adapter(
+    adapter = make_variant_adapter(
         tiny_causal_lm,
         tmp_path / "plain",
         "CAUSAL_LM",
+        0,
         target_modules=["q_proj", "v_proj"],
         use_rslora=True,
         rank_pattern={"v_proj": 2},
@@ -115,10 +105,11 @@ def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
 def test_a_classification_head_saved_with_the_adapter_is_served(
     tiny_classifier: Path, tmp_path: Path
 ) -> None:
-    adapter = _save_adapter(
+    adapter = make_variant_adapter(
         tiny_classifier,
         tmp_path / "head",
         "SEQ_CLS",
+        0,
         target_modules=["query", "value"],
         modules_to_save=["classifier"],
     )
@@ -131,8 +122,8 @@ def test_a_classification_head_saved_with_the_adapter_is_served(
 def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
     tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
 ) -> None:
-    adapter = _save_adapter(
-        tiny_causal_lm, tmp_path / "cut", "CAUSAL_LM", target_modules=["q_proj"]
+    adapter = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "cut", "CAUSAL_LM", 0, target_modules=["q_proj"]
     )
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
@@ -154,6 +145,12 @@ def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
         ({"trainable_token_indices": [1, 2]}, "trainable_token_indices"),
         ({"alora_invocation_tokens": [5, 6]}, "aLoRA (alora_invocation_tokens)"),
         ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
+        ({"modules_to_save": ["query"]}, "also carries LoRA weights (bert.encoder.layer.0"),
+        ({"modules_to_save": ["nothere"]}, "modules_to_save ['nothere'] names no module"),
+        ({"kasa_config": {"beta": 1e-4}}, "peft LoRA variant(s) kasa_config (they change"),
+        ({"init_lora_weights": "mica"}, "peft LoRA variant(s) mica"),
+        ({"use_future_trick": True}, "would ignore, though they look like they change the math:"),
+        ({"shift_pattern": {"q": 2}}, "look like they change the math: shift_pattern"),
     ],
 )
 def test_config_only_variants_are_named(tiny_classifier: Path, config: dict, said: str) -> None:
@@ -188,8 +185,8 @@ def test_config_only_variants_are_named(tiny_classifier: Path, config: dict, sai
 def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
     tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path, field: str, value, said: str
 ) -> None:
-    adapter = _save_adapter(
-        tiny_causal_lm, tmp_path / "bad", "CAUSAL_LM", target_modules=["q_proj"]
+    adapter = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "bad", "CAUSAL_LM", 0, target_modules=["q_proj"]
     )
     config = json.loads((adapter / "adapter_config.json").read_text())
     config[field] = value
@@ -203,3 +200,67 @@ def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert said in report["message"], report["message"]
     assert not list(dest.rglob("adapter_config.json"))  # nothing staged is left behind
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"target_modules": ["q_proj"], "use_dora": True},
+        {"target_modules": ["q_proj"], "lora_bias": True},
+        {"target_modules": ["embed_tokens", "q_proj"]},
+        {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+    ],
+    ids=["dora", "lora-bias", "embeddings", "lm-head"],
+)
+def test_served_variants_install_without_labels(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path, config: dict
+) -> None:
+    adapter = make_variant_adapter(tiny_causal_lm, tmp_path / "v", "CAUSAL_LM", 0, **config)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter", namespace="ml", name="v", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama,
+    )  # fmt: skip
+    assert report["ok"], report
+    # A saved lm_head is a module copy, not a head of labels.
+    assert report.get("numLabels") is None and not report.get("labels"), report
+    findings = json.loads((Path(report["path"]) / "lorafleet.json").read_text())["findings"]
+    assert not [f for f in findings if f["code"] == "UnmatchedWeights"], findings
+
+
+def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    """Keys peft does not know install with a warning naming them; one that looks like it
+    changes the math is refused, by the installer and by the engine alike."""
+    adapter = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "a", "CAUSAL_LM", 0, target_modules=["q_proj"]
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({**config, "trained_by": "someone", "use_future_trick": False})
+    )
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    report = install(
+        "adapter", namespace="ml", name="a", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama,
+    )  # fmt: skip
+    assert report["ok"], report
+    said = "keys the installed peft does not know (ignored when the adapter loads): trained_by,"
+    assert f"warnings: UnknownConfigKeys: adapter_config.json {said}" in report["message"]
+    findings = json.loads((Path(report["path"]) / "lorafleet.json").read_text())["findings"]
+    assert [f["level"] for f in findings if f["code"] == "UnknownConfigKeys"] == ["warning"]
+    Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("a", adapter)
+
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_future_trick": 2}))
+    report = install(
+        "adapter", namespace="ml", name="b", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama,
+    )  # fmt: skip
+    assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
+    assert "change the math: use_future_trick" in report["message"]
+    with pytest.raises(AdapterLoadError) as refused:
+        Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("b", adapter)
+    assert "use_future_trick" in refused.value.message

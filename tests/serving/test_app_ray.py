@@ -20,6 +20,7 @@ import requests
 from lorafleet_operator.models import BaseModelSpec
 from lorafleet_operator.serveconfig import build_serve_config
 
+from tests.serving.test_adapter_variants import GEN_VARIANTS
 from tests.serving.test_api_http import (
     CLS_LABELS,
     PROMPTS,
@@ -29,6 +30,7 @@ from tests.serving.test_api_http import (
     peft_logits,
     sse_events,
 )
+from tests.support.models import make_variant_adapter
 from tests.support.ray_cluster import (
     RayCluster,
     deploy_serve_config,
@@ -454,3 +456,71 @@ def test_multiplexed_routing_prefers_the_replica_holding_the_adapter(
     for pid in pids:
         assert after[pid]["stats"]["loads"] == before[pid]["stats"]["loads"], (pid, after[pid])
         assert after[pid]["stats"]["evictions"] == before[pid]["stats"]["evictions"]
+
+
+def test_lora_variants_over_serve_equal_peft_mixed_with_plain_and_base(
+    ray_cluster: RayCluster,
+    deployed: dict,
+    tiny_causal_lm: Path,
+    tiny_classifier: Path,
+    tiny_cls_adapters: dict,
+    tmp_path: Path,
+) -> None:
+    """DoRA, LoRA bias, embedding LoRA, rsLoRA with patterns and a saved lm_head (generation),
+    a saved pooler and DoRA (classification), added through user_config and requested at once
+    with plain adapters and the base: each answer equals peft with only that adapter."""
+    gen = {
+        name: make_variant_adapter(tiny_causal_lm, tmp_path / name, "CAUSAL_LM", seed, **config)
+        for seed, (name, config) in enumerate(GEN_VARIANTS.items(), start=10)
+    }
+    cls = {
+        "pooler": make_variant_adapter(
+            tiny_classifier,
+            tmp_path / "pooler",
+            "SEQ_CLS",
+            20,
+            target_modules=["query", "value"],
+            modules_to_save=["classifier", "pooler"],
+        ),
+        "cls-dora": make_variant_adapter(
+            tiny_classifier,
+            tmp_path / "cls-dora",
+            "SEQ_CLS",
+            21,
+            target_modules=["query", "value"],
+            use_dora=True,
+        ),
+    }
+    config = copy.deepcopy(deployed)
+    for name, path in gen.items():
+        model_user_config(config)["adapters"][name] = {"path": str(path), "rank": 4}
+    for name, path in cls.items():
+        model_user_config(config, CLS_APP)["adapters"][name] = {"path": str(path), "rank": 4}
+    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=120, token=ray_cluster.token)
+    try:
+        jobs = [(m, p) for m in (*gen, "alpha", GEN_APP) for p in PROMPTS[:2]]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            responses = list(pool.map(lambda job: _complete(ray_cluster, *job), jobs))
+        paths = {**gen, "alpha": deployed_adapter(deployed, "alpha"), GEN_APP: None}
+        for (model, prompt), resp in zip(jobs, responses, strict=True):
+            assert resp.status_code == 200, (model, resp.text)
+            _, text, _ = peft_greedy(tiny_causal_lm, paths[model], prompt, 12)
+            assert resp.json()["choices"][0]["text"] == text, (model, prompt)
+        texts = ["good movie", "the cat eats an apple"]
+        cls_paths = {**cls, "plain": tiny_cls_adapters["plain"], CLS_APP: None}
+        for model, adapter in cls_paths.items():
+            resp = _post(ray_cluster, "/cls/v1/classify", {"model": model, "input": texts})
+            assert resp.status_code == 200, (model, resp.text)
+            for text, item in zip(texts, resp.json()["data"], strict=True):
+                ref = peft_logits(tiny_classifier, adapter, text)
+                diff = max(abs(a - b) for a, b in zip(item["logits"], ref, strict=True))
+                assert diff < 1e-4, (model, text, diff)
+    finally:
+        deploy_serve_config(
+            ray_cluster.dashboard_url, deployed, timeout=120, token=ray_cluster.token
+        )
+
+
+def deployed_adapter(config: dict[str, Any], name: str, app: str = GEN_APP) -> Path:
+    """The folder of adapter ``name`` in the serve config's registry of ``app``."""
+    return Path(model_user_config(config, app)["adapters"][name]["path"])

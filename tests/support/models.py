@@ -514,6 +514,45 @@ def make_lora_adapter(
     return out
 
 
+def make_variant_adapter(
+    base: str | Path, out: str | Path, task_type: str, seed: int, **config: Any
+) -> Path:
+    """Build a peft LoRA adapter of any variant over a local base and ``save_pretrained`` it.
+
+    ``LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **config)`` (e.g. ``use_dora``,
+    ``lora_bias``, ``modules_to_save``, ``bias``), then every trainable tensor (LoRA matrices,
+    DoRA magnitudes, ``lora_B`` biases, saved modules) is moved off its init by seeded noise,
+    as training would, so each part of the variant changes the output.
+
+    Args:
+        base: Base model folder.
+        out: Output folder.
+        task_type: peft's task type, ``CAUSAL_LM`` or ``SEQ_CLS``.
+        seed: Seed of the init and the noise.
+        **config: Further ``LoraConfig`` fields.
+
+    Returns:
+        The adapter folder, as a ``Path``.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    auto = AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSequenceClassification
+    model = get_peft_model(
+        auto.from_pretrained(base, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, task_type=task_type, init_lora_weights=False, **config),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05 * (p.abs().mean() + 0.1))
+    model.save_pretrained(out)
+    return Path(out)
+
+
 def reference_greedy(
     base_path: str | Path,
     adapter_path: str | Path | None,

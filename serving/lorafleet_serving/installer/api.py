@@ -538,6 +538,11 @@ def _stage_and_promote(
             left_out[:MAX_NAMES_IN_MESSAGE]
         )
         message += f" (+{more} more)" if more > 0 else ""
+    # Warnings reach the resource's status through the report's message (the Installed
+    # condition); lorafleet.json keeps every finding in full.
+    warned = [f for f in findings if f["level"] == "warning" and f["code"] != "PickleLeftOut"]
+    if warned:
+        message += "; warnings: " + "; ".join(f"{f['code']}: {f['message']}" for f in warned)
     report.update(sizeBytes=size, path=str(final), message=message)
     report = {k: v for k, v in report.items() if v is not None}
     manifest = {

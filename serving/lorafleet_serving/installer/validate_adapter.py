@@ -19,7 +19,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..adapter_support import unsupported_features
+from ..adapter_support import (
+    HEAD_NAMES,
+    base_layer_copies,
+    config_keys_peft_ignores,
+    copy_problems,
+    unsupported_features,
+)
 from . import checkpoint as ckpt
 from .architecture import MetaArchitecture, build_meta, load_config
 from .errors import (
@@ -33,11 +39,11 @@ from .errors import (
     UNSUPPORTED_ADAPTER,
     InstallError,
 )
-from .weights import header_shapes
+from .weights import header_shapes, safetensors_files
 
 PEFT_PREFIX = "base_model.model."
 LORA_MARK = re.compile(
-    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(?:\.weight)?$"
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(?:\.(?P<param>weight|bias))?$"
 )
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -142,6 +148,27 @@ def _module_examples(arch: MetaArchitecture) -> str:
             if leaf not in leaves:
                 leaves.append(leaf)
     return ", ".join(leaves[:15])
+
+
+def _copy_problems(copies: dict[str, str], weights: Path, base_path: Path) -> list[str]:
+    """Compare the adapter's copies of base weights with the installed base's tensors."""
+    from safetensors import safe_open
+
+    handles = {}
+    try:
+        for path in safetensors_files(base_path):
+            handles[path] = safe_open(str(path), framework="pt")
+        adapter = safe_open(str(weights), framework="pt")
+
+        def base_tensor(key: str):
+            for handle in handles.values():
+                if key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
+                    return handle.get_tensor(key)
+            return None
+
+        return copy_problems(copies, adapter.get_tensor, base_tensor)
+    except OSError as exc:
+        raise InstallError(INVALID_BASE_MODEL, f"base weights in {base_path}: {exc}") from exc
 
 
 def _check_config_types(cfg: dict) -> None:
@@ -273,6 +300,12 @@ def validate_adapter(
     base_cfg = load_config(base_path)
     task, num_labels = _base_task(base_path)
     arch = build_meta(base_cfg, task=task, num_labels=num_labels)
+    # A base installed without --task: its architecture says which head it has.
+    task = task or (
+        "text-classification"
+        if arch.name.endswith("ForSequenceClassification")
+        else "text-generation"
+    )
     names = arch.module_names()
     modules = dict(arch.model.named_modules())
 
@@ -296,7 +329,10 @@ def validate_adapter(
 
     applied, unmatched, bad_shapes = [], [], []
     head_shapes: dict[str, tuple[int, ...]] = {}
+    copies = base_layer_copies(shapes)  # compared with the base's below, never loaded
     for key, shape in shapes.items():
+        if key in copies:
+            continue
         inner = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         m = LORA_MARK.match(inner)
         if m is None:
@@ -313,8 +349,8 @@ def validate_adapter(
             unmatched.append(key)
             continue
         applied.append(key)
-        if kind == "lora_magnitude_vector":
-            continue
+        if kind == "lora_magnitude_vector" or m["param"] == "bias":
+            continue  # DoRA magnitudes and lora_bias vectors: one value per output
         want = _lora_shape_expected(module, kind, _rank_for(module_name, r, rank_pattern))
         if want is not None and tuple(shape) != want:
             bad_shapes.append(
@@ -331,9 +367,21 @@ def validate_adapter(
             SHAPE_MISMATCH, f"{weights.name} over {arch.name}: {ckpt._listing(bad_shapes)}"
         )
     # What the engine cannot serve is refused here, not answered with 503 after Ready.
-    unsupported = unsupported_features(cfg, shapes, arch.model, task=task or "text-generation")
+    unsupported = unsupported_features(cfg, shapes, arch.model, task=task)
+    if copies:
+        unsupported += _copy_problems(copies, weights, base_path)
     if unsupported:
         raise InstallError(UNSUPPORTED_ADAPTER, "; ".join(unsupported))
+    ignored = config_keys_peft_ignores(cfg)
+    if ignored:
+        findings.append(
+            _finding(
+                "warning",
+                "UnknownConfigKeys",
+                "adapter_config.json keys the installed peft does not know (ignored when the"
+                f" adapter loads): {', '.join(ignored)}",
+            )
+        )
     if unmatched:
         findings.append(
             _finding(
@@ -362,7 +410,16 @@ def validate_adapter(
                     f"adapter was trained on {facts.base_model!r}, installed over base from {base_source!r}",
                 )
             )
-    head = _head_size(head_shapes, modules_to_save)
+    # Only a classification base's head (classifier/score) makes labels; a saved lm_head or
+    # pooler is a whole-module copy, not a head of labels.
+    head = (
+        _head_size(
+            {k: v for k, v in head_shapes.items() if k.split(".", 1)[0] in HEAD_NAMES},
+            [m for m in modules_to_save if m in HEAD_NAMES],
+        )
+        if task == "text-classification"
+        else None
+    )
     if head is not None:
         facts.num_labels = head
         facts.labels = _adapter_labels(folder, head)

@@ -1,0 +1,275 @@
+"""docs/reasons.md lists every reason a user can see, and every finding code.
+
+Collected, not listed by hand:
+
+- the installer's reasons: every module-level CamelCase ``str`` constant of
+  ``lorafleet_serving.installer.errors`` (the words of the install report);
+- the reasons the operator writes (conditions, Events, local mode's ``state.json``): a scan of
+  ``operator/lorafleet_operator/**/*.py`` for each way the code passes one: ``reason=...``
+  keywords and assignments, ``"reason": ...`` dict entries, ``(cond.X, True|False, reason,
+  message)`` condition tuples (and ``set_condition`` positional arguments), the first argument
+  of ``Reconciler.fail``, ``ready, reason, message = ...`` tuple assignments, ``return False,
+  reason, message`` (:func:`lorafleet_operator.rayservice.rayservice_readiness`), and local
+  mode's ``DeployFailed(reason, ...)`` / ``InstallFailed(key, reason, ...)``;
+- finding codes: ``_finding(level, code, ...)`` and ``"code": ...`` in the installer package.
+
+No cluster, no model: a plain unit test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DOC = REPO / "docs" / "reasons.md"
+OPERATOR_SRC = REPO / "operator" / "lorafleet_operator"
+INSTALLER_SRC = REPO / "serving" / "lorafleet_serving" / "installer"
+
+#: A CamelCase word: a capital first, letters and digits, at least one lower-case letter
+#: ("Timeout", "NotABaseModel"; not "RUNNING" nor "DEPLOY_FAILED").
+CAMEL = re.compile(r"[A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*")
+#: A plain (not f-) string literal that is a CamelCase word.
+CAMEL_LITERAL = re.compile(r'(?<![\w"])"([A-Z][A-Za-z0-9]*)"')
+
+#: Where the expression holding a reason starts (each pattern ends there).
+REASON_ANCHORS = [
+    # reason="X", reason = a if b else "X", reason: str = "X" (not reason == ...)
+    re.compile(r"\breason\s*(?::\s*str\s*)?=(?!=)\s*"),
+    # {"reason": report.get("reason") or "X"}
+    re.compile(r'"reason"\s*:\s*'),
+    # (cond.READY, False, "X", msg) and set_condition(conds, cond.READY, False, "X", msg)
+    re.compile(
+        r'(?:\bcond\.[A-Z_]+|"(?:Installed|Serving|Ready|Degraded|Deleting)")\s*,\s*'
+        r'(?:True|False|"True"|"False"|"Unknown")\s*,\s*'
+    ),
+    # self.fail("X", msg) / reconciler.fail("X", msg, ...)
+    re.compile(r"\.fail\(\s*"),
+    # rayservice_readiness: return False, "X", msg (also parenthesised over several lines)
+    re.compile(r"\breturn\s*\(?\s*False\s*,\s*"),
+    # local mode: DeployFailed("X", msg) and InstallFailed(key, "X", msg, log)
+    re.compile(r"\bDeployFailed\(\s*"),
+    re.compile(r"\bInstallFailed\(\s*[\w.]+\s*,\s*"),
+]
+#: ``ready, reason, message = False, "X", msg``: the element at the position of ``reason``.
+TUPLE_ASSIGN = re.compile(r"^[ \t]*(?P<lhs>\w+(?:[ \t]*,[ \t]*\w+)+)[ \t]*=(?!=)[ \t]*", re.M)
+
+FINDING_PATTERNS = [
+    re.compile(r'\b_finding\(\s*"(?:info|warning)"\s*,\s*"(\w+)"'),
+    re.compile(r'"code"\s*:\s*"(\w+)"'),
+]
+
+
+def read_expr(text: str, pos: int, *, commas: bool = False) -> str:
+    """The Python expression starting at ``pos``: up to a comma (unless ``commas``), a
+    closing bracket or a line end outside brackets and strings."""
+    depth, i, quote = 0, pos, None
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0 and (ch == "\n" or (ch == "," and not commas)):
+            break
+        i += 1
+    return text[pos:i]
+
+
+def split_top(expr: str) -> list[str]:
+    """Split an expression at its top-level commas."""
+    parts, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(expr):
+        if quote:
+            if ch == quote and expr[i - 1] != "\\":
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(expr[start:i])
+            start = i + 1
+    parts.append(expr[start:])
+    return [p.strip() for p in parts]
+
+
+def camel_literals(expr: str) -> set[str]:
+    return {m for m in CAMEL_LITERAL.findall(expr) if CAMEL.fullmatch(m)}
+
+
+def reasons_in_source(text: str) -> set[str]:
+    """Every reason literal the code passes in ``text`` (see the module doc)."""
+    found: set[str] = set()
+    for anchor in REASON_ANCHORS:
+        for m in anchor.finditer(text):
+            found |= camel_literals(read_expr(text, m.end()))
+    for m in TUPLE_ASSIGN.finditer(text):
+        names = [n.strip() for n in m["lhs"].split(",")]
+        if "reason" not in names:
+            continue
+        values = split_top(read_expr(text, m.end(), commas=True))
+        if len(values) == len(names):
+            found |= camel_literals(values[names.index("reason")])
+    return found
+
+
+def operator_reasons() -> set[str]:
+    found: set[str] = set()
+    for path in sorted(OPERATOR_SRC.rglob("*.py")):
+        found |= reasons_in_source(path.read_text())
+    return found
+
+
+def installer_reasons() -> set[str]:
+    errors = importlib.import_module("lorafleet_serving.installer.errors")
+    return {
+        value
+        for name, value in vars(errors).items()
+        if name.isupper() and isinstance(value, str) and CAMEL.fullmatch(value)
+    }
+
+
+def finding_codes() -> set[str]:
+    found: set[str] = set()
+    for path in sorted(INSTALLER_SRC.rglob("*.py")):
+        text = path.read_text()
+        for pattern in FINDING_PATTERNS:
+            found |= set(pattern.findall(text))
+    return found
+
+
+def doc_tables() -> dict[str, list[list[str]]]:
+    """The doc's tables by their first header cell (``Reason``, ``Code``): rows of cells."""
+    tables: dict[str, list[list[str]]] = {}
+    rows: list[list[str]] | None = None
+    for line in DOC.read_text().splitlines():
+        if not line.startswith("|"):
+            rows = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if rows is None:
+            rows = tables.setdefault(cells[0], [])
+            rows.append(cells)  # the header, checked for its width below
+        elif not set(line) <= set("|-: "):
+            rows.append(cells)
+    return tables
+
+
+def first_column(header: str) -> list[str]:
+    tables = doc_tables()
+    assert header in tables, f"docs/reasons.md has no table whose first column is {header!r}"
+    head, *rows = tables[header]
+    names = []
+    for cells in rows:
+        assert len(cells) == len(head), f"row has {len(cells)} cells, not {len(head)}: {cells}"
+        m = re.fullmatch(r"`(\w+)`", cells[0])
+        assert m, f"first cell is not one `Name`: {cells[0]!r}"
+        names.append(m[1])
+    return names
+
+
+@pytest.fixture(scope="module")
+def documented() -> set[str]:
+    names = first_column("Reason")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    assert not duplicates, f"listed twice in docs/reasons.md: {duplicates}"
+    return set(names)
+
+
+def test_the_reason_table_has_the_expected_columns() -> None:
+    head = doc_tables()["Reason"][0]
+    assert head == ["Reason", "Where it appears", "What it means", "What to do"]
+
+
+def test_installer_reasons_are_collected() -> None:
+    reasons = installer_reasons()
+    errors = importlib.import_module("lorafleet_serving.installer.errors")
+    assert len(reasons) >= 20
+    assert reasons >= errors.FAILURE_REASONS
+    assert {"UnsupportedAdapter", "SourceNotFound", "Timeout", "Installed", "Removed"} <= reasons
+
+
+def test_operator_reasons_are_collected() -> None:
+    reasons = operator_reasons()
+    # One name per way a reason is passed, so a scan that misses one fails here.
+    assert {
+        "ServeNotAnswering",  # ready, reason, message = False, "ServeNotAnswering", ...
+        "ApplicationFailed",  # same, tuple assignment
+        "RayPodsNotRunning",  # reason, message = "RayPodsNotRunning", problems
+        "BaseModelNotReady",  # (cond.INSTALLED, False, "BaseModelNotReady", why)
+        "ServeAnswering",  # "ServeAnswering" if ... else "RayServiceReady"
+        "RayServiceReady",
+        "ReadyTimeout",  # condition tuple over several lines
+        "InvalidSpec",  # self.fail("InvalidSpec", ...)
+        "VolumeNotFound",  # self.fail(\n "VolumeNotFound", ...)
+        "InstallFailed",  # reason = report.reason if report else "InstallFailed"
+        "Forbidden",  # reason = "Forbidden" if ... else "KubernetesApiError"
+        "KubernetesApiError",
+        "DeletionTimeout",  # kopf.warn(body, reason="DeletionTimeout", ...)
+        "RayServiceMissing",  # return False, "RayServiceMissing", ...
+        "ApplicationNotRunning",  # return (\n False,\n "ApplicationNotRunning", ...)
+        "NotReady",  # return False, ready_cond.get("reason") or "NotReady", ...
+        "InstallInterrupted",  # record.update(..., reason="InstallInterrupted")
+        "DeployTimeout",  # DeployFailed(\n "DeployTimeout", ...)
+        "InternalError",  # InstallFailed(obj.key, "InternalError", ...)
+    } <= reasons
+    # Kubernetes' own words, quoted only inside RayPodsNotRunning's message.
+    assert not {"ImagePullBackOff", "CrashLoopBackOff", "Unschedulable"} & reasons
+    # Reasons of a ready RayService are never written (the operator writes its own).
+    assert "Running" not in reasons
+
+
+def test_every_installer_reason_is_in_the_table(documented: set[str]) -> None:
+    missing = sorted(installer_reasons() - documented)
+    assert not missing, f"installer reasons missing from docs/reasons.md: {missing}"
+
+
+def test_every_operator_reason_is_in_the_table(documented: set[str]) -> None:
+    missing = sorted(operator_reasons() - documented)
+    assert not missing, f"operator reasons missing from docs/reasons.md: {missing}"
+
+
+def test_the_table_lists_no_reason_nobody_writes(documented: set[str]) -> None:
+    stale = sorted(documented - installer_reasons() - operator_reasons())
+    assert not stale, f"docs/reasons.md lists reasons no code writes: {stale}"
+
+
+def test_every_finding_code_is_in_the_findings_table() -> None:
+    codes = finding_codes()
+    assert {"PickleLeftOut", "NoTokenizer", "BaseMismatch", "ConvertedToSafetensors"} <= codes
+    listed = first_column("Code")
+    missing = sorted(codes - set(listed))
+    assert not missing, f"finding codes missing from docs/reasons.md: {missing}"
+    stale = sorted(set(listed) - codes)
+    assert not stale, f"docs/reasons.md lists finding codes no code writes: {stale}"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ('kopf.warn(body, reason="CleanupFailed", message="x, y")', {"CleanupFailed"}),
+        ("ctx.event(reason=str(phase))", set()),
+        ('(cond.SERVING,\n  False,\n  "Pending",\n  f"Not {x}")', {"Pending"}),
+        ('cond.set_condition(c, cond.READY, True, "Fine", "m")', {"Fine"}),
+        ('self.fail(reason, f"{message} [Detail]")', set()),
+        ('ok, reason, message = True, "Good", "Bad"', {"Good"}),
+        ('"reason": report.get("reason") or "Fallback",', {"Fallback"}),
+    ],
+)
+def test_the_scan(source: str, expected: set[str]) -> None:
+    assert reasons_in_source(source) == expected

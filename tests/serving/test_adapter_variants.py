@@ -1,0 +1,144 @@
+"""The peft LoRA variants users publish, served by the engine equal to plain peft with only
+that adapter active — alone and mixed in one batch with plain LoRA and the bare base.
+
+Variants (each built with peft over the tiny test models, weights perturbed so that every
+part of the variant changes the output): DoRA, LoRA bias, LoRA on the embedding layer, rsLoRA
+with rank/alpha patterns, ``modules_to_save`` of a causal LM's output layer and of a
+classifier's non-head module (its pooler) beside its head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lorafleet_serving.engine import Engine, GenerationRow
+
+from tests.support.models import make_variant_adapter, reference_greedy, reference_logits
+
+PROMPTS = ["the cat eats an apple", "hello", "a dog sees the river near the sea after lunch"]
+MAX_NEW = 10
+GEN_VARIANTS = {
+    "dora": {"target_modules": ["q_proj", "v_proj", "down_proj"], "use_dora": True},
+    "bias": {"target_modules": ["q_proj", "v_proj"], "lora_bias": True},
+    "embed": {"target_modules": ["embed_tokens", "q_proj"]},
+    "rslora": {
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "use_rslora": True,
+        "rank_pattern": {"k_proj": 2},
+        "alpha_pattern": {"o_proj": 32},
+    },
+    "lmhead": {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+}
+
+
+@pytest.fixture(scope="module")
+def gen_variants(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("variants")
+    return {
+        name: make_variant_adapter(tiny_causal_lm, root / name, "CAUSAL_LM", seed, **config)
+        for seed, (name, config) in enumerate(GEN_VARIANTS.items(), start=10)
+    }
+
+
+@pytest.fixture(scope="module")
+def gen_engine(tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_variants: dict) -> Engine:
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=8)
+    engine.load_adapter("plain", tiny_lora_adapters["alpha"])
+    for name, path in gen_variants.items():
+        engine.load_adapter(name, path)
+    return engine
+
+
+@pytest.fixture(scope="module")
+def references(tiny_causal_lm, tiny_lora_adapters, gen_variants, gen_engine) -> dict:
+    paths = {None: None, "plain": tiny_lora_adapters["alpha"], **gen_variants}
+    return {
+        (name, prompt): reference_greedy(
+            tiny_causal_lm, path, gen_engine.encode_prompt(prompt), MAX_NEW
+        )
+        for name, path in paths.items()
+        for prompt in PROMPTS
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(GEN_VARIANTS))
+def test_each_variant_alone_equals_peft(gen_engine: Engine, references: dict, variant: str):
+    rows = [
+        GenerationRow(
+            gen_engine.encode_prompt(p), slot=gen_engine.slot(variant), max_tokens=MAX_NEW
+        )
+        for p in PROMPTS
+    ]
+    gen_engine.generate(rows)
+    for prompt, row in zip(PROMPTS, rows, strict=True):
+        assert row.token_ids == references[variant, prompt], (variant, prompt)
+    # The variant changes the output (else the test would prove nothing).
+    assert any(references[variant, p] != references["plain", p] for p in PROMPTS)
+    assert any(references[variant, p] != references[None, p] for p in PROMPTS)
+
+
+def test_variants_mixed_in_one_batch_equal_peft_per_row(gen_engine: Engine, references: dict):
+    names = [None, "plain", *GEN_VARIANTS]
+    combos = [(n, p) for p in PROMPTS for n in names]
+    rows = [
+        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
+        for n, p in combos
+    ]
+    gen_engine.generate(rows)
+    for combo, row in zip(combos, rows, strict=True):
+        assert row.token_ids == references[combo], combo
+
+
+def test_unloading_a_variant_leaves_the_others_and_the_base_exact(
+    tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_variants: dict, references: dict
+):
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=3)
+    for name in ("dora", "lmhead", "embed"):
+        engine.load_adapter(name, gen_variants[name])
+    engine.unload_adapter("dora")
+    engine.unload_adapter("lmhead")
+    engine.load_adapter("bias", gen_variants["bias"])
+    names = [None, "embed", "bias"]
+    combos = [(n, p) for p in PROMPTS for n in names]
+    rows = [
+        GenerationRow(engine.encode_prompt(p), slot=engine.slot(n), max_tokens=MAX_NEW)
+        for n, p in combos
+    ]
+    engine.generate(rows)
+    for combo, row in zip(combos, rows, strict=True):
+        assert row.token_ids == references[combo], combo
+
+
+def test_classifier_adapters_saving_a_pooler_or_with_dora_equal_peft_mixed(
+    tiny_classifier: Path, tiny_cls_adapters: dict, tmp_path: Path
+):
+    texts = ["i love this movie", "the weather is terrible today", "hi"]
+    adapter = make_variant_adapter(
+        tiny_classifier,
+        tmp_path / "pooler",
+        "SEQ_CLS",
+        20,
+        target_modules=["query", "value"],
+        modules_to_save=["classifier", "pooler"],
+    )
+    dora = make_variant_adapter(
+        tiny_classifier,
+        tmp_path / "dora",
+        "SEQ_CLS",
+        21,
+        target_modules=["query", "value"],  # BERT's linear layers have biases: DoRA keeps them
+        use_dora=True,
+    )
+    engine = Engine(tiny_classifier, "text-classification", max_adapters=3)
+    engine.load_adapter("pooler", adapter)
+    engine.load_adapter("dora", dora)
+    plain_name, plain_path = next(iter(tiny_cls_adapters.items()))
+    engine.load_adapter(plain_name, plain_path)
+    rows = [(None, t) for t in texts] + [("pooler", t) for t in texts]
+    rows += [(plain_name, t) for t in texts] + [("dora", t) for t in texts]
+    out = engine.classify([t for _, t in rows], [n for n, _ in rows])
+    paths = {None: None, "pooler": adapter, plain_name: plain_path, "dora": dora}
+    for (name, text), (_labels, logits) in zip(rows, out, strict=True):
+        (ref,) = reference_logits(tiny_classifier, paths[name], [text])
+        assert max(abs(a - b) for a, b in zip(logits, ref, strict=True)) < 1e-4, (name, text)
