@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from lorafleet_operator.installer_args import adapter_install_args, base_install_args
 from lorafleet_operator.models import (
     API_VERSION,
     BASEMODEL_KIND,
@@ -184,19 +185,6 @@ def _secret_env(source: Source) -> list[dict[str, Any]]:
     ]
 
 
-def _source_args(source: Source) -> list[str]:
-    args = ["--source", source.uri]
-    if source.revision:
-        args += ["--revision", source.revision]
-    for pattern in source.allow_patterns or []:
-        args += ["--allow-pattern", pattern]
-    for pattern in source.ignore_patterns or []:
-        args += ["--ignore-pattern", pattern]
-    if source.sha256:
-        args += ["--sha256", source.sha256]
-    return args
-
-
 def source_claims(*uris: str | None) -> list[str]:
     """The claims named by ``pvc://<claim>/<path>`` URIs, in order, without repeats.
 
@@ -355,7 +343,7 @@ def _install_job(
     body: Mapping[str, Any],
     source: Source,
     job_name: str,
-    kind_args: list[str],
+    installer_args: list[str],
     *,
     claim_name: str,
     settings: Settings,
@@ -364,11 +352,12 @@ def _install_job(
     """An install Job running ``lorafleet-install base|adapter`` (docs/interfaces.md section 1).
 
     Args:
-        kind: ``BaseModel`` or ``LoraAdapter`` (selects the installer subcommand).
+        kind: ``BaseModel`` or ``LoraAdapter``.
         body: The object that owns the Job.
-        source: Its ``spec.source``.
+        source: Its ``spec.source`` (secret environment, ``pvc://`` claims).
         job_name: The Job's deterministic name.
-        kind_args: Installer arguments of that kind, placed after ``--dest``.
+        installer_args: From :mod:`lorafleet_operator.installer_args` (subcommand onwards);
+            the report goes to the termination log, progress beside the files.
         claim_name: The PersistentVolumeClaim the files go to.
         settings: Operator settings.
         checkpoint_uri: A BaseModel's ``spec.checkpoint.uri`` (its claim is mounted too when it
@@ -382,15 +371,7 @@ def _install_job(
     name, namespace = meta["name"], meta["namespace"]
     command = [
         "lorafleet-install",
-        "base" if kind == BASEMODEL_KIND else "adapter",
-        "--namespace",
-        namespace,
-        "--name",
-        name,
-        *_source_args(source),
-        "--dest",
-        settings.models_mount,
-        *kind_args,
+        *installer_args,
         "--report-file",
         TERMINATION_LOG,
         "--progress-file",
@@ -428,13 +409,8 @@ def build_base_install_job(
     Returns:
         A ``batch/v1`` Job manifest running ``lorafleet-install base ...``.
     """
-    args = ["--task", str(spec.task), "--max-rank", str(spec.serving.max_rank)]
-    if spec.num_labels is not None:
-        args += ["--num-labels", str(spec.num_labels)]
-    if spec.checkpoint is not None:
-        args += ["--checkpoint", spec.checkpoint.uri]
-        if not spec.checkpoint.strict:
-            args.append("--no-strict")
+    meta = body["metadata"]
+    args = base_install_args(meta["namespace"], meta["name"], spec, dest=settings.models_mount)
     return _install_job(
         BASEMODEL_KIND,
         body,
@@ -471,10 +447,16 @@ def build_adapter_install_job(
     Returns:
         A ``batch/v1`` Job manifest running ``lorafleet-install adapter ...``.
     """
-    args = ["--base-path", base_path]
-    if base_source:
-        args += ["--base-source", base_source]
-    args += ["--max-rank", str(max_rank)]
+    meta = body["metadata"]
+    args = adapter_install_args(
+        meta["namespace"],
+        meta["name"],
+        spec,
+        dest=settings.models_mount,
+        base_path=base_path,
+        base_source=base_source,
+        max_rank=max_rank,
+    )
     return _install_job(
         LORAADAPTER_KIND,
         body,

@@ -524,3 +524,64 @@ def test_ray_pod_problems_name_what_keeps_the_ray_pods_from_running():
         " Insufficient nvidia.com/gpu."
     )
     assert ray_pod_problems([starting]) is None and ray_pod_problems([]) is None
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        {"uri": "hf://acme/base", "revision": "v1", "allowPatterns": ["*.json", "*.safetensors"]},
+        {"uri": "s3://bucket/base/", "ignorePatterns": ["*.bin"], "sha256": "a" * 64},
+        {"uri": "pvc://weights/base"},
+    ],
+)
+def test_install_job_and_local_mode_pass_the_installer_the_same_arguments(source: dict) -> None:
+    """One builder for both: the same spec is installed with the same arguments on a cluster
+    and in `lorafleet up` (they used to drift: local mode dropped an adapter's patterns and
+    gave --num-labels from id2label, the Job did not)."""
+    from pathlib import Path
+
+    from lorafleet_operator.local.install import install_args
+    from lorafleet_operator.local.manifests import LocalObject
+
+    def cluster_args(job: dict) -> list[str]:
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert command[0] == "lorafleet-install"
+        cut = command.index("--report-file")
+        assert command[cut:cut + 2] == ["--report-file", "/dev/termination-log"]  # fmt: skip
+        return command[1:cut]
+
+    base = BaseModelSpec.model_validate(
+        {
+            "source": source,
+            "task": "text-classification",
+            "id2label": {"0": "neg", "1": "neu", "2": "pos"},
+            "checkpoint": {"uri": "pvc://ckpt/model.safetensors", "strict": False},
+            "serving": {"maxRank": 32},
+        }
+    )
+    adapter = LoraAdapterSpec.model_validate({"baseModel": "minilm", "source": source})
+    dest = SETTINGS.models_mount
+    local_base = LocalObject("BaseModel", "minilm", "ml", base, Path("/m.yaml"))
+    local_adapter = LocalObject("LoraAdapter", "sentiment", "ml", adapter, Path("/m.yaml"))
+    on_cluster = cluster_args(build_base_install_job(BM_BODY, base, "models", SETTINGS))
+    assert on_cluster == install_args(local_base, Path(dest))
+    assert on_cluster[on_cluster.index("--num-labels") + 1] == "3"
+    job = build_adapter_install_job(
+        LORA_BODY,
+        adapter,
+        claim_name="models",
+        base_path="/models/ml/basemodels/minilm/abc",
+        base_source=source["uri"],
+        max_rank=32,
+        settings=SETTINGS,
+    )
+    on_cluster = cluster_args(job)
+    assert on_cluster == install_args(
+        local_adapter,
+        Path(dest),
+        base_path="/models/ml/basemodels/minilm/abc",
+        base_source=source["uri"],
+        max_rank=32,
+    )
+    for pattern in source.get("allowPatterns", []) + source.get("ignorePatterns", []):
+        assert pattern in on_cluster

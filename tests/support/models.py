@@ -519,8 +519,8 @@ def make_variant_adapter(
 ) -> Path:
     """Build a peft LoRA adapter of any variant over a local base and ``save_pretrained`` it.
 
-    ``LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, **config)`` (e.g. ``use_dora``,
-    ``lora_bias``, ``modules_to_save``, ``bias``), then every trainable tensor (LoRA matrices,
+    ``LoraConfig(r=4, lora_alpha=8, init_lora_weights=False)`` updated by ``config`` (e.g.
+    ``r``, ``use_dora``, ``lora_bias``, ``modules_to_save``, ``bias``), then every trainable tensor (LoRA matrices,
     DoRA magnitudes, ``lora_B`` biases, saved modules) is moved off its init by seeded noise,
     as training would, so each part of the variant changes the output.
 
@@ -542,7 +542,15 @@ def make_variant_adapter(
     auto = AutoModelForCausalLM if task_type == "CAUSAL_LM" else AutoModelForSequenceClassification
     model = get_peft_model(
         auto.from_pretrained(base, dtype=torch.float32),
-        LoraConfig(r=4, lora_alpha=8, task_type=task_type, init_lora_weights=False, **config),
+        LoraConfig(
+            **{
+                "r": 4,
+                "lora_alpha": 8,
+                "task_type": task_type,
+                "init_lora_weights": False,
+                **config,
+            }
+        ),
     )
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

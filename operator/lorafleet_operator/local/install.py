@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorafleet_operator.installer_args import adapter_install_args, base_install_args
 from lorafleet_operator.local.manifests import LocalObject
-from lorafleet_operator.models import BASEMODEL_KIND, BaseModelSpec, LoraAdapterSpec
+from lorafleet_operator.models import BaseModelSpec, LoraAdapterSpec
 
 #: Seconds between two reads of the progress file.
 POLL_INTERVAL_S = 0.25
@@ -81,7 +82,8 @@ def install_args(
     base_source: str | None = None,
     max_rank: int | None = None,
 ) -> list[str]:
-    """Build the installer arguments for one object (docs/interfaces.md section 1).
+    """Build the installer arguments for one object (docs/interfaces.md section 1), with the
+    same builder as the cluster's install Job (:mod:`lorafleet_operator.installer_args`).
 
     Args:
         obj: The BaseModel or LoraAdapter.
@@ -98,46 +100,20 @@ def install_args(
         ValueError: If an adapter is given without ``base_path``.
     """
     spec = obj.spec
-    args = [
-        "base" if obj.kind == BASEMODEL_KIND else "adapter",
-        "--namespace",
-        obj.namespace,
-        "--name",
-        obj.name,
-        "--source",
-        spec.source.uri,
-        "--dest",
-        str(models_root),
-    ]
-    if spec.source.revision:
-        args += ["--revision", spec.source.revision]
-    if spec.source.sha256:
-        args += ["--sha256", spec.source.sha256]
     if isinstance(spec, BaseModelSpec):
-        for pattern in spec.source.allow_patterns or []:
-            args += ["--allow-pattern", pattern]
-        for pattern in spec.source.ignore_patterns or []:
-            args += ["--ignore-pattern", pattern]
-        if spec.checkpoint is not None:
-            args += ["--checkpoint", spec.checkpoint.uri]
-            if not spec.checkpoint.strict:
-                args.append("--no-strict")
-        args += ["--task", str(spec.task)]
-        if spec.num_labels is not None:
-            args += ["--num-labels", str(spec.num_labels)]
-        elif spec.id2label:
-            args += ["--num-labels", str(len(spec.id2label))]
-        args += ["--max-rank", str(spec.serving.max_rank)]
-    else:
-        assert isinstance(spec, LoraAdapterSpec)
-        if not base_path:
-            raise ValueError(f"{obj.key}: the adapter's base model is not installed")
-        args += ["--base-path", base_path]
-        if base_source:
-            args += ["--base-source", base_source]
-        if max_rank is not None:
-            args += ["--max-rank", str(max_rank)]
-    return args
+        return base_install_args(obj.namespace, obj.name, spec, dest=str(models_root))
+    assert isinstance(spec, LoraAdapterSpec)
+    if not base_path:
+        raise ValueError(f"{obj.key}: the adapter's base model is not installed")
+    return adapter_install_args(
+        obj.namespace,
+        obj.name,
+        spec,
+        dest=str(models_root),
+        base_path=base_path,
+        base_source=base_source,
+        max_rank=max_rank,
+    )
 
 
 def read_report(report_file: Path) -> dict[str, Any] | None:
