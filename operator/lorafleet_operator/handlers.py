@@ -81,7 +81,12 @@ from lorafleet_operator.report import (
     parse_report,
     progress_from_log,
 )
-from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config, registry_of
+from lorafleet_operator.serveconfig import (
+    adapter_entry,
+    build_serve_config,
+    dump_serve_config,
+    registry_of,
+)
 from lorafleet_operator.serveprobe import (
     ServeAnswer,
     applications_running,
@@ -274,12 +279,11 @@ def adapters_by_base(namespace: str, name: str, spec: Any, status: Any, meta: An
     spec = dict(spec or {})
     entry = None
     if cond.is_true(status.get("conditions"), cond.INSTALLED) and status.get("path"):
-        entry = {"path": status["path"]}
-        if status.get("rank"):
-            entry["rank"] = int(status["rank"])
-        labels = spec.get("labels") or status.get("labels")
-        if labels:
-            entry["labels"] = dict(labels)
+        entry = adapter_entry(
+            status["path"],
+            int(status["rank"]) if status.get("rank") else None,
+            spec.get("labels") or status.get("labels"),
+        )
     return {
         (namespace, spec.get("baseModel")): {
             "name": name,
@@ -1057,11 +1061,7 @@ class Reconciler:
                 (cond.READY, False, "RegistryUpdatePending", "waiting for the serve config update"),
             ),
         )
-        entry: dict[str, Any] = {"path": path}
-        if report.rank:
-            entry["rank"] = report.rank
-        if labels:
-            entry["labels"] = dict(labels)
+        entry = adapter_entry(path, report.rank or None, labels)
         STATE.hints[(self.namespace, spec.base_model)][served] = entry
         STATE.wake(BASEMODEL_KIND, self.namespace, spec.base_model)
         return None

@@ -48,7 +48,7 @@ from lorafleet_operator.models import (
     LoraAdapterSpec,
     Task,
 )
-from lorafleet_operator.serveconfig import build_serve_config, parse_cpu_quantity
+from lorafleet_operator.serveconfig import adapter_entry, build_serve_config, parse_cpu_quantity
 
 #: CPUs of a model replica in local mode when the spec sets no ``serving.cpu``: two bases and
 #: their ingresses fit on a 2-core machine.
@@ -264,13 +264,12 @@ class Fleet:
                 if obj.spec.base_model != base.name:
                     continue
                 adapter = records[key]
-                entry: dict[str, Any] = {"path": adapter["path"]}
-                if adapter.get("rank"):
-                    entry["rank"] = int(adapter["rank"])
                 labels = obj.spec.labels or adapter.get("labels")
-                if labels and spec.task == Task.TEXT_CLASSIFICATION:
-                    entry["labels"] = labels
-                registry[obj.served_name] = entry
+                registry[obj.served_name] = adapter_entry(
+                    adapter["path"],
+                    int(adapter["rank"]) if adapter.get("rank") else None,
+                    labels if spec.task == Task.TEXT_CLASSIFICATION else None,
+                )
             app_name = app_names[base.key]
             # One Serve HTTP proxy per Ray cluster: "/" only when this up owns the cluster and
             # serves a single BaseModel; otherwise each application under /<name>.
