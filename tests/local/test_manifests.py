@@ -160,10 +160,15 @@ def test_install_args_follow_the_installer_command_line(folder: Path, tmp_path: 
 def test_report_and_progress_files(tmp_path: Path) -> None:
     report = tmp_path / "report"
     assert read_report(report) is None
-    report.write_text('garbage\n{"ok": true, "path": "/x"}\n\n')
-    assert read_report(report) == {"ok": True, "path": "/x"}
-    report.write_text("{not json")
+    report.write_text("")
     assert read_report(report) is None
+    report.write_text('garbage\n{"ok": true, "path": "/x", "rank": 8}\n\n')
+    parsed = read_report(report)
+    assert parsed is not None and parsed.ok and (parsed.path, parsed.rank) == ("/x", 8)
+    report.write_text("{not json")
+    parsed = read_report(report)  # the cluster's parser: a failed report quoting the text
+    assert parsed is not None and not parsed.ok and parsed.reason == "InternalError"
+    assert "{not json" in parsed.message
     progress = tmp_path / "progress"
     assert read_progress(progress) is None
     progress.write_text(json.dumps({"bytesDone": 5, "bytesTotal": None, "updatedAt": 1.0}))

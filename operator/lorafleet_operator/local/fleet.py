@@ -205,25 +205,25 @@ class Fleet:
             if self.out.install_done is not None:
                 self.out.install_done(obj.key)
         seconds = time.monotonic() - started
+        wire = report.model_dump(by_alias=True)
         fields: dict[str, Any] = {
             "phase": "Installed",
-            "reason": report.get("reason") or "Installed",
-            "message": report.get("message") or "",
-            "resolvedRevision": report.get("resolvedRevision"),
-            "sizeBytes": report.get("sizeBytes"),
-            "path": report.get("path"),
+            "reason": report.reason or "Installed",
+            "message": report.message,
+            "resolvedRevision": report.resolved_revision,
+            "sizeBytes": report.size_bytes,
+            "path": report.path,
             "progress": "100%",
             "fingerprint": obj.fingerprint,
             "basePath": base_path,
             "installSeconds": round(seconds, 2),
         }
-        for key in ("numLabels", "architecture", "rank", "loraAlpha", "labels"):
-            fields[key] = report.get(key)
-        fields["targetModules"] = report.get("targetModules")
+        for key in ("numLabels", "architecture", "rank", "loraAlpha", "labels", "targetModules"):
+            fields[key] = wire.get(key)
         record = self.state.update(obj.key, **fields)
         self.out.info(
-            f"{obj.key}: installed {report.get('resolvedRevision')} "
-            f"({_human_bytes(report.get('sizeBytes'))}) in {seconds:.1f} s -> {report.get('path')}"
+            f"{obj.key}: installed {report.resolved_revision} "
+            f"({_human_bytes(report.size_bytes)}) in {seconds:.1f} s -> {report.path}"
         )
         return record
 

@@ -25,6 +25,7 @@ from typing import Any
 from lorafleet_operator.installer_args import adapter_install_args, base_install_args
 from lorafleet_operator.local.manifests import LocalObject
 from lorafleet_operator.models import BaseModelSpec, LoraAdapterSpec
+from lorafleet_operator.report import InstallReport, parse_report
 
 #: Seconds between two reads of the progress file.
 POLL_INTERVAL_S = 0.25
@@ -116,26 +117,22 @@ def install_args(
     )
 
 
-def read_report(report_file: Path) -> dict[str, Any] | None:
-    """Read the installer's report: the last non-empty line of the report file, as JSON.
+def read_report(report_file: Path) -> InstallReport | None:
+    """Read the installer's report from its ``--report-file``, with the cluster's own parser
+    (:func:`lorafleet_operator.report.parse_report`: the last line holding a JSON report).
 
     Args:
         report_file: The ``--report-file`` path.
 
     Returns:
-        The report dict, or ``None`` when the file is missing, empty or not JSON.
+        The report; ``None`` when the file is missing or empty; a failed ``InternalError``
+        report quoting the text when no line is a report.
     """
     try:
-        lines = [ln for ln in report_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        text = report_file.read_text(encoding="utf-8")
     except OSError:
         return None
-    if not lines:
-        return None
-    try:
-        report = json.loads(lines[-1])
-    except json.JSONDecodeError:
-        return None
-    return report if isinstance(report, dict) else None
+    return parse_report(text)
 
 
 def read_progress(progress_file: Path) -> Progress | None:
@@ -175,7 +172,7 @@ def run_installer(
         timeout: ``--timeout`` passed to the installer (seconds), or ``None``.
 
     Returns:
-        The install report (``ok`` true): ``resolvedRevision``, ``sizeBytes``, ``path``, ...
+        The install report (``ok`` true), as on a cluster: :class:`InstallReport`.
 
     Raises:
         InstallFailed: If the installer exits non-zero or leaves no valid report; carries the
@@ -230,11 +227,11 @@ def run_installer(
             + (f"; last output: {' | '.join(tail)}" if tail else ""),
             log_path,
         )
-    if proc.returncode != 0 or not report.get("ok"):
+    if proc.returncode != 0 or not report.ok:
         raise InstallFailed(
             obj.key,
-            str(report.get("reason") or "InternalError"),
-            str(report.get("message") or f"installer exit code {proc.returncode}"),
+            report.reason if not report.ok else "InternalError",
+            report.message or f"installer exit code {proc.returncode}",
             log_path,
         )
     return report
