@@ -48,6 +48,8 @@ from .openai_schemas import (
     ModelList,
 )
 from .types import (
+    TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
     ClassifyRequest,
     ClassifyResult,
     GenerateRequest,
@@ -57,8 +59,6 @@ from .types import (
 
 logger = logging.getLogger(__name__)
 
-TEXT_GENERATION = "text-generation"
-TEXT_CLASSIFICATION = "text-classification"
 #: Header naming the adapter, as Ray Serve's proxy spells it; the hyphenated form is accepted.
 MULTIPLEXED_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
 #: Default largest request body, bytes (``args.max_request_bytes``): room for 256 classify

@@ -43,11 +43,10 @@ from .adapter_support import (
 )
 from .errors import AdapterLoadError, InvalidRequestError
 from .lora_batched import BASE_SLOT, BatchedLoRA
-from .types import BASE_ADAPTER, FinishReason
+from .types import BASE_ADAPTER, TASKS, FinishReason
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("text-generation", "text-classification")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PEFT_PREFIX = "base_model.model."
 

@@ -11,6 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+#: The tasks a base model is served for (Hugging Face pipeline names); the operator's
+#: ``models.Task`` holds the same two values on its side of the seam.
+TEXT_GENERATION = "text-generation"
+TEXT_CLASSIFICATION = "text-classification"
+TASKS = (TEXT_GENERATION, TEXT_CLASSIFICATION)
+
 #: Adapter name meaning "no adapter": the bare base model.
 BASE_ADAPTER = "__base__"
 

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 from typing import TextIO
 
-from .architecture import TASKS
+from ..types import TASKS
 from .deadline import Deadline
 from .errors import (
     CHECKSUM_MISMATCH,

@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .errors import INVALID_BASE_MODEL, InstallError
 
-TASKS = ("text-generation", "text-classification")
-
 
 @dataclass
 class MetaArchitecture:

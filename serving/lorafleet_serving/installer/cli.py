@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ..types import TASKS
 from .api import install, remove
-from .architecture import TASKS
 from .errors import INVALID_SOURCE
 from .manifest import report_line, write_report
 from .redaction import RedactingStream, url_secrets

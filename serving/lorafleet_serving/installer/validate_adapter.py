@@ -39,6 +39,7 @@ from .errors import (
     UNSUPPORTED_ADAPTER,
     InstallError,
 )
+from .manifest import MANIFEST_NAME
 from .weights import header_shapes, safetensors_files
 
 PEFT_PREFIX = "base_model.model."
@@ -76,7 +77,7 @@ def _norm_base_id(value: str) -> str:
 
 
 def _base_task(base_path: Path) -> tuple[str | None, int | None]:
-    manifest = base_path / "lorafleet.json"
+    manifest = base_path / MANIFEST_NAME
     if manifest.is_file():
         try:
             report = json.loads(manifest.read_text()).get("report", {})
