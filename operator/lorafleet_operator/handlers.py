@@ -61,6 +61,7 @@ from lorafleet_operator.models import (
     BaseModelSpec,
     LoraAdapterSpec,
     Phase,
+    status_patch,
 )
 from lorafleet_operator.networkpolicy import build_network_policy
 from lorafleet_operator.rayservice import (
@@ -411,8 +412,14 @@ class Reconciler:
     # ----------------------------------------------------------------- status and events
 
     async def write_status(self, **fields: Any) -> None:
-        """Patch ``status`` with ``fields`` (only what changed); Event on a phase change."""
+        """Patch ``status`` with ``fields`` (only what changed); Event on a phase change.
+
+        Raises:
+            ValueError: A field the kind's status model does not declare, or a wrong type
+                (:func:`lorafleet_operator.models.status_patch`).
+        """
         fields.setdefault("observedGeneration", self.generation)
+        fields = status_patch(self.kind, fields)
         changes = cond.status_changes(self.status, fields)
         if not changes:
             return

@@ -552,6 +552,36 @@ STATUS_MODELS: dict[str, type[_StatusWire]] = {
 }
 
 
+def status_patch(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a ``status`` patch of ``kind`` against its status model before it is sent.
+
+    The API server prunes status fields its CRD schema does not declare without an error, so a
+    misspelled field would vanish silently; this refuses it in the operator instead. ``None``
+    values (a merge patch deleting the field) are allowed for every declared field.
+
+    Args:
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        fields: camelCase status fields and their new values.
+
+    Returns:
+        The same fields, as a new dict.
+
+    Raises:
+        ValueError: A field the status model does not declare (named, with the declared ones
+            it may have meant), or a value of the wrong type (pydantic's message).
+    """
+    model = STATUS_MODELS[kind]
+    known = {info.alias or name for name, info in model.model_fields.items()}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"{kind} status has no field(s) {unknown}; declared: {sorted(known)}")
+    try:
+        model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as exc:
+        raise ValueError(f"{kind} status patch is invalid: {exc}") from exc
+    return dict(fields)
+
+
 class ManifestError(ValueError):
     """A manifest is not a valid lorafleet resource.
 

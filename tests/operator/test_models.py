@@ -135,3 +135,21 @@ def test_examples_are_valid():
         assert (repo / "examples" / name).read_text() == (folder / name).read_text()
         for doc in yaml.safe_load_all((folder / name).read_text()):
             validate_manifest(doc, origin=name)
+
+
+def test_status_patches_are_checked_against_the_status_models() -> None:
+    """A misspelled status field (which the API server would prune silently) or a wrong type
+    is an error when the patch is built; every field the operator writes is declared."""
+    from lorafleet_operator.models import status_patch
+
+    ok = {"phase": "Ready", "observedGeneration": 3, "servedName": "s", "rank": 8, "path": None}
+    assert status_patch("LoraAdapter", ok) == ok
+    assert status_patch("BaseModel", {"rayService": "x", "adapters": 2, "blockedBy": ["a"]})
+    with pytest.raises(ValueError, match=r"LoraAdapter status has no field\(s\) \['servedNam'\]"):
+        status_patch("LoraAdapter", {"servedNam": "s"})
+    with pytest.raises(ValueError, match=r"no field\(s\) \['rayService'\]"):
+        status_patch("LoraAdapter", {"rayService": "x"})  # a BaseModel field
+    with pytest.raises(ValueError, match="status patch is invalid"):
+        status_patch("BaseModel", {"adapters": -1})
+    with pytest.raises(ValueError, match="status patch is invalid"):
+        status_patch("BaseModel", {"phase": "Sleeping"})
