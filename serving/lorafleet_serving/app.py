@@ -39,6 +39,7 @@ from .api import (
     create_app,
 )
 from .errors import ServingError, UnknownModelError
+from .serve_multiplex import MultiplexLRU
 from .types import (
     BASE_ADAPTER,
     ClassifyRequest,
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_ADAPTERS = 8
 #: Seconds ``/ready`` waits for a ``Model`` replica to answer.
 READY_TIMEOUT_S = 10.0
-_MULTIPLEX_ATTR = "__serve_multiplex_wrapper"  # where @serve.multiplexed keeps its LRU
 
 
 class AppArgs(BaseModel):
@@ -270,8 +270,8 @@ class Model:
 
     # ----------------------------------------------------------------- adapter residency
 
-    def _multiplex(self) -> Any:
-        return getattr(self, _MULTIPLEX_ATTR, None)
+    def _multiplex(self) -> MultiplexLRU | None:
+        return MultiplexLRU.of(self)
 
     @serve.multiplexed(max_num_models_per_replica=DEFAULT_MAX_ADAPTERS)
     async def load_adapter(self, name: str) -> _ResidentAdapter:
@@ -292,21 +292,17 @@ class Model:
 
     def _sync_multiplex(self) -> None:
         """Align Serve's multiplex LRU with the limit and with what is really resident."""
-        wrapper = self._multiplex()
-        if wrapper is None:
+        lru = self._multiplex()
+        if lru is None:
             return
-        wrapper.max_num_models_per_replica = self.max_adapters
+        lru.set_limit(self.max_adapters)
         resident = set(self.server.resident_adapters())
         registered = self.server.registered_adapters()
-        changed = False
-        for name in list(wrapper.models):
+        for name in lru.names():
             if name not in resident or name not in registered:
-                token = wrapper.models.pop(name, None)
+                token = lru.forget(name)
                 if token is not None:
                     token.released = True  # already gone from the server
-                changed = True
-        if changed:
-            wrapper._push_multiplexed_replica_info = True
 
     async def _use_adapter(self, adapter: str | None) -> None:
         if adapter is None or adapter == BASE_ADAPTER:
@@ -340,21 +336,19 @@ class Model:
             for n, spec in before.items()
             if n not in after or (spec or {}).get("path") != (after[n] or {}).get("path")
         ]
-        wrapper = self._multiplex()
+        lru = self._multiplex()
         for name in stale:
-            if wrapper is not None:
-                token = wrapper.models.pop(name, None)
+            if lru is not None:
+                token = lru.forget(name)
                 if token is not None:
                     token.released = True
-                wrapper._push_multiplexed_replica_info = True
             if name in self.server.resident_adapters():
                 await self.server.evict(name)
-        if wrapper is not None:
-            while len(wrapper.models) > self.max_adapters:
-                _, token = wrapper.models.popitem(last=False)
+        if lru is not None:
+            while len(lru) > self.max_adapters:
+                token = lru.pop_oldest()
                 token.released = True
                 await self.server.evict(token.name)
-                wrapper._push_multiplexed_replica_info = True
         self._sync_multiplex()
         self.reconfigures += 1
         logger.info(
@@ -435,7 +429,7 @@ class Model:
         The operator reads ``base_path`` and ``registered`` (``GET /stats``) before it calls a
         BaseModel or an adapter Ready (``lorafleet_operator.serveprobe``).
         """
-        wrapper = self._multiplex()
+        lru = self._multiplex()
         return {
             "pid": os.getpid(),
             "task": self.args.task,
@@ -444,7 +438,7 @@ class Model:
             "reconfigures": self.reconfigures,
             "registered": sorted(self.server.registered_adapters()),
             "resident": list(self.server.resident_adapters()),
-            "multiplexed": list(wrapper.models) if wrapper is not None else [],
+            "multiplexed": lru.names() if lru is not None else [],
             "stats": self.server.stats(),
         }
 
