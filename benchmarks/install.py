@@ -106,18 +106,20 @@ def raw_download(endpoint: str, repo_id: str, commit: str, files: list[str], out
 
 def timed_install(dest: Path, name: str, repo_id: str) -> tuple[float, dict]:
     """Run ``install()`` of ``hf://repo_id`` into ``dest``; return (seconds, report)."""
-    from lorafleet_serving.installer import install
+    from lorafleet_serving.installer import InstallRequest, install
 
     dest.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report = install(
-        "base",
-        namespace="bench",
-        name=name,
-        source=f"hf://{repo_id}",
-        dest=dest,
-        task="text-generation",
-        progress_stream=open(os.devnull, "w"),  # noqa: SIM115 - closed with the process
+        InstallRequest(
+            "base",
+            namespace="bench",
+            name=name,
+            source=f"hf://{repo_id}",
+            dest=dest,
+            task="text-generation",
+            progress_stream=open(os.devnull, "w"),  # noqa: SIM115 - closed with the process
+        )
     )
     seconds = time.perf_counter() - start
     if not report.get("ok"):

@@ -43,17 +43,19 @@ def bert_adapter(tmp_path_factory: pytest.TempPathFactory, bert2: Path) -> Path:
 @pytest.fixture(scope="session")
 def installed_bert(tmp_path_factory: pytest.TempPathFactory, bert2: Path) -> Path:
     """``bert2`` installed as a text-classification base; returns its install folder."""
-    from lorafleet_serving.installer import install
+    from lorafleet_serving.installer import InstallRequest, install
 
     dest = tmp_path_factory.mktemp("dest-bert")
     report = install(
-        "base",
-        namespace="ml",
-        name="bert",
-        source=f"file://{bert2}",
-        dest=dest,
-        task="text-classification",
-        num_labels=2,
+        InstallRequest(
+            "base",
+            namespace="ml",
+            name="bert",
+            source=f"file://{bert2}",
+            dest=dest,
+            task="text-classification",
+            num_labels=2,
+        )
     )
     assert report["ok"], report
     return Path(report["path"])

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 from lorafleet_serving.installer.cli import main
 from lorafleet_serving.installer.errors import InstallError, redact
 from lorafleet_serving.installer.manifest import report_line
@@ -112,10 +112,14 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
 
 
 def test_unknown_scheme_and_missing_local_source(tmp_path):
-    report = install("base", namespace="ml", name="x", source="ftp://host/m", dest=tmp_path)
+    report = install(
+        InstallRequest("base", namespace="ml", name="x", source="ftp://host/m", dest=tmp_path)
+    )
     assert report["reason"] == "InvalidSource" and "ftp" in report["message"]
     report = install(
-        "base", namespace="ml", name="x", source=f"file://{tmp_path}/nope", dest=tmp_path
+        InstallRequest(
+            "base", namespace="ml", name="x", source=f"file://{tmp_path}/nope", dest=tmp_path
+        )
     )
     assert report["reason"] == "SourceNotFound"
 
@@ -127,7 +131,9 @@ def test_insufficient_space_is_refused_before_copying(tmp_path, bert2, monkeypat
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(space.shutil, "disk_usage", lambda p: usage._replace(free=1000))
-    report = install("base", namespace="ml", name="bert", source=f"file://{bert2}", dest=tmp_path)
+    report = install(
+        InstallRequest("base", namespace="ml", name="bert", source=f"file://{bert2}", dest=tmp_path)
+    )
     assert report["reason"] == "InsufficientSpace"
     assert "1000 bytes free" in report["message"]
     assert not list(tmp_path.rglob("model.safetensors"))
@@ -142,12 +148,14 @@ def test_pvc_source_resolves_under_the_pvc_root(tmp_path, bert2, monkeypatch):
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
-        "base",
-        namespace="ml",
-        name="bert",
-        source="pvc://models-claim/bert",
-        dest=dest,
-        revision="v1",
+        InstallRequest(
+            "base",
+            namespace="ml",
+            name="bert",
+            source="pvc://models-claim/bert",
+            dest=dest,
+            revision="v1",
+        )
     )
     assert report["ok"], report
     assert Path(report["path"]) == dest / "ml" / "basemodels" / "bert" / "v1"
@@ -227,7 +235,9 @@ def test_unloadable_config_is_invalid_base_model(tmp_path, bert2):
     src = tmp_path / "badcfg"
     shutil.copytree(bert2, src)
     (src / "config.json").write_text("{not json")
-    report = install("base", namespace="ml", name="bert", source=f"file://{src}", dest=tmp_path)
+    report = install(
+        InstallRequest("base", namespace="ml", name="bert", source=f"file://{src}", dest=tmp_path)
+    )
     assert report["reason"] == "InvalidBaseModel" and "config.json" in report["message"]
 
 
@@ -239,12 +249,16 @@ def test_pinned_revision_reinstall_needs_no_source(tmp_path, bert2):
     dest = tmp_path / "dest"
     dest.mkdir()
     first = install(
-        "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+        InstallRequest(
+            "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+        )
     )
     assert first["ok"], first
     shutil.rmtree(src)  # the source is gone; the finished install still answers
     again = install(
-        "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+        InstallRequest(
+            "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest, revision="v7"
+        )
     )
     assert (
         again["ok"] and again["path"] == first["path"] and "already installed" in again["message"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 from safetensors.torch import save_file
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,11 @@ def big_repo(olah_hub, bert2, tmp_path_factory):
 
 def _base(dest: Path, repo_id: str, **kw) -> dict:
     kw.setdefault("task", "text-classification")
-    return install("base", namespace="ml", name="bert", source=f"hf://{repo_id}", dest=dest, **kw)
+    return install(
+        InstallRequest(
+            "base", namespace="ml", name="bert", source=f"hf://{repo_id}", dest=dest, **kw
+        )
+    )
 
 
 def _cli(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:

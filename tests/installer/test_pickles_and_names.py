@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 from lorafleet_serving.installer.pickles import is_pickle
 from safetensors.torch import load_file
 
@@ -75,10 +75,10 @@ def test_training_pickles_are_left_out_of_an_adapter_and_listed(
     torch.save({"rng": torch.zeros(2)}, src / "state" / "rng_state.pth")
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="topic", source=f"file://{src}", dest=dest,
         base_path=installed_bert,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"], report
     final = Path(report["path"])
     left_out = [
@@ -105,10 +105,10 @@ def test_pickled_weights_beside_safetensors_are_not_converted_over_them(tmp_path
     torch.save(zeros, src / "pytorch_model.bin")
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "base", namespace="ml", name="bert", source=f"file://{src}", dest=dest,
         task="text-classification", num_labels=2,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"], report
     final = Path(report["path"])
     assert _sha256(final / "model.safetensors") == _sha256(bert2 / "model.safetensors")
@@ -158,10 +158,10 @@ def test_archive_member_with_control_characters_is_refused(tmp_path, www, instal
     for archive in (f"{slug}.tar", f"{slug}.zip"):
         dest = tmp_path / archive
         dest.mkdir()
-        report = install(
+        report = install(InstallRequest(
             "adapter", namespace="ml", name="evil", source=f"{url}/{archive}", dest=dest,
             base_path=installed_bert,
-        )  # fmt: skip
+        ))  # fmt: skip
         _assert_refused_naming(report, name)
         assert not (dest / "ml").exists()
         assert not [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
@@ -171,10 +171,10 @@ def test_local_file_with_control_characters_is_refused(tmp_path, bert_adapter, i
     src = tmp_path / "src"
     shutil.copytree(bert_adapter, src)
     (src / CONTROL_NAMES[1]).write_text("{}")
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="evil", source=f"file://{src}", dest=tmp_path,
         base_path=installed_bert,
-    )  # fmt: skip
+    ))  # fmt: skip
     _assert_refused_naming(report, CONTROL_NAMES[1])
 
 
@@ -185,10 +185,10 @@ def test_s3_key_with_control_characters_is_refused(
         monkeypatch.setenv(key, value)
     s3_server.upload_folder("names", "evil", bert_adapter)
     s3_server.client().put_object(Bucket="names", Key=f"evil/{CONTROL_NAMES[0]}", Body=b"{}")
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="evil", source="s3://names/evil", dest=tmp_path,
         base_path=installed_bert,
-    )  # fmt: skip
+    ))  # fmt: skip
     _assert_refused_naming(report, CONTROL_NAMES[0])
 
 
@@ -203,16 +203,16 @@ def test_hub_file_with_control_characters_is_refused(
     olah_hub.create_repo("acme/evil-names", src)
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="evil", source="hf://acme/evil-names", dest=dest,
         base_path=installed_bert,
-    )  # fmt: skip
+    ))  # fmt: skip
     _assert_refused_naming(report, CONTROL_NAMES[2])
 
 
 def test_url_naming_a_file_with_control_characters_is_refused(tmp_path, installed_bert):
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="evil", source="https://example.invalid/a%0Ab.safetensors",
         dest=tmp_path, base_path=installed_bert,
-    )  # fmt: skip
+    ))  # fmt: skip
     _assert_refused_naming(report, "a\nb.safetensors")

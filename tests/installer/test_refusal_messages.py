@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 
 
 def test_unwritable_dest_is_a_clear_refusal_not_an_internal_error(tmp_path, bert2):
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / ".staging").write_text("a file where the installer needs a folder")
-    report = install(
+    report = install(InstallRequest(
         "base", namespace="ml", name="bert", source=f"file://{bert2}", dest=dest,
         task="text-classification", num_labels=2,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"] is False
     assert report["reason"] == "InvalidSource", report
     assert "--dest" in report["message"] and "not writable" in report["message"], report
@@ -27,10 +27,10 @@ def test_text_file_renamed_pt_names_the_problem(tmp_path, bert2):
     ckpt.write_text("this is not a checkpoint\n")
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "base", namespace="ml", name="bert", source=f"file://{bert2}", dest=dest,
         checkpoint=f"file://{ckpt}", task="text-classification", num_labels=2,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"] is False and report["reason"] == "InvalidBaseModel", report
     assert "model.pt: not a PyTorch checkpoint" in report["message"], report
     assert not (dest / "ml" / "basemodels" / "bert").exists()
@@ -40,7 +40,9 @@ def test_refusal_leaves_no_staging_folder(tmp_path, bert_adapter):
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
-        "base", namespace="ml", name="notbase", source=f"file://{bert_adapter}", dest=dest
+        InstallRequest(
+            "base", namespace="ml", name="notbase", source=f"file://{bert_adapter}", dest=dest
+        )
     )
     assert report["ok"] is False and report["reason"] == "NotABaseModel", report
     leftovers = sorted(
@@ -66,7 +68,9 @@ def test_unreachable_hub_timeout_says_what_was_being_retried(tmp_path, monkeypat
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
-        "base", namespace="ml", name="hub", source="hf://org/repo", dest=dest, timeout=5
+        InstallRequest(
+            "base", namespace="ml", name="hub", source="hf://org/repo", dest=dest, timeout=5
+        )
     )
     assert report["ok"] is False and report["reason"] == "Timeout", report
     assert "resolving revision" in report["message"], report
@@ -106,7 +110,9 @@ def test_malformed_hub_id_is_invalid_source_and_its_query_is_redacted(tmp_path, 
     dest = tmp_path / "dest"
     dest.mkdir()
     for uri in ("hf://org/repo?token=hf_NOTLOGGED123", "hf://org/re po"):
-        report = install("base", namespace="ml", name="hub", source=uri, dest=dest, timeout=30)
+        report = install(
+            InstallRequest("base", namespace="ml", name="hub", source=uri, dest=dest, timeout=30)
+        )
         assert report["ok"] is False and report["reason"] == "InvalidSource", report
         assert "does not name a Hub repository" in report["message"], report
         assert "NOTLOGGED" not in report["message"], report

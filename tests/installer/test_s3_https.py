@@ -14,7 +14,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 
 from tests.support.hub import free_port
 
@@ -32,7 +32,9 @@ def s3_env(s3_server, monkeypatch):
 
 def _adapter(dest: Path, source: str, base: Path, **kw) -> dict:
     return install(
-        "adapter", namespace="ml", name="topic", source=source, dest=dest, base_path=base, **kw
+        InstallRequest(
+            "adapter", namespace="ml", name="topic", source=source, dest=dest, base_path=base, **kw
+        )
     )
 
 

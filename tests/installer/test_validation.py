@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 from safetensors.torch import load_file, save_file
 
 from tests.support.models import make_lora_adapter
@@ -40,7 +40,11 @@ def _install_base(tmp_path: Path, source: Path, **kw) -> dict:
     dest.mkdir(parents=True, exist_ok=True)
     kw.setdefault("task", "text-classification")
     kw.setdefault("num_labels", 2)
-    return install("base", namespace="ml", name="bert", source=f"file://{source}", dest=dest, **kw)
+    return install(
+        InstallRequest(
+            "base", namespace="ml", name="bert", source=f"file://{source}", dest=dest, **kw
+        )
+    )
 
 
 def _manifest(report: dict) -> dict:
@@ -230,13 +234,15 @@ def _install_adapter(tmp_path: Path, source: Path, base: Path, **kw) -> dict:
     dest = tmp_path / "dest"
     dest.mkdir(exist_ok=True)
     return install(
-        "adapter",
-        namespace="ml",
-        name="topic",
-        source=f"file://{source}",
-        dest=dest,
-        base_path=base,
-        **kw,
+        InstallRequest(
+            "adapter",
+            namespace="ml",
+            name="topic",
+            source=f"file://{source}",
+            dest=dest,
+            base_path=base,
+            **kw,
+        )
     )
 
 
@@ -387,7 +393,9 @@ def test_finished_adapter_is_revalidated_for_a_stricter_request(
     stricter = _install_adapter(tmp_path, bert_adapter, installed_bert, max_rank=4)
     assert stricter["reason"] == "RankExceedsLimit"
     gpt2_report = install(
-        "base", namespace="ml", name="gpt2", source=f"file://{gpt2}", dest=tmp_path / "dest"
+        InstallRequest(
+            "base", namespace="ml", name="gpt2", source=f"file://{gpt2}", dest=tmp_path / "dest"
+        )
     )
     assert gpt2_report["ok"], gpt2_report
     moved = _install_adapter(tmp_path, bert_adapter, Path(gpt2_report["path"]))

@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 from lorafleet_serving.installer.archive import UnpackBudget
 from lorafleet_serving.installer.errors import InstallError
 
@@ -106,7 +106,9 @@ def zip_bomb() -> bytes:
 
 def _adapter(dest: Path, source: str, base: Path, name: str = "topic", **kw) -> dict:
     return install(
-        "adapter", namespace="ml", name=name, source=source, dest=dest, base_path=base, **kw
+        InstallRequest(
+            "adapter", namespace="ml", name=name, source=source, dest=dest, base_path=base, **kw
+        )
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lorafleet_serving.engine import Engine
 from lorafleet_serving.errors import AdapterLoadError
-from lorafleet_serving.installer import install
+from lorafleet_serving.installer import InstallRequest, install
 
 from tests.support.models import make_variant_adapter
 
@@ -35,12 +35,14 @@ VARIANTS = {
 def installed_llama(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("dest")
     report = install(
-        "base",
-        namespace="ml",
-        name="llama",
-        source=f"file://{tiny_causal_lm}",
-        dest=dest,
-        task="text-generation",
+        InstallRequest(
+            "base",
+            namespace="ml",
+            name="llama",
+            source=f"file://{tiny_causal_lm}",
+            dest=dest,
+            task="text-generation",
+        )
     )
     assert report["ok"], report
     return Path(report["path"])
@@ -55,12 +57,14 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
-        "adapter",
-        namespace="ml",
-        name=variant,
-        source=f"file://{adapter}",
-        dest=dest,
-        base_path=installed_llama,
+        InstallRequest(
+            "adapter",
+            namespace="ml",
+            name=variant,
+            source=f"file://{adapter}",
+            dest=dest,
+            base_path=installed_llama,
+        )
     )
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert said in report["message"], report["message"]
@@ -90,12 +94,14 @@ def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
     dest = tmp_path / "dest"
     dest.mkdir()
     report = install(
-        "adapter",
-        namespace="ml",
-        name="plain",
-        source=f"file://{adapter}",
-        dest=dest,
-        base_path=installed_llama,
+        InstallRequest(
+            "adapter",
+            namespace="ml",
+            name="plain",
+            source=f"file://{adapter}",
+            dest=dest,
+            base_path=installed_llama,
+        )
     )
     assert report["ok"], report
     engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
@@ -129,10 +135,10 @@ def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
     weights.write_bytes(weights.read_bytes()[:-100])
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="cut", source=f"file://{adapter}", dest=dest,
         base_path=installed_llama,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert "adapter_model.safetensors: not a readable safetensors file" in report["message"]
 
@@ -193,10 +199,10 @@ def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="bad", source=f"file://{adapter}", dest=dest,
         base_path=installed_llama,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert said in report["message"], report["message"]
     assert not list(dest.rglob("adapter_config.json"))  # nothing staged is left behind
@@ -218,10 +224,10 @@ def test_served_variants_install_without_labels(
     adapter = make_variant_adapter(tiny_causal_lm, tmp_path / "v", "CAUSAL_LM", 0, **config)
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="v", source=f"file://{adapter}", dest=dest,
         base_path=installed_llama,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"], report
     # A saved lm_head is a module copy, not a head of labels.
     assert report.get("numLabels") is None and not report.get("labels"), report
@@ -243,10 +249,10 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     )
     dest = tmp_path / "dest"
     dest.mkdir()
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="a", source=f"file://{adapter}", dest=dest,
         base_path=installed_llama,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert report["ok"], report
     said = "keys the installed peft does not know (ignored when the adapter loads): trained_by,"
     assert f"warnings: UnknownConfigKeys: adapter_config.json {said}" in report["message"]
@@ -255,10 +261,10 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("a", adapter)
 
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_future_trick": 2}))
-    report = install(
+    report = install(InstallRequest(
         "adapter", namespace="ml", name="b", source=f"file://{adapter}", dest=dest,
         base_path=installed_llama,
-    )  # fmt: skip
+    ))  # fmt: skip
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert "change the math: use_future_trick" in report["message"]
     with pytest.raises(AdapterLoadError) as refused:

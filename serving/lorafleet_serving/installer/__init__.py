@@ -6,5 +6,6 @@ docs/interfaces.md sections 1-2) or call :func:`install`. Never imports kubernet
 
 from .api import install, remove
 from .errors import InstallError
+from .request import InstallRequest
 
-__all__ = ["InstallError", "install", "remove"]
+__all__ = ["InstallError", "InstallRequest", "install", "remove"]

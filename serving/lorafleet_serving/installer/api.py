@@ -28,7 +28,6 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import TextIO
 
 from ..types import TASKS
 from .deadline import Deadline
@@ -46,6 +45,7 @@ from .manifest import MANIFEST_NAME, now_rfc3339, read_manifest, write_manifest
 from .pickles import leave_out_pickles
 from .progress import ProgressReporter, folder_bytes
 from .redaction import public_url, redact, url_secrets
+from .request import InstallRequest
 from .sources import Listing, content_digest, open_source
 from .space import check_space, is_space_exhausted, space_exhausted_error
 from .staging import Target, check_revision_dirname, promote
@@ -62,64 +62,25 @@ def _fail(reason: str, message: str, kind: str, secrets: tuple[str, ...] = ()) -
     return {"ok": False, "reason": reason, "message": redact(message, secrets), "kind": kind}
 
 
-def install(
-    kind: str,
-    *,
-    namespace: str,
-    name: str,
-    source: str,
-    dest: str | os.PathLike,
-    revision: str | None = None,
-    allow_patterns: list[str] | None = None,
-    ignore_patterns: list[str] | None = None,
-    checkpoint: str | None = None,
-    strict: bool = True,
-    task: str | None = None,
-    num_labels: int | None = None,
-    max_rank: int | None = None,
-    sha256: str | None = None,
-    base_path: str | os.PathLike | None = None,
-    base_source: str | None = None,
-    progress_file: str | os.PathLike | None = None,
-    timeout: float | None = None,
-    progress_stream: TextIO | None = None,
-    max_unpacked_bytes: int | None = None,
-) -> dict:
-    """Install a base model (``kind="base"``) or a LoRA adapter (``kind="adapter"``).
+def install(req: InstallRequest) -> dict:
+    """Install a base model or a LoRA adapter as ``req`` says.
 
     Args:
-        kind: ``"base"`` or ``"adapter"``.
-        namespace: Kubernetes namespace (folder under ``dest``).
-        name: Resource name (folder under ``<namespace>/<basemodels|adapters>``).
-        source: ``hf://``, ``s3://``, ``https://``, ``file://`` or ``pvc://`` URI.
-        dest: Volume root (``--dest``).
-        revision: hf branch/tag/commit; for other schemes the folder name to use.
-        allow_patterns / ignore_patterns: Globs over relative paths.
-        checkpoint: URI of a state_dict applied over a base (single file).
-        strict: Checkpoint keys/shapes must match exactly.
-        task: ``text-generation`` or ``text-classification`` (base).
-        num_labels: Classification head size (base).
-        max_rank: Largest LoRA ``r`` accepted (adapter; also accepted for base, unused).
-        sha256: Expected sha256 of an https download.
-        base_path: Installed base folder (adapter, required).
-        base_source: The base's source URI, compared with the adapter's
-            ``base_model_name_or_path``.
-        progress_file: Where to keep ``{"bytesDone", "bytesTotal", "updatedAt"}``.
-        timeout: Seconds for the whole install (``Timeout`` after that).
-        progress_stream: Human-readable progress output (default stderr).
-        max_unpacked_bytes: Largest total an https archive may unpack to (bytes; default
-            :data:`.archive.DEFAULT_MAX_UNPACKED_BYTES`); the volume's free space bounds it too.
+        req: What to install, from where, to where (:class:`.request.InstallRequest`).
 
     Returns:
         The report dict (docs/interfaces.md section 2); ``ok`` is False on failure, with
         ``reason`` and ``message``. Never raises for install failures.
     """
-    secrets = _uri_secrets(source, checkpoint, base_source)
+    kind, timeout = req.kind, req.timeout
+    secrets = _uri_secrets(req.source, req.checkpoint, req.base_source)
     if kind not in KINDS:
         return _fail(INVALID_SOURCE, f"kind must be one of {KINDS}, got {kind!r}", str(kind))
-    if max_unpacked_bytes is not None and max_unpacked_bytes < 1:
+    if req.max_unpacked_bytes is not None and req.max_unpacked_bytes < 1:
         return _fail(
-            INVALID_SOURCE, f"--max-unpacked-bytes must be positive, got {max_unpacked_bytes}", kind
+            INVALID_SOURCE,
+            f"--max-unpacked-bytes must be positive, got {req.max_unpacked_bytes}",
+            kind,
         )
     try:
         deadline = Deadline(timeout)
@@ -129,28 +90,7 @@ def install(
 
     def run() -> None:
         try:
-            result["report"] = _install(
-                kind,
-                namespace=namespace,
-                name=name,
-                source=source,
-                dest=Path(dest),
-                revision=revision,
-                allow_patterns=list(allow_patterns or []) or None,
-                ignore_patterns=list(ignore_patterns or []) or None,
-                checkpoint=checkpoint,
-                strict=strict,
-                task=task,
-                num_labels=num_labels,
-                max_rank=max_rank,
-                sha256=sha256,
-                base_path=Path(base_path) if base_path else None,
-                base_source=base_source,
-                progress_file=Path(progress_file) if progress_file else None,
-                deadline=deadline,
-                progress_stream=progress_stream,
-                max_unpacked_bytes=max_unpacked_bytes,
-            )
+            result["report"] = _install(req, deadline)
             result["report"]["message"] = redact(result["report"]["message"], secrets)
         except InstallError as exc:
             result["report"] = _fail(exc.reason, exc.message, kind, secrets)
@@ -182,29 +122,13 @@ def _suffix_for_checkpoint(ckpt_listing: Listing, strict: bool, task, num_labels
     return "-ckpt-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
-def _install(
-    kind: str,
-    *,
-    namespace: str,
-    name: str,
-    source: str,
-    dest: Path,
-    revision: str | None,
-    allow_patterns,
-    ignore_patterns,
-    checkpoint: str | None,
-    strict: bool,
-    task: str | None,
-    num_labels: int | None,
-    max_rank: int | None,
-    sha256: str | None,
-    base_path: Path | None,
-    base_source: str | None,
-    progress_file: Path | None,
-    deadline: Deadline,
-    progress_stream: TextIO | None,
-    max_unpacked_bytes: int | None,
-) -> dict:
+def _install(req: InstallRequest, deadline: Deadline) -> dict:
+    kind, namespace, name, source, dest = req.kind, req.namespace, req.name, req.source, req.dest
+    revision, checkpoint, strict, sha256 = req.revision, req.checkpoint, req.strict, req.sha256
+    task, num_labels, max_rank = req.task, req.num_labels, req.max_rank
+    base_path, base_source = req.base_path, req.base_source
+    allow_patterns = list(req.allow_patterns) or None
+    ignore_patterns = list(req.ignore_patterns) or None
     if task is not None and task not in TASKS:
         raise InstallError(
             INVALID_SOURCE, f"--task must be one of {', '.join(TASKS)}, got {task!r}"
@@ -250,7 +174,7 @@ def _install(
         allow_patterns=allow_patterns,
         ignore_patterns=ignore_patterns,
         sha256=sha256,
-        max_unpacked_bytes=max_unpacked_bytes,
+        max_unpacked_bytes=req.max_unpacked_bytes,
     )
     listing = src.list(deadline)
     if listing.resolved_revision:
@@ -301,7 +225,7 @@ def _install(
             files_dir.mkdir(parents=True, exist_ok=True)
             _prune_unlisted(files_dir, listing)
             report = _stage_and_promote(
-                kind,
+                req,
                 src,
                 listing,
                 staging,
@@ -311,15 +235,7 @@ def _install(
                 resolved=resolved,
                 ckpt_src=ckpt_src,
                 ckpt_listing=ckpt_listing,
-                strict=strict,
-                task=task,
-                num_labels=num_labels,
-                max_rank=max_rank,
-                base_path=base_path,
-                base_source=base_source,
-                progress_file=progress_file,
                 deadline=deadline,
-                progress_stream=progress_stream,
             )
         except InstallError as exc:
             if exc.reason not in RESUMABLE:
@@ -417,7 +333,7 @@ def _prune_unlisted(files_dir: Path, listing: Listing) -> None:
 
 
 def _stage_and_promote(
-    kind,
+    req: InstallRequest,
     src,
     listing: Listing,
     staging: Path,
@@ -428,16 +344,11 @@ def _stage_and_promote(
     resolved: str,
     ckpt_src,
     ckpt_listing,
-    strict,
-    task,
-    num_labels,
-    max_rank,
-    base_path,
-    base_source,
-    progress_file,
     deadline: Deadline,
-    progress_stream,
 ) -> dict:
+    kind, strict, task, num_labels = req.kind, req.strict, req.task, req.num_labels
+    max_rank, base_path, base_source = req.max_rank, req.base_path, req.base_source
+    progress_file, progress_stream = req.progress_file, req.progress_stream
     total = listing.total_bytes
     if ckpt_listing is not None and total is not None:
         ckpt_total = ckpt_listing.total_bytes

@@ -19,6 +19,7 @@ from .api import install, remove
 from .errors import INVALID_SOURCE
 from .manifest import report_line, write_report
 from .redaction import RedactingStream, url_secrets
+from .request import InstallRequest
 
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -142,8 +143,8 @@ def _main(argv: list[str]) -> int:
             source=args.source,
             dest=args.dest,
             revision=args.revision,
-            allow_patterns=args.allow_pattern,
-            ignore_patterns=args.ignore_pattern,
+            allow_patterns=args.allow_pattern or (),
+            ignore_patterns=args.ignore_pattern or (),
             max_rank=args.max_rank,
             sha256=args.sha256,
             progress_file=args.progress_file,
@@ -151,18 +152,15 @@ def _main(argv: list[str]) -> int:
             max_unpacked_bytes=args.max_unpacked_bytes,
         )
         if args.command == "base":
-            report = install(
-                "base",
+            kwargs.update(
                 checkpoint=args.checkpoint,
                 strict=not args.no_strict,
                 task=args.task,
                 num_labels=args.num_labels,
-                **kwargs,
             )
         else:
-            report = install(
-                "adapter", base_path=args.base_path, base_source=args.base_source, **kwargs
-            )
+            kwargs.update(base_path=args.base_path, base_source=args.base_source)
+        report = install(InstallRequest(args.command, **kwargs))
     if not report.get("ok"):
         print(
             f"lorafleet-install: {report.get('reason')}: {report.get('message')}", file=sys.stderr
