@@ -4,8 +4,9 @@ Collected, not listed by hand:
 
 - the installer's reasons: every module-level CamelCase ``str`` constant of
   ``lorafleet_serving.installer.errors`` (the words of the install report);
-- the reasons the operator writes (conditions, Events, local mode's ``state.json``): a scan of
-  ``operator/lorafleet_operator/**/*.py`` for each way the code passes one: ``reason=...``
+- the reasons the operator writes (conditions, Events, local mode's ``state.json``): a walk of
+  the syntax trees (``ast``) of ``operator/lorafleet_operator/**/*.py`` for each way the code
+  passes one: ``reason=...``
   keywords and assignments, ``"reason": ...`` dict entries, ``(cond.X, True|False, reason,
   message)`` condition tuples (and ``set_condition`` positional arguments), the first argument
   of ``Reconciler.fail``, ``ready, reason, message = ...`` tuple assignments, ``return False,
@@ -18,6 +19,7 @@ No cluster, no model: a plain unit test.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 from pathlib import Path
@@ -32,30 +34,8 @@ INSTALLER_SRC = REPO / "serving" / "lorafleet_serving" / "installer"
 #: A CamelCase word: a capital first, letters and digits, at least one lower-case letter
 #: ("Timeout", "NotABaseModel"; not "RUNNING" nor "DEPLOY_FAILED").
 CAMEL = re.compile(r"[A-Z][A-Za-z0-9]*[a-z][A-Za-z0-9]*")
-#: A plain (not f-) string literal that is a CamelCase word.
-CAMEL_LITERAL = re.compile(r'(?<![\w"])"([A-Z][A-Za-z0-9]*)"')
-
-#: Where the expression holding a reason starts (each pattern ends there).
-REASON_ANCHORS = [
-    # reason="X", reason = a if b else "X", reason: str = "X" (not reason == ...)
-    re.compile(r"\breason\s*(?::\s*str\s*)?=(?!=)\s*"),
-    # {"reason": report.get("reason") or "X"}
-    re.compile(r'"reason"\s*:\s*'),
-    # (cond.READY, False, "X", msg) and set_condition(conds, cond.READY, False, "X", msg)
-    re.compile(
-        r'(?:\bcond\.[A-Z_]+|"(?:Installed|Serving|Ready|Degraded|Deleting)")\s*,\s*'
-        r'(?:True|False|"True"|"False"|"Unknown")\s*,\s*'
-    ),
-    # self.fail("X", msg) / reconciler.fail("X", msg, ...)
-    re.compile(r"\.fail\(\s*"),
-    # rayservice_readiness: return False, "X", msg (also parenthesised over several lines)
-    re.compile(r"\breturn\s*\(?\s*False\s*,\s*"),
-    # local mode: DeployFailed("X", msg) and InstallFailed(key, "X", msg, log)
-    re.compile(r"\bDeployFailed\(\s*"),
-    re.compile(r"\bInstallFailed\(\s*[\w.]+\s*,\s*"),
-]
-#: ``ready, reason, message = False, "X", msg``: the element at the position of ``reason``.
-TUPLE_ASSIGN = re.compile(r"^[ \t]*(?P<lhs>\w+(?:[ \t]*,[ \t]*\w+)+)[ \t]*=(?!=)[ \t]*", re.M)
+#: Condition types, where a condition tuple names its type with a literal.
+CONDITION_TYPES = {"Installed", "Serving", "Ready", "Degraded", "Deleting"}
 
 FINDING_PATTERNS = [
     re.compile(r'\b_finding\(\s*"(?:info|warning)"\s*,\s*"(\w+)"'),
@@ -63,68 +43,73 @@ FINDING_PATTERNS = [
 ]
 
 
-def read_expr(text: str, pos: int, *, commas: bool = False) -> str:
-    """The Python expression starting at ``pos``: up to a comma (unless ``commas``), a
-    closing bracket or a line end outside brackets and strings."""
-    depth, i, quote = 0, pos, None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == quote:
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            if depth == 0:
-                break
-            depth -= 1
-        elif depth == 0 and (ch == "\n" or (ch == "," and not commas)):
-            break
-        i += 1
-    return text[pos:i]
+def camel_literals(node: ast.AST | None) -> set[str]:
+    """CamelCase string constants anywhere in an expression (``a if b else "X"``, ``x or
+    "Y"``), not inside f-strings or calls' other arguments."""
+    if node is None:
+        return set()
+    return {
+        n.value
+        for n in ast.walk(node)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and CAMEL.fullmatch(n.value)
+    }
 
 
-def split_top(expr: str) -> list[str]:
-    """Split an expression at its top-level commas."""
-    parts, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(expr):
-        if quote:
-            if ch == quote and expr[i - 1] != "\\":
-                quote = None
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(expr[start:i])
-            start = i + 1
-    parts.append(expr[start:])
-    return [p.strip() for p in parts]
+def _is_condition_type(node: ast.AST) -> bool:
+    """``cond.READY`` and friends, or a condition type written as a literal."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+        return node.value.id == "cond" and node.attr.isupper()
+    return isinstance(node, ast.Constant) and node.value in CONDITION_TYPES
 
 
-def camel_literals(expr: str) -> set[str]:
-    return {m for m in CAMEL_LITERAL.findall(expr) if CAMEL.fullmatch(m)}
+def _after_condition(items: list[ast.expr]) -> set[str]:
+    """In ``(..., cond.X, True|False, reason, message)``: the reason's literals."""
+    found: set[str] = set()
+    for i in range(len(items) - 2):
+        status = items[i + 1]
+        if (
+            _is_condition_type(items[i])
+            and isinstance(status, ast.Constant)
+            and status.value in (True, False, "True", "False", "Unknown")
+        ):
+            found |= camel_literals(items[i + 2])
+    return found
 
 
 def reasons_in_source(text: str) -> set[str]:
-    """Every reason literal the code passes in ``text`` (see the module doc)."""
+    """Every reason literal the code passes in ``text`` (see the module doc), found by
+    walking its syntax tree."""
     found: set[str] = set()
-    for anchor in REASON_ANCHORS:
-        for m in anchor.finditer(text):
-            found |= camel_literals(read_expr(text, m.end()))
-    for m in TUPLE_ASSIGN.finditer(text):
-        names = [n.strip() for n in m["lhs"].split(",")]
-        if "reason" not in names:
-            continue
-        values = split_top(read_expr(text, m.end(), commas=True))
-        if len(values) == len(names):
-            found |= camel_literals(values[names.index("reason")])
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "reason":
+                    found |= camel_literals(kw.value)
+            found |= _after_condition(node.args)
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            position = {"fail": 0, "DeployFailed": 0, "InstallFailed": 1}.get(name)
+            if position is not None and len(node.args) > position:
+                found |= camel_literals(node.args[position])
+        elif isinstance(node, ast.Tuple):
+            found |= _after_condition(node.elts)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if isinstance(key, ast.Constant) and key.value == "reason":
+                    found |= camel_literals(value)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id == "reason":
+                    found |= camel_literals(node.value)
+                elif isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                    for t, v in zip(target.elts, node.value.elts, strict=False):
+                        if isinstance(t, ast.Name) and t.id == "reason":
+                            found |= camel_literals(v)
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.Tuple):
+            elts = node.value.elts  # rayservice_readiness: return False, "Reason", message
+            if len(elts) >= 2 and isinstance(elts[0], ast.Constant) and elts[0].value is False:
+                found |= camel_literals(elts[1])
     return found
 
 
@@ -268,7 +253,10 @@ def test_every_finding_code_is_in_the_findings_table() -> None:
         ('cond.set_condition(c, cond.READY, True, "Fine", "m")', {"Fine"}),
         ('self.fail(reason, f"{message} [Detail]")', set()),
         ('ok, reason, message = True, "Good", "Bad"', {"Good"}),
-        ('"reason": report.get("reason") or "Fallback",', {"Fallback"}),
+        ('{"reason": report.get("reason") or "Fallback"}', {"Fallback"}),
+        ("return False, 'Missing', msg", {"Missing"}),
+        ('InstallFailed(obj.key, "Interrupted", m, log)', {"Interrupted"}),
+        ('f"see {Other}"', set()),
     ],
 )
 def test_the_scan(source: str, expected: set[str]) -> None:

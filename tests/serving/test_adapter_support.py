@@ -31,6 +31,18 @@ VARIANTS = {
 }
 
 
+def _install_adapter(adapter: Path, base: Path, tmp_path: Path, name: str) -> tuple[dict, Path]:
+    """Install ``adapter`` over the installed ``base`` into a fresh ``tmp_path/dest-<name>``;
+    returns the report and that volume root."""
+    dest = tmp_path / f"dest-{name}"
+    dest.mkdir()
+    request = InstallRequest(
+        "adapter", namespace="ml", name=name, source=f"file://{adapter}", dest=dest,
+        base_path=base,
+    )  # fmt: skip
+    return install(request), dest
+
+
 @pytest.fixture(scope="module")
 def installed_llama(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("dest")
@@ -54,18 +66,7 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
 ) -> None:
     config, said = VARIANTS[variant]
     adapter = make_variant_adapter(tiny_causal_lm, tmp_path / variant, "CAUSAL_LM", 0, **config)
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(
-        InstallRequest(
-            "adapter",
-            namespace="ml",
-            name=variant,
-            source=f"file://{adapter}",
-            dest=dest,
-            base_path=installed_llama,
-        )
-    )
+    report, dest = _install_adapter(adapter, installed_llama, tmp_path, variant)
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert said in report["message"], report["message"]
     assert not any((dest / "ml").rglob("adapter_model.safetensors"))  # nothing left installed
@@ -91,18 +92,7 @@ def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
         rank_pattern={"v_proj": 2},
         alpha_pattern={"v_proj": 4},
     )
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(
-        InstallRequest(
-            "adapter",
-            namespace="ml",
-            name="plain",
-            source=f"file://{adapter}",
-            dest=dest,
-            base_path=installed_llama,
-        )
-    )
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "plain")
     assert report["ok"], report
     engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
     assert engine.load_adapter("plain", report["path"]).rank == 4
@@ -133,12 +123,7 @@ def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
     )
     weights = adapter / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(InstallRequest(
-        "adapter", namespace="ml", name="cut", source=f"file://{adapter}", dest=dest,
-        base_path=installed_llama,
-    ))  # fmt: skip
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "cut")
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert "adapter_model.safetensors: not a readable safetensors file" in report["message"]
 
@@ -197,12 +182,7 @@ def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
     config = json.loads((adapter / "adapter_config.json").read_text())
     config[field] = value
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(InstallRequest(
-        "adapter", namespace="ml", name="bad", source=f"file://{adapter}", dest=dest,
-        base_path=installed_llama,
-    ))  # fmt: skip
+    report, dest = _install_adapter(adapter, installed_llama, tmp_path, "bad")
     assert not report["ok"] and report["reason"] == "InvalidAdapter", report
     assert said in report["message"], report["message"]
     assert not list(dest.rglob("adapter_config.json"))  # nothing staged is left behind
@@ -222,12 +202,7 @@ def test_served_variants_install_without_labels(
     tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path, config: dict
 ) -> None:
     adapter = make_variant_adapter(tiny_causal_lm, tmp_path / "v", "CAUSAL_LM", 0, **config)
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(InstallRequest(
-        "adapter", namespace="ml", name="v", source=f"file://{adapter}", dest=dest,
-        base_path=installed_llama,
-    ))  # fmt: skip
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "v")
     assert report["ok"], report
     # A saved lm_head is a module copy, not a head of labels.
     assert report.get("numLabels") is None and not report.get("labels"), report
@@ -247,12 +222,7 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     (adapter / "adapter_config.json").write_text(
         json.dumps({**config, "trained_by": "someone", "use_future_trick": False})
     )
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    report = install(InstallRequest(
-        "adapter", namespace="ml", name="a", source=f"file://{adapter}", dest=dest,
-        base_path=installed_llama,
-    ))  # fmt: skip
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "a")
     assert report["ok"], report
     said = "keys the installed peft does not know (ignored when the adapter loads): trained_by,"
     assert f"warnings: UnknownConfigKeys: adapter_config.json {said}" in report["message"]
@@ -261,10 +231,7 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("a", adapter)
 
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_future_trick": 2}))
-    report = install(InstallRequest(
-        "adapter", namespace="ml", name="b", source=f"file://{adapter}", dest=dest,
-        base_path=installed_llama,
-    ))  # fmt: skip
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "b")
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert "change the math: use_future_trick" in report["message"]
     with pytest.raises(AdapterLoadError) as refused:

@@ -32,13 +32,39 @@ GEN_VARIANTS = {
 }
 
 
+#: Classifier variants: a saved non-head module (the pooler) beside the head, and DoRA over
+#: BERT's linear layers, which have biases (DoRA scales the base output without them).
+CLS_VARIANTS = {
+    "pooler": {"target_modules": ["query", "value"], "modules_to_save": ["classifier", "pooler"]},
+    "cls-dora": {"target_modules": ["query", "value"], "use_dora": True},
+}
+
+
+def make_variants(base: Path, root: Path, task_type: str, variants: dict, seed: int) -> dict:
+    """Build each of ``variants`` (name -> extra ``LoraConfig`` fields) over ``base``."""
+    return {
+        name: make_variant_adapter(base, root / name, task_type, n, **config)
+        for n, (name, config) in enumerate(variants.items(), start=seed)
+    }
+
+
+def _assert_generates_like_peft(engine: Engine, names: list, references: dict) -> None:
+    """Every (name, prompt) of ``names`` x PROMPTS in one batch, each equal to peft's tokens."""
+    combos = [(n, p) for p in PROMPTS for n in names]
+    rows = [
+        GenerationRow(engine.encode_prompt(p), slot=engine.slot(n), max_tokens=MAX_NEW)
+        for n, p in combos
+    ]
+    engine.generate(rows)
+    for combo, row in zip(combos, rows, strict=True):
+        assert row.token_ids == references[combo], combo
+
+
 @pytest.fixture(scope="module")
 def gen_variants(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("variants")
-    return {
-        name: make_variant_adapter(tiny_causal_lm, root / name, "CAUSAL_LM", seed, **config)
-        for seed, (name, config) in enumerate(GEN_VARIANTS.items(), start=10)
-    }
+    return make_variants(
+        tiny_causal_lm, tmp_path_factory.mktemp("variants"), "CAUSAL_LM", GEN_VARIANTS, 10
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +105,7 @@ def test_each_variant_alone_equals_peft(gen_engine: Engine, references: dict, va
 
 
 def test_variants_mixed_in_one_batch_equal_peft_per_row(gen_engine: Engine, references: dict):
-    names = [None, "plain", *GEN_VARIANTS]
-    combos = [(n, p) for p in PROMPTS for n in names]
-    rows = [
-        GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
-        for n, p in combos
-    ]
-    gen_engine.generate(rows)
-    for combo, row in zip(combos, rows, strict=True):
-        assert row.token_ids == references[combo], combo
+    _assert_generates_like_peft(gen_engine, [None, "plain", *GEN_VARIANTS], references)
 
 
 def test_unloading_a_variant_leaves_the_others_and_the_base_exact(
@@ -99,37 +117,15 @@ def test_unloading_a_variant_leaves_the_others_and_the_base_exact(
     engine.unload_adapter("dora")
     engine.unload_adapter("lmhead")
     engine.load_adapter("bias", gen_variants["bias"])
-    names = [None, "embed", "bias"]
-    combos = [(n, p) for p in PROMPTS for n in names]
-    rows = [
-        GenerationRow(engine.encode_prompt(p), slot=engine.slot(n), max_tokens=MAX_NEW)
-        for n, p in combos
-    ]
-    engine.generate(rows)
-    for combo, row in zip(combos, rows, strict=True):
-        assert row.token_ids == references[combo], combo
+    _assert_generates_like_peft(engine, [None, "embed", "bias"], references)
 
 
 def test_classifier_adapters_saving_a_pooler_or_with_dora_equal_peft_mixed(
     tiny_classifier: Path, tiny_cls_adapters: dict, tmp_path: Path
 ):
     texts = ["i love this movie", "the weather is terrible today", "hi"]
-    adapter = make_variant_adapter(
-        tiny_classifier,
-        tmp_path / "pooler",
-        "SEQ_CLS",
-        20,
-        target_modules=["query", "value"],
-        modules_to_save=["classifier", "pooler"],
-    )
-    dora = make_variant_adapter(
-        tiny_classifier,
-        tmp_path / "dora",
-        "SEQ_CLS",
-        21,
-        target_modules=["query", "value"],  # BERT's linear layers have biases: DoRA keeps them
-        use_dora=True,
-    )
+    variants = make_variants(tiny_classifier, tmp_path, "SEQ_CLS", CLS_VARIANTS, 20)
+    adapter, dora = variants["pooler"], variants["cls-dora"]
     engine = Engine(tiny_classifier, "text-classification", max_adapters=3)
     engine.load_adapter("pooler", adapter)
     engine.load_adapter("dora", dora)

@@ -20,7 +20,7 @@ import requests
 from lorafleet_operator.models import BaseModelSpec
 from lorafleet_operator.serveconfig import build_serve_config
 
-from tests.serving.test_adapter_variants import GEN_VARIANTS
+from tests.serving.test_adapter_variants import CLS_VARIANTS, GEN_VARIANTS, make_variants
 from tests.serving.test_api_http import (
     CLS_LABELS,
     PROMPTS,
@@ -30,7 +30,6 @@ from tests.serving.test_api_http import (
     peft_logits,
     sse_events,
 )
-from tests.support.models import make_variant_adapter
 from tests.support.ray_cluster import (
     RayCluster,
     deploy_serve_config,
@@ -469,28 +468,8 @@ def test_lora_variants_over_serve_equal_peft_mixed_with_plain_and_base(
     """DoRA, LoRA bias, embedding LoRA, rsLoRA with patterns and a saved lm_head (generation),
     a saved pooler and DoRA (classification), added through user_config and requested at once
     with plain adapters and the base: each answer equals peft with only that adapter."""
-    gen = {
-        name: make_variant_adapter(tiny_causal_lm, tmp_path / name, "CAUSAL_LM", seed, **config)
-        for seed, (name, config) in enumerate(GEN_VARIANTS.items(), start=10)
-    }
-    cls = {
-        "pooler": make_variant_adapter(
-            tiny_classifier,
-            tmp_path / "pooler",
-            "SEQ_CLS",
-            20,
-            target_modules=["query", "value"],
-            modules_to_save=["classifier", "pooler"],
-        ),
-        "cls-dora": make_variant_adapter(
-            tiny_classifier,
-            tmp_path / "cls-dora",
-            "SEQ_CLS",
-            21,
-            target_modules=["query", "value"],
-            use_dora=True,
-        ),
-    }
+    gen = make_variants(tiny_causal_lm, tmp_path, "CAUSAL_LM", GEN_VARIANTS, 10)
+    cls = make_variants(tiny_classifier, tmp_path, "SEQ_CLS", CLS_VARIANTS, 20)
     config = copy.deepcopy(deployed)
     for name, path in gen.items():
         model_user_config(config)["adapters"][name] = {"path": str(path), "rank": 4}
