@@ -49,6 +49,68 @@ def classification_head_name(model: nn.Module) -> str | None:
     return None
 
 
+def is_lora_key(key: str) -> bool:
+    """Whether a saved tensor name is a LoRA weight (``lora_A``/``lora_B``, embedding LoRA,
+    DoRA magnitude, ``lora_B`` bias), with or without the ``base_model.model.`` prefix."""
+    return _LORA_KEY.match(key.removeprefix(PEFT_PREFIX)) is not None
+
+
+def saved_module_names(entries: Iterable[str], module_names: Iterable[str]) -> list[str]:
+    """The modules ``modules_to_save`` entries select, by peft's own rule.
+
+    peft wraps every module whose qualified name ends with an entry (``key.endswith(target)``
+    in ``peft/utils/other.py``, ``_set_trainable``): ``norm`` selects ``model.norm`` and every
+    ``input_layernorm``. peft's own inner modules (``base_layer``, ``lora_*``) are skipped.
+
+    Returns:
+        Qualified module names, longest first (so a key is owned by its innermost match).
+    """
+    entries = [e for e in entries if e]
+    found = {
+        name
+        for name in module_names
+        if name
+        and any(name.endswith(e) for e in entries)
+        and ".base_layer" not in name
+        and ".lora_" not in name
+        and "modules_to_save" not in name
+    }
+    return sorted(found, key=len, reverse=True)
+
+
+def base_weight_keys(
+    weight_keys: Iterable[str], model: nn.Module, saved_modules: Iterable[str]
+) -> list[str]:
+    """Adapter tensors that would be written over the shared base model's own weights.
+
+    A tensor that is neither a LoRA weight, nor inside a module the adapter saves whole, nor a
+    ``.base_layer.`` copy (:func:`base_layer_copies`) but names a base parameter or buffer is
+    loaded by peft straight into the base (``set_peft_model_state_dict``): every other adapter
+    and the bare base would change. Other unknown tensors are merely unused.
+
+    Args:
+        weight_keys: Tensor names as peft saves them.
+        model: The base model (plain or already wrapped by peft).
+        saved_modules: Qualified names from :func:`saved_module_names`.
+
+    Returns:
+        The offending keys, sorted.
+    """
+    own = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    saved = list(saved_modules)
+    out = []
+    for key in weight_keys:
+        inner = key.removeprefix(PEFT_PREFIX)
+        if is_lora_key(inner) or ".base_layer." in inner:
+            continue
+        if any(inner.startswith(p + ".") for p in saved):
+            continue
+        module_path, _, param = inner.rpartition(".")
+        if inner in own or f"{module_path}.base_layer.{param}" in own:
+            out.append(key)
+    return sorted(out)
+
+
 def _listing(names: Iterable[str]) -> str:
     names = sorted(set(names))
     more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
@@ -131,6 +193,7 @@ def unsupported_features(
         One message per unsupported feature, each naming the feature, the config key and the
         modules (at most three, then a count); empty when the engine serves the adapter.
     """
+    weight_keys = list(weight_keys)
     problems: list[str] = []
     modules = dict(model.named_modules())
     lora: dict[str, set[str]] = {}
@@ -158,23 +221,36 @@ def unsupported_features(
         problems.append(f"LoRA on convolution layers ({_listing(conv)}) is not served")
     saved = list(dict.fromkeys(config.get("modules_to_save") or []))
     adapted = set().union(*lora.values()) if lora else set()
-    both = {
-        name for name in adapted for entry in saved if name == entry or name.endswith("." + entry)
-    }
+    both = {name for name in adapted for entry in saved if name.endswith(entry)}
     if both:
         problems.append(
             f"modules_to_save {saved} also carries LoRA weights ({_listing(both)}): a module"
             " is either adapted or saved whole, not both"
         )
-    names = [n for n in modules if n]
     absent = [
         entry
         for entry in saved
         if not (task == "text-classification" and entry in HEAD_NAMES)
-        and not any(n == entry or n.endswith("." + entry) for n in names)
+        and not saved_module_names([entry], modules)
     ]
     if absent:
         problems.append(f"modules_to_save {absent} names no module of the base model")
+    overwrite = base_weight_keys(weight_keys, model, saved_module_names(saved, modules))
+    if overwrite:
+        problems.append(
+            f"weights of base-model modules outside LoRA and modules_to_save"
+            f" ({_listing(overwrite)}) would overwrite the shared base model: not served"
+        )
+    init = config.get("init_lora_weights", True)
+    if not isinstance(init, bool) and init not in _SERVED_INITS | {"mica"}:
+        why = (
+            "trained against a base that peft rewrites at init (PiSSA, OLoRA, CorDA, LoftQ):"
+            " convert it to plain LoRA first (save_pretrained(...,"
+            " path_initial_model_for_weight_conversion=...))"
+            if isinstance(init, str) and init.split("_")[0] in _BASE_REWRITING_INITS
+            else "not an initialisation peft knows"
+        )
+        problems.append(f"init_lora_weights={init!r}: {why}")
     base_bias = config.get("bias") or "none"
     if base_bias != "none":
         # The adapter carries trained copies of base biases that peft would write into the
@@ -209,6 +285,10 @@ def unsupported_features(
     return problems
 
 
+#: ``init_lora_weights`` values that only initialise A and B (the saved weights are plain LoRA).
+_SERVED_INITS = frozenset({"gaussian", "orthogonal", "eva"})
+#: ``init_lora_weights`` families that also rewrite the base weights (``pissa_niter_4``, ...).
+_BASE_REWRITING_INITS = frozenset({"pissa", "olora", "corda", "loftq"})
 #: peft variants (``LoraConfig`` fields tagged ``is_lora_variant``, or ``init_lora_weights``
 #: values that select a variant) the engine serves.
 _SERVED_VARIANTS = frozenset({"use_dora"})

@@ -39,6 +39,8 @@ from .adapter_support import (
     base_layer_copies,
     classification_head_name,
     copy_problems,
+    is_lora_key,
+    saved_module_names,
     unsupported_features,
 )
 from .errors import AdapterLoadError, InvalidRequestError
@@ -142,6 +144,23 @@ def _labels_list(labels: dict | Sequence[str] | None, n: int, where: str) -> lis
             f"{where}: {len(out)} labels for a head with {n} outputs", param="labels"
         )
     return out
+
+
+def _without_lora(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with every peft ``LoraLayer`` in it (or itself) replaced by
+    the layer it wraps: the plain module as the base model had it, for an adapter's own copy
+    (``modules_to_save``) whatever other adapters have put LoRA on since."""
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(module, LoraLayer):
+        return copy.deepcopy(module.get_base_layer())
+    clone = copy.deepcopy(module)
+    wrapped = [(n, m) for n, m in clone.named_modules() if n and isinstance(m, LoraLayer)]
+    for name, layer in sorted(wrapped, key=lambda item: -len(item[0])):
+        parent_name, _, child = name.rpartition(".")
+        parent = clone.get_submodule(parent_name) if parent_name else clone
+        setattr(parent, child, layer.get_base_layer())
+    return clone
 
 
 class Engine:
@@ -351,8 +370,10 @@ class Engine:
                 head_sd[module_path] = tensor
             elif owner is not None:
                 saved_sd.setdefault(owner, {})[module_path[len(owner) + 1 :]] = tensor
-            else:
+            elif is_lora_key(key):
                 lora_sd[key] = tensor
+            # Anything else names no base weight (unsupported_features refused those): unused,
+            # and never handed to peft, which would load it into the shared base.
         head = self._adapter_head(name, head_names, head_sd)
         saved_modules = self._saved_copies(name, saved_sd)
         if not lora_sd and head is None and not saved_modules:
@@ -452,19 +473,15 @@ class Engine:
         return None
 
     def _saved_module_paths(self, name: str, entries: list[str]) -> list[str]:
-        """Qualified names of the modules ``modules_to_save`` entries name (peft's rule: the
-        module's name equals the entry or ends with ``.<entry>``), longest first."""
-        names = [n for n, _ in self.model.named_modules() if n]
-        paths: list[str] = []
+        """Qualified names of the modules ``modules_to_save`` entries select (peft's rule,
+        :func:`~.adapter_support.saved_module_names`), longest first."""
+        names = [n for n, _ in self.model.named_modules()]
         for entry in entries:
-            matched = [n for n in names if n == entry or n.endswith("." + entry)]
-            matched = [n for n in matched if ".base_layer" not in n and ".lora_" not in n]
-            if not matched:
+            if not saved_module_names([entry], names):
                 raise AdapterLoadError(
                     name, f"modules_to_save entry {entry!r} names no module of the base model"
                 )
-            paths.extend(matched)
-        return sorted(set(paths), key=len, reverse=True)
+        return saved_module_names(entries, names)
 
     def _saved_copies(
         self, name: str, saved_sd: dict[str, dict[str, torch.Tensor]]
@@ -473,7 +490,7 @@ class Engine:
         modules = dict(self.model.named_modules())
         copies: dict[str, nn.Module] = {}
         for path, params in saved_sd.items():
-            module = copy.deepcopy(modules[path])
+            module = _without_lora(modules[path])
             try:
                 module.load_state_dict(
                     {k: v.to(self.device, self.dtype) for k, v in params.items()}, strict=True

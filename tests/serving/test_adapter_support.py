@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from lorafleet_serving.engine import Engine
 from lorafleet_serving.errors import AdapterLoadError
 from lorafleet_serving.installer import InstallRequest, install
@@ -142,6 +143,9 @@ def test_a_truncated_adapter_file_is_an_invalid_adapter_not_an_invalid_base(
         ({"init_lora_weights": "mica"}, "peft LoRA variant(s) mica"),
         ({"use_future_trick": True}, "would ignore, though they look like they change the math:"),
         ({"shift_pattern": {"q": 2}}, "look like they change the math: shift_pattern"),
+        ({"init_lora_weights": "pissa_niter_4"}, "init_lora_weights='pissa_niter_4': trained"),
+        ({"init_lora_weights": "olora"}, "convert it to plain LoRA first"),
+        ({"init_lora_weights": "bogus"}, "init_lora_weights='bogus': not an initialisation"),
     ],
 )
 def test_config_only_variants_are_named(tiny_classifier: Path, config: dict, said: str) -> None:
@@ -171,6 +175,15 @@ def test_config_only_variants_are_named(tiny_classifier: Path, config: dict, sai
         ("target_modules", "(", "target_modules must be a valid regular expression"),
         ("target_modules", 5, "target_modules must be a list of module names"),
         ("modules_to_save", "lm_head", "modules_to_save must be a list of module names"),
+        ("lora_alpha", "8", "lora_alpha must be a finite number"),
+        ("lora_alpha", None, "lora_alpha must be a finite number"),
+        ("use_dora", "yes", "use_dora must be true or false"),
+        ("lora_bias", "false", "lora_bias must be true or false"),
+        ("lora_dropout", "x", "lora_dropout must be a number in [0, 1)"),
+        ("layers_to_transform", "1", "layers_to_transform must be a layer index"),
+        ("exclude_modules", 7, "exclude_modules must be a list of module names"),
+        ("task_type", "BOGUS", "task_type must be one of"),
+        ("peft_type", "lora", "peft_type is 'lora', not 'LORA'"),
     ],
 )
 def test_a_config_field_of_the_wrong_type_is_an_invalid_adapter_naming_it(
@@ -237,3 +250,67 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     with pytest.raises(AdapterLoadError) as refused:
         Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("b", adapter)
     assert "use_future_trick" in refused.value.message
+
+
+def test_weights_that_would_overwrite_the_shared_base_are_refused(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    """A tensor naming a base weight outside LoRA and modules_to_save would be loaded by peft
+    into the shared base (every adapter and the bare base would change): refused by both."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = make_variant_adapter(tiny_causal_lm, tmp_path / "o", "CAUSAL_LM", 0, target_modules=["q_proj"])  # fmt: skip
+    weights = load_file(adapter / "adapter_model.safetensors")
+    weights["base_model.model.model.norm.weight"] = torch.zeros(64)
+    save_file(weights, adapter / "adapter_model.safetensors")
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "o")
+    said = "(base_model.model.model.norm.weight) would overwrite the shared base model"
+    assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
+    assert said in report["message"]
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=1)
+    before = engine.model.get_submodule("model.norm").weight.clone()
+    with pytest.raises(AdapterLoadError, match="would overwrite the shared base model"):
+        engine.load_adapter("o", adapter)
+    assert torch.equal(engine.model.get_submodule("model.norm").weight, before)
+
+
+@pytest.mark.parametrize(
+    ("drop", "said"),
+    [
+        ("k_proj.lora_", "target_modules selects model.layers.0.self_attn.k_proj"),
+        ("layers.1.self_attn.q_proj.lora_B", "lora_A or lora_B missing for model.layers.1"),
+    ],
+)
+def test_an_adapter_missing_lora_weights_is_an_invalid_adapter(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path, drop: str, said: str
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    adapter = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "half", "CAUSAL_LM", 0, target_modules=["q_proj", "k_proj"]
+    )
+    weights = load_file(adapter / "adapter_model.safetensors")
+    kept = {k: v for k, v in weights.items() if drop not in k}
+    assert len(kept) < len(weights)
+    save_file(kept, adapter / "adapter_model.safetensors")
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "half")
+    assert not report["ok"] and report["reason"] == "InvalidAdapter", report
+    assert said in report["message"], report["message"]
+
+
+def test_a_rank_pattern_over_the_limit_is_named(
+    tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
+) -> None:
+    adapter = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "rp", "CAUSAL_LM", 0, target_modules=["q_proj", "v_proj"],
+        rank_pattern={"v_proj": 8},
+    )  # fmt: skip
+    dest = tmp_path / "dest-rp"
+    dest.mkdir()
+    request = InstallRequest(
+        "adapter", namespace="ml", name="rp", source=f"file://{adapter}", dest=dest,
+        base_path=installed_llama, max_rank=4,
+    )  # fmt: skip
+    report = install(request)
+    assert not report["ok"] and report["reason"] == "RankExceedsLimit", report
+    assert "rank_pattern {'v_proj': 8} exceeds maxRank 4" in report["message"]

@@ -29,6 +29,9 @@ GEN_VARIANTS = {
         "alpha_pattern": {"o_proj": 32},
     },
     "lmhead": {"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]},
+    # peft's rule selects every module whose name ends with "norm": model.norm and each
+    # layer's input_layernorm and post_attention_layernorm.
+    "norms": {"target_modules": ["v_proj"], "modules_to_save": ["norm"]},
 }
 
 
@@ -138,3 +141,28 @@ def test_classifier_adapters_saving_a_pooler_or_with_dora_equal_peft_mixed(
     for (name, text), (_labels, logits) in zip(rows, out, strict=True):
         (ref,) = reference_logits(tiny_classifier, paths[name], [text])
         assert max(abs(a - b) for a, b in zip(logits, ref, strict=True)) < 1e-4, (name, text)
+
+
+def test_a_saved_module_loads_after_other_adapters_put_lora_on_it(
+    tiny_causal_lm: Path, gen_variants: dict, tmp_path: Path
+):
+    """The adapter's own copy of a module is the base's plain module, even when other
+    adapters have wrapped it (or modules inside it) with LoRA first; order does not matter."""
+    lora_on_head = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "headlora", "CAUSAL_LM", 30, target_modules=["lm_head", "gate_proj"]
+    )  # fmt: skip
+    mlp = make_variant_adapter(
+        tiny_causal_lm, tmp_path / "mlp", "CAUSAL_LM", 31, target_modules=["q_proj"],
+        modules_to_save=["layers.1.mlp"],
+    )  # fmt: skip
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+    engine.load_adapter("headlora", lora_on_head)
+    engine.load_adapter("lmhead", gen_variants["lmhead"])
+    engine.load_adapter("mlp", mlp)
+    paths = {None: None, "headlora": lora_on_head, "lmhead": gen_variants["lmhead"], "mlp": mlp}
+    references = {
+        (n, p): reference_greedy(tiny_causal_lm, path, engine.encode_prompt(p), MAX_NEW)
+        for n, path in paths.items()
+        for p in PROMPTS
+    }
+    _assert_generates_like_peft(engine, list(paths), references)

@@ -15,6 +15,7 @@ a string target is a full-match regex).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 from ..adapter_support import (
     HEAD_NAMES,
     base_layer_copies,
+    base_weight_keys,
     config_keys_peft_ignores,
     copy_problems,
+    saved_module_names,
     unsupported_features,
 )
 from . import checkpoint as ckpt
@@ -216,6 +219,84 @@ def _check_config_types(cfg: dict) -> None:
         ):
             raise bad(name, "a list of module names")
 
+    def number(value: object) -> bool:
+        return (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        )
+
+    if "lora_alpha" in cfg and not number(cfg["lora_alpha"]):
+        raise bad("lora_alpha", "a finite number")
+    dropout = cfg.get("lora_dropout")
+    if dropout is not None and not (number(dropout) and 0 <= dropout < 1):
+        raise bad("lora_dropout", "a number in [0, 1)")
+    for name in ("use_dora", "use_rslora", "lora_bias", "fan_in_fan_out", "inference_mode"):
+        if cfg.get(name) is not None and not isinstance(cfg[name], bool):
+            raise bad(name, "true or false")
+    layers = cfg.get("layers_to_transform")
+    if layers is not None and not (
+        (isinstance(layers, int) and not isinstance(layers, bool))
+        or (isinstance(layers, list) and all(isinstance(n, int) for n in layers))
+    ):
+        raise bad("layers_to_transform", "a layer index or a list of them")
+    excluded = cfg.get("exclude_modules")
+    if excluded is not None and not (
+        isinstance(excluded, str)
+        or (isinstance(excluded, list) and all(isinstance(m, str) for m in excluded))
+    ):
+        raise bad("exclude_modules", "a list of module names or a regular expression")
+    task_type = cfg.get("task_type")
+    if task_type is not None:
+        from peft import TaskType
+
+        if task_type not in {t.value for t in TaskType}:
+            raise bad("task_type", f"one of {', '.join(t.value for t in TaskType)} or null")
+
+
+def _check_complete(cfg: dict, parts: dict[str, set[str]], modules: dict, file: str) -> None:
+    """Every adapted module has both LoRA matrices, and every module ``target_modules``
+    selects (peft's own matching) has LoRA weights: peft would otherwise leave them
+    uninitialised and the adapter could never load.
+
+    Raises:
+        InstallError: ``InvalidAdapter`` naming the modules.
+    """
+    half = sorted(
+        name
+        for name, kinds in parts.items()
+        if not ({"lora_A", "lora_B"} <= kinds or {"lora_embedding_A", "lora_embedding_B"} <= kinds)
+    )
+    if half:
+        raise InstallError(
+            INVALID_ADAPTER, f"{file}: lora_A or lora_B missing for {ckpt._listing(half)}"
+        )
+    targets = cfg.get("target_modules")
+    if not targets or targets == "all-linear" or targets == ["all-linear"]:
+        return
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    fields = {f for f in LoraConfig.__dataclass_fields__} - {"peft_type"}
+    try:
+        config = LoraConfig(**{k: v for k, v in cfg.items() if k in fields})
+    except (TypeError, ValueError) as exc:
+        raise InstallError(INVALID_ADAPTER, f"adapter_config.json: {exc}") from exc
+    without = sorted(
+        name
+        for name, module in modules.items()
+        if name
+        and isinstance(module, (nn.Linear, nn.Embedding, Conv1D))
+        and name not in parts
+        and check_target_module_exists(config, name)
+    )
+    if without:
+        raise InstallError(
+            INVALID_ADAPTER,
+            f"target_modules selects {ckpt._listing(without)} but {file} has no LoRA weights"
+            " for them",
+        )
+
 
 def validate_adapter(
     folder: Path,
@@ -259,7 +340,7 @@ def validate_adapter(
     if not isinstance(cfg, dict):
         raise InstallError(INVALID_ADAPTER, "adapter_config.json does not hold a JSON object")
     peft_type = str(cfg.get("peft_type", ""))
-    if peft_type.upper() != "LORA":
+    if peft_type != "LORA":  # peft's PeftType is case-sensitive
         raise InstallError(
             INVALID_ADAPTER,
             f"adapter_config.json: peft_type is {peft_type or 'missing'!r}, not 'LORA'",
@@ -272,10 +353,15 @@ def validate_adapter(
     _check_config_types(cfg)
     rank_pattern = cfg.get("rank_pattern") or {}
     if max_rank is not None:
-        worst = max([r, *[int(v) for v in rank_pattern.values()]])
-        if worst > max_rank:
+        if r > max_rank:
             raise InstallError(
-                RANK_EXCEEDS_LIMIT, f"adapter_config.json: r={worst} exceeds maxRank {max_rank}"
+                RANK_EXCEEDS_LIMIT, f"adapter_config.json: r={r} exceeds maxRank {max_rank}"
+            )
+        over = {k: int(v) for k, v in rank_pattern.items() if int(v) > max_rank}
+        if over:
+            raise InstallError(
+                RANK_EXCEEDS_LIMIT,
+                f"adapter_config.json: rank_pattern {over} exceeds maxRank {max_rank}",
             )
     alpha = cfg.get("lora_alpha", 8)
     targets = cfg.get("target_modules")
@@ -329,20 +415,21 @@ def validate_adapter(
             )
 
     applied, unmatched, bad_shapes = [], [], []
+    parts: dict[str, set[str]] = {}  # module -> LoRA matrices present (lora_A, lora_B, ...)
     head_shapes: dict[str, tuple[int, ...]] = {}
     copies = base_layer_copies(shapes)  # compared with the base's below, never loaded
+    saved_paths = saved_module_names(modules_to_save, modules)
+    overwrite = set(base_weight_keys(shapes, arch.model, saved_paths))  # refused below
     for key, shape in shapes.items():
         if key in copies:
             continue
         inner = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         m = LORA_MARK.match(inner)
         if m is None:
-            if any(
-                inner == f"{s}.weight" or inner.startswith(f"{s}.") for s in modules_to_save
-            ) or any(f".{s}." in f".{inner}" for s in modules_to_save):
+            if any(inner.startswith(p + ".") for p in saved_paths):
                 head_shapes[inner] = shape
-            else:
-                unmatched.append(key)
+            elif ".base_layer." not in inner and key not in overwrite:
+                unmatched.append(key)  # names no base weight: unused (base weights: refused)
             continue
         module_name, kind = m["module"], m["kind"]
         module = modules.get(module_name)
@@ -350,6 +437,8 @@ def validate_adapter(
             unmatched.append(key)
             continue
         applied.append(key)
+        if m["param"] != "bias":
+            parts.setdefault(module_name, set()).add(kind)
         if kind == "lora_magnitude_vector" or m["param"] == "bias":
             continue  # DoRA magnitudes and lora_bias vectors: one value per output
         want = _lora_shape_expected(module, kind, _rank_for(module_name, r, rank_pattern))
@@ -367,6 +456,7 @@ def validate_adapter(
         raise InstallError(
             SHAPE_MISMATCH, f"{weights.name} over {arch.name}: {ckpt._listing(bad_shapes)}"
         )
+    _check_complete(cfg, parts, modules, weights.name)
     # What the engine cannot serve is refused here, not answered with 503 after Ready.
     unsupported = unsupported_features(cfg, shapes, arch.model, task=task)
     if copies:
