@@ -78,15 +78,23 @@ def saved_module_names(entries: Iterable[str], module_names: Iterable[str]) -> l
     return sorted(found, key=len, reverse=True)
 
 
-def base_weight_keys(
-    weight_keys: Iterable[str], model: nn.Module, saved_modules: Iterable[str]
-) -> list[str]:
-    """Adapter tensors that would be written over the shared base model's own weights.
+def _listing(names: Iterable[str]) -> str:
+    names = sorted(set(names))
+    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
+    return ", ".join(names[:_SHOWN]) + more
 
-    A tensor that is neither a LoRA weight, nor inside a module the adapter saves whole, nor a
-    ``.base_layer.`` copy (:func:`base_layer_copies`) but names a base parameter or buffer is
-    loaded by peft straight into the base (``set_peft_model_state_dict``): every other adapter
-    and the bare base would change. Other unknown tensors are merely unused.
+
+def base_weight_copies(
+    weight_keys: Iterable[str], model: nn.Module, saved_modules: Iterable[str]
+) -> dict[str, str]:
+    """Adapter tensors that are base-model weights, and the base's name for each.
+
+    Two kinds: the ``<module>.base_layer.weight`` copy peft saves beside embedding LoRA
+    (``save_embedding_layers``, for a resized vocabulary), and any tensor outside LoRA and the
+    modules the adapter saves whole that names a base parameter or buffer (peft saves a
+    resized embedding so, and loads such tensors straight into the base with
+    ``set_peft_model_state_dict``). Neither may reach the shared base: equal to the base's,
+    it is dropped; different, the adapter is not served (:func:`copy_problems`).
 
     Args:
         weight_keys: Tensor names as peft saves them.
@@ -94,48 +102,21 @@ def base_weight_keys(
         saved_modules: Qualified names from :func:`saved_module_names`.
 
     Returns:
-        The offending keys, sorted.
+        Adapter key -> the base's own state-dict key (``model.embed_tokens.weight``).
     """
     own = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     saved = list(saved_modules)
-    out = []
-    for key in weight_keys:
-        inner = key.removeprefix(PEFT_PREFIX)
-        if is_lora_key(inner) or ".base_layer." in inner:
-            continue
-        if any(inner.startswith(p + ".") for p in saved):
-            continue
-        module_path, _, param = inner.rpartition(".")
-        if inner in own or f"{module_path}.base_layer.{param}" in own:
-            out.append(key)
-    return sorted(out)
-
-
-def _listing(names: Iterable[str]) -> str:
-    names = sorted(set(names))
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    return ", ".join(names[:_SHOWN]) + more
-
-
-def base_layer_copies(weight_keys: Iterable[str]) -> dict[str, str]:
-    """Adapter tensors that are copies of base weights, and the base's name for each.
-
-    peft saves the whole embedding matrix beside embedding LoRA weights
-    (``save_embedding_layers``: ``<module>.base_layer.weight``), for adapters trained with a
-    resized vocabulary. Such a tensor must never be loaded into the shared base: equal to the
-    base's, it is dropped; different, the adapter is not served (:func:`copy_problems`).
-
-    Args:
-        weight_keys: Tensor names as peft saves them.
-
-    Returns:
-        Adapter key -> the base model's state-dict key (``model.embed_tokens.weight``).
-    """
     out: dict[str, str] = {}
     for key in weight_keys:
         inner = key.removeprefix(PEFT_PREFIX)
+        if is_lora_key(inner) or any(inner.startswith(p + ".") for p in saved):
+            continue
         if ".base_layer." in inner:
             out[key] = inner.replace(".base_layer.", ".", 1)
+            continue
+        module_path, _, param = inner.rpartition(".")
+        if inner in own or f"{module_path}.base_layer.{param}" in own:
+            out[key] = inner
     return out
 
 
@@ -144,7 +125,7 @@ def copy_problems(
     adapter_tensor: Callable[[str], Any],
     base_tensor: Callable[[str], Any],
 ) -> list[str]:
-    """Name the base-weight copies (:func:`base_layer_copies`) that differ from the base.
+    """Name the base-weight copies (:func:`base_weight_copies`) that differ from the base.
 
     Args:
         copies: Adapter key -> base key.
@@ -170,8 +151,8 @@ def copy_problems(
             )
         elif not torch.equal(ours.to(theirs.dtype), theirs):
             problems.append(
-                f"{key}: retrained base weights ({base_key!r} differs from the base's) are not"
-                " served"
+                f"{key}: retrained base weights ({base_key!r} differs from the base's; loading"
+                " it would change the shared base for every adapter) are not served"
             )
     return problems
 
@@ -235,12 +216,6 @@ def unsupported_features(
     ]
     if absent:
         problems.append(f"modules_to_save {absent} names no module of the base model")
-    overwrite = base_weight_keys(weight_keys, model, saved_module_names(saved, modules))
-    if overwrite:
-        problems.append(
-            f"weights of base-model modules outside LoRA and modules_to_save"
-            f" ({_listing(overwrite)}) would overwrite the shared base model: not served"
-        )
     init = config.get("init_lora_weights", True)
     if not isinstance(init, bool) and init not in _SERVED_INITS | {"mica"}:
         why = (

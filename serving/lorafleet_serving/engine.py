@@ -36,7 +36,7 @@ from torch import nn
 
 from .adapter_support import (
     HEAD_NAMES,
-    base_layer_copies,
+    base_weight_copies,
     classification_head_name,
     copy_problems,
     is_lora_key,
@@ -345,20 +345,22 @@ class Engine:
         unsupported = unsupported_features(
             {**config.to_dict(), **raw}, weights.keys(), self.model, task=self.task
         )
-        copies = base_layer_copies(weights.keys())
-        unsupported += copy_problems(copies, weights.__getitem__, self._base_tensor)
-        if unsupported:
-            raise AdapterLoadError(name, "; ".join(unsupported))
-        weights = {k: v for k, v in weights.items() if k not in copies}  # equal to the base's
         # modules_to_save: a classification base's head is applied per row by the engine;
         # any other module the adapter carries a copy of is swapped per row by BatchedLoRA.
         saved_entries = list(dict.fromkeys(config.modules_to_save or []))
         head_names = {
             n for n in saved_entries if self.task == "text-classification" and n in HEAD_NAMES
         }
-        saved_paths = self._saved_module_paths(
-            name, [n for n in saved_entries if n not in head_names]
+        saved_paths = (
+            []
+            if unsupported
+            else self._saved_module_paths(name, [n for n in saved_entries if n not in head_names])
         )
+        copies = base_weight_copies(weights.keys(), self.model, [*saved_paths, *head_names])
+        unsupported += copy_problems(copies, weights.__getitem__, self._base_tensor)
+        if unsupported:
+            raise AdapterLoadError(name, "; ".join(unsupported))
+        weights = {k: v for k, v in weights.items() if k not in copies}  # equal to the base's
         lora_sd: dict[str, torch.Tensor] = {}
         head_sd: dict[str, torch.Tensor] = {}
         saved_sd: dict[str, dict[str, torch.Tensor]] = {}
@@ -372,8 +374,8 @@ class Engine:
                 saved_sd.setdefault(owner, {})[module_path[len(owner) + 1 :]] = tensor
             elif is_lora_key(key):
                 lora_sd[key] = tensor
-            # Anything else names no base weight (unsupported_features refused those): unused,
-            # and never handed to peft, which would load it into the shared base.
+            # Anything else names no base weight (those are in `copies`): unused, and never
+            # handed to peft, which would load it into the shared base.
         head = self._adapter_head(name, head_names, head_sd)
         saved_modules = self._saved_copies(name, saved_sd)
         if not lora_sd and head is None and not saved_modules:

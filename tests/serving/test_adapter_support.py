@@ -256,7 +256,8 @@ def test_weights_that_would_overwrite_the_shared_base_are_refused(
     tiny_causal_lm: Path, installed_llama: Path, tmp_path: Path
 ) -> None:
     """A tensor naming a base weight outside LoRA and modules_to_save would be loaded by peft
-    into the shared base (every adapter and the bare base would change): refused by both."""
+    into the shared base (every adapter and the bare base would change): one that differs
+    from the base's is refused by both; one equal to it is dropped and the adapter serves."""
     from safetensors.torch import load_file, save_file
 
     adapter = make_variant_adapter(tiny_causal_lm, tmp_path / "o", "CAUSAL_LM", 0, target_modules=["q_proj"])  # fmt: skip
@@ -264,13 +265,19 @@ def test_weights_that_would_overwrite_the_shared_base_are_refused(
     weights["base_model.model.model.norm.weight"] = torch.zeros(64)
     save_file(weights, adapter / "adapter_model.safetensors")
     report, _ = _install_adapter(adapter, installed_llama, tmp_path, "o")
-    said = "(base_model.model.model.norm.weight) would overwrite the shared base model"
+    said = "retrained base weights ('model.norm.weight' differs from the base's; loading it"
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
-    assert said in report["message"]
+    assert said in report["message"], report["message"]
     engine = Engine(tiny_causal_lm, "text-generation", max_adapters=1)
     before = engine.model.get_submodule("model.norm").weight.clone()
-    with pytest.raises(AdapterLoadError, match="would overwrite the shared base model"):
+    with pytest.raises(AdapterLoadError, match="would change the shared base"):
         engine.load_adapter("o", adapter)
+    assert torch.equal(engine.model.get_submodule("model.norm").weight, before)
+    weights["base_model.model.model.norm.weight"] = before  # a copy equal to the base's
+    save_file(weights, adapter / "adapter_model.safetensors")
+    report, _ = _install_adapter(adapter, installed_llama, tmp_path, "equal")
+    assert report["ok"], report
+    engine.load_adapter("o", adapter)
     assert torch.equal(engine.model.get_submodule("model.norm").weight, before)
 
 

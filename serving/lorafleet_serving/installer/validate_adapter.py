@@ -22,8 +22,7 @@ from pathlib import Path
 
 from ..adapter_support import (
     HEAD_NAMES,
-    base_layer_copies,
-    base_weight_keys,
+    base_weight_copies,
     config_keys_peft_ignores,
     copy_problems,
     saved_module_names,
@@ -417,9 +416,8 @@ def validate_adapter(
     applied, unmatched, bad_shapes = [], [], []
     parts: dict[str, set[str]] = {}  # module -> LoRA matrices present (lora_A, lora_B, ...)
     head_shapes: dict[str, tuple[int, ...]] = {}
-    copies = base_layer_copies(shapes)  # compared with the base's below, never loaded
     saved_paths = saved_module_names(modules_to_save, modules)
-    overwrite = set(base_weight_keys(shapes, arch.model, saved_paths))  # refused below
+    copies = base_weight_copies(shapes, arch.model, saved_paths)  # compared below, never loaded
     for key, shape in shapes.items():
         if key in copies:
             continue
@@ -428,8 +426,8 @@ def validate_adapter(
         if m is None:
             if any(inner.startswith(p + ".") for p in saved_paths):
                 head_shapes[inner] = shape
-            elif ".base_layer." not in inner and key not in overwrite:
-                unmatched.append(key)  # names no base weight: unused (base weights: refused)
+            else:
+                unmatched.append(key)  # names no base weight: unused, never loaded
             continue
         module_name, kind = m["module"], m["kind"]
         module = modules.get(module_name)
