@@ -104,7 +104,8 @@ def base_weight_copies(
     Returns:
         Adapter key -> the base's own state-dict key (``model.embed_tokens.weight``).
     """
-    own = {name for name, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    own = {name for name, _ in model.named_parameters(remove_duplicate=False)}  # tied ones too
+    own |= {name for name, _ in model.named_buffers(remove_duplicate=False)}
     saved = list(saved_modules)
     out: dict[str, str] = {}
     for key in weight_keys:

@@ -25,6 +25,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,24 @@ def _labels_list(labels: dict | Sequence[str] | None, n: int, where: str) -> lis
     return out
 
 
+def _excluding_saved(exclude: str | list[str] | None, saved: list[str]) -> str | list[str] | None:
+    """``exclude_modules`` that also keeps LoRA out of the modules saved whole, as peft does
+    when ``modules_to_save`` is set (``check_target_module_exists`` in
+    ``peft/tuners/tuners_utils.py``: a module in or under a saved one is never a target). The
+    engine hands peft no ``modules_to_save`` (it swaps those modules itself), so it says so
+    with ``exclude_modules`` instead, in peft's own forms (a regex is full-matched; a list
+    entry matches the module name or its ``.``-suffix)."""
+    if not saved:
+        return exclude
+    inside = "(?:^|.*\\.)(?:" + "|".join(re.escape(m) for m in saved) + ")(?:$|\\..*)"
+    if exclude is None or exclude == []:
+        return inside
+    if isinstance(exclude, str):
+        return f"(?:{exclude})|{inside}"
+    listed = "(?:.*\\.)?(?:" + "|".join(re.escape(e) for e in exclude) + ")"
+    return f"{listed}|{inside}"
+
+
 def _without_lora(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` with every peft ``LoraLayer`` in it (or itself) replaced by
     the layer it wraps: the plain module as the base model had it, for an adapter's own copy
@@ -153,13 +172,18 @@ def _without_lora(module: nn.Module) -> nn.Module:
     from peft.tuners.lora import LoraLayer
 
     if isinstance(module, LoraLayer):
-        return copy.deepcopy(module.get_base_layer())
+        module = module.get_base_layer()
     clone = copy.deepcopy(module)
     wrapped = [(n, m) for n, m in clone.named_modules() if n and isinstance(m, LoraLayer)]
     for name, layer in sorted(wrapped, key=lambda item: -len(item[0])):
         parent_name, _, child = name.rpartition(".")
         parent = clone.get_submodule(parent_name) if parent_name else clone
         setattr(parent, child, layer.get_base_layer())
+    # The per-row hooks BatchedLoRA put on the base's modules are not the copy's: a copy
+    # that kept them would route its own rows again (or call itself).
+    for sub in clone.modules():
+        for hooks in ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs"):
+            getattr(sub, hooks, {}).clear()
     return clone
 
 
@@ -385,6 +409,7 @@ class Engine:
         self._peft_counter += 1
         internal = f"lf{self._peft_counter}"
         peft_config = copy.deepcopy(config)
+        peft_config.exclude_modules = _excluding_saved(config.exclude_modules, saved_entries)
         peft_config.modules_to_save = None
         peft_config.task_type = None
         peft_config.inference_mode = True

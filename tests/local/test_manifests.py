@@ -293,3 +293,15 @@ def test_served_table_counts_what_is_served_and_labels_reasons() -> None:
     text = console.export_text()
     assert "models: 0 of 2 served (16.0 s)" in text
     assert "ENDPOINT / REASON" in text and "Timeout" in text and "BaseModelNotReady" in text
+
+
+def test_free_ports_are_drawn_outside_the_ephemeral_and_ray_worker_ranges() -> None:
+    """A port handed to Ray or Serve must not be taken meanwhile by an outgoing connection
+    (kernel ephemeral range) or a Ray worker (10002-19999): a CI run once lost Serve's HTTP
+    port that way ("Address already in use")."""
+    from lorafleet_operator.local.ray_head import _ephemeral_low, free_port, port_is_free
+
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < low for p in ports), ports
+    assert all(port_is_free(p) for p in ports)

@@ -321,3 +321,23 @@ def test_a_rank_pattern_over_the_limit_is_named(
     report = install(request)
     assert not report["ok"] and report["reason"] == "RankExceedsLimit", report
     assert "rank_pattern {'v_proj': 8} exceeds maxRank 4" in report["message"]
+
+
+def test_a_tied_output_layer_copy_that_differs_is_refused(tmp_path: Path) -> None:
+    """GPT-2 ties lm_head to the token embedding: a changed lm_head.weight in an adapter
+    would be written into the shared embedding. It is a base weight too (refused)."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.support.models import make_tiny_causal_lm
+
+    base = make_tiny_causal_lm(tmp_path / "gpt2", arch="gpt2")
+    adapter = make_variant_adapter(base, tmp_path / "tied", "CAUSAL_LM", 0, target_modules=["c_attn"])  # fmt: skip
+    weights = load_file(adapter / "adapter_model.safetensors")
+    engine = Engine(base, "text-generation", max_adapters=1)
+    wte = engine.model.get_submodule("transformer.wte").weight
+    before = wte.detach().clone()
+    weights["base_model.model.lm_head.weight"] = before + 0.5
+    save_file(weights, adapter / "adapter_model.safetensors")
+    with pytest.raises(AdapterLoadError, match=r"'lm_head\.weight' differs from the base's"):
+        engine.load_adapter("tied", adapter)
+    assert torch.equal(engine.model.get_submodule("transformer.wte").weight, before)

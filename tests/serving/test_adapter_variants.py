@@ -158,3 +158,36 @@ def test_a_saved_module_loads_after_other_adapters_put_lora_on_it(
         for p in PROMPTS
     }
     _assert_generates_like_peft(engine, list(paths), references)
+
+
+def test_saved_modules_shared_nested_or_holding_targets_equal_peft(
+    tiny_causal_lm: Path, gen_variants: dict, tmp_path: Path
+):
+    """Two adapters saving the same module; one saving every down_proj loaded before one
+    saving the whole layers.1.mlp around it; target_modules reaching inside a saved module
+    (peft leaves those without LoRA): all served equal to peft, mixed in one batch."""
+    made = make_variants(
+        tiny_causal_lm,
+        tmp_path,
+        "CAUSAL_LM",
+        {
+            "lmhead2": {"target_modules": ["v_proj"], "modules_to_save": ["lm_head"]},
+            "downs": {"target_modules": ["q_proj"], "modules_to_save": ["down_proj"]},
+            "mlp1": {
+                "target_modules": ["q_proj", "down_proj"],
+                "modules_to_save": ["layers.1.mlp"],
+            },
+        },
+        40,
+    )
+    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+    paths = {None: None, "lmhead": gen_variants["lmhead"], **made}
+    for name in ("lmhead", "lmhead2", "downs", "mlp1"):
+        engine.load_adapter(name, paths[name])
+    references = {
+        (n, p): reference_greedy(tiny_causal_lm, path, engine.encode_prompt(p), MAX_NEW)
+        for n, path in paths.items()
+        for p in PROMPTS
+    }
+    _assert_generates_like_peft(engine, list(paths), references)
+    _assert_generates_like_peft(engine, ["mlp1", "downs"], references)

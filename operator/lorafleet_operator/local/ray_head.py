@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -63,10 +64,37 @@ LOOPBACK_HOOK = "lorafleet_serving.loopback.keep_grpc_on_loopback"
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free at the time of the call."""
+    """Return a TCP port on 127.0.0.1 that was free at the time of the call.
+
+    The port is drawn from below the kernel's ephemeral range
+    (``/proc/sys/net/ipv4/ip_local_port_range``, where every outgoing connection takes its
+    local port) and above Ray's worker ports (``--min-worker-port`` 10002 to
+    ``--max-worker-port`` 19999 by default): a port handed out there stays free until the
+    server that was told to use it binds it, however many connections and Ray workers start
+    meanwhile. When none is free there, any free port (the kernel's choice).
+    """
+    low = _ephemeral_low()
+    draw = random.SystemRandom()
+    if low > _FIRST_PORT + 1:
+        for _ in range(64):
+            port = draw.randrange(_FIRST_PORT, low)
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
+
+
+#: Above Ray's default worker port range (10002-19999).
+_FIRST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (32768 when it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def port_is_free(port: int) -> bool:
