@@ -15,7 +15,10 @@ classification base's head is applied per row by the engine; other modules are s
 row). Not served, each named with the modules concerned: DoRA on embeddings, LoRA on
 convolution layers, a module both adapted and saved whole, trained base biases (``bias`` other
 than ``none``), ``trainable_token_indices``, aLoRA (``alora_invocation_tokens``),
-``layer_replication``, ``target_parameters``, and ``modules_to_save`` entries naming no module.
+``layer_replication``, ``target_parameters``, ``modules_to_save`` entries naming no module,
+``init_lora_weights`` that rewrite the base (PiSSA, OLoRA, CorDA, LoftQ), peft's other variants,
+and unknown config keys that look like they change the math. Base weights an adapter carries
+(:func:`base_weight_copies`) are dropped when equal to the base's and refused otherwise.
 
 Key format follows peft's saved state dict (``base_model.model.<module>.lora_A.weight``;
 ``peft/utils/save_and_load.py``).
@@ -34,9 +37,11 @@ from torch import nn
 HEAD_NAMES = ("classifier", "score")
 #: Prefix of every key in a saved peft state dict.
 PEFT_PREFIX = "base_model.model."
-_LORA_KEY = re.compile(
-    r"^(?P<module>.+?)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B"
-    r"|lora_magnitude_vector)(?:\.[^.]+(?=\.(?:weight|bias)$))?(?:\.(?P<param>weight|bias))?$"
+#: A LoRA tensor's name in a saved adapter (prefix removed): the adapted module, which LoRA
+#: matrix (``lora_A``/``lora_B``, embedding LoRA, DoRA magnitude) and weight or bias.
+LORA_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B"
+    r"|lora_magnitude_vector)(?:\.(?P<param>weight|bias))?$"
 )
 _SHOWN = 3
 
@@ -52,7 +57,7 @@ def classification_head_name(model: nn.Module) -> str | None:
 def is_lora_key(key: str) -> bool:
     """Whether a saved tensor name is a LoRA weight (``lora_A``/``lora_B``, embedding LoRA,
     DoRA magnitude, ``lora_B`` bias), with or without the ``base_model.model.`` prefix."""
-    return _LORA_KEY.match(key.removeprefix(PEFT_PREFIX)) is not None
+    return LORA_KEY.match(key.removeprefix(PEFT_PREFIX)) is not None
 
 
 def saved_module_names(entries: Iterable[str], module_names: Iterable[str]) -> list[str]:
@@ -181,7 +186,7 @@ def unsupported_features(
     lora: dict[str, set[str]] = {}
     for key in weight_keys:
         inner = key.removeprefix(PEFT_PREFIX)
-        match = _LORA_KEY.match(inner)
+        match = LORA_KEY.match(inner)
         if match is None:
             continue
         kind = match["kind"] + (".bias" if match["param"] == "bias" else "")
@@ -203,7 +208,7 @@ def unsupported_features(
         problems.append(f"LoRA on convolution layers ({_listing(conv)}) is not served")
     saved = list(dict.fromkeys(config.get("modules_to_save") or []))
     adapted = set().union(*lora.values()) if lora else set()
-    both = {name for name in adapted for entry in saved if name.endswith(entry)}
+    both = set(saved_module_names(saved, adapted))
     if both:
         problems.append(
             f"modules_to_save {saved} also carries LoRA weights ({_listing(both)}): a module"
@@ -217,8 +222,9 @@ def unsupported_features(
     ]
     if absent:
         problems.append(f"modules_to_save {absent} names no module of the base model")
+    variants = set(requested_variants(config))  # their own message below
     init = config.get("init_lora_weights", True)
-    if not isinstance(init, bool) and init not in _SERVED_INITS | {"mica"}:
+    if not isinstance(init, bool) and init not in _SERVED_INITS | variants:
         why = (
             "trained against a base that peft rewrites at init (PiSSA, OLoRA, CorDA, LoftQ):"
             " convert it to plain LoRA first (save_pretrained(...,"
@@ -243,9 +249,7 @@ def unsupported_features(
             f"LoRA on parameters (target_parameters {list(config['target_parameters'])})"
             " is not served"
         )
-    others = sorted(
-        set(requested_variants(config)) - _SERVED_VARIANTS - {"alora_invocation_tokens"}
-    )
+    others = sorted(variants - _SERVED_VARIANTS - {"alora_invocation_tokens"})
     if others:
         problems.append(
             f"peft LoRA variant(s) {', '.join(others)} (they change the layer's forward) not served"
@@ -272,8 +276,6 @@ _SERVED_VARIANTS = frozenset({"use_dora"})
 #: computes (``use_dora``, ``rank_pattern``, ``kasa_config``, ``alora_invocation_tokens``,
 #: ``trainable_token_indices``): an unknown one with a set value is refused, not ignored.
 _MATH_KEY = re.compile(r"^use_|_pattern$|_config$|_tokens$|_indices$|^lora_")
-#: Keys peft writes into ``adapter_config.json`` besides ``LoraConfig``'s fields.
-_METADATA_KEYS = frozenset({"peft_type", "task_type", "auto_mapping", "base_model_name_or_path"})
 
 
 def _active(value: Any) -> bool:
@@ -317,5 +319,5 @@ def config_keys_peft_ignores(config: Mapping[str, Any]) -> list[str]:
     """
     from peft import LoraConfig
 
-    known = {f.name for f in dataclasses.fields(LoraConfig)} | _METADATA_KEYS
+    known = {f.name for f in dataclasses.fields(LoraConfig)}  # metadata keys included
     return sorted(k for k in config if k not in known)

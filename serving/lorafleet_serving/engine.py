@@ -37,6 +37,7 @@ from torch import nn
 
 from .adapter_support import (
     HEAD_NAMES,
+    PEFT_PREFIX,
     base_weight_copies,
     classification_head_name,
     copy_problems,
@@ -51,7 +52,6 @@ from .types import BASE_ADAPTER, TASKS, FinishReason
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_PEFT_PREFIX = "base_model.model."
 
 
 def resolve_dtype(
@@ -389,7 +389,7 @@ class Engine:
         head_sd: dict[str, torch.Tensor] = {}
         saved_sd: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in weights.items():
-            module_path = key.removeprefix(_PEFT_PREFIX)
+            module_path = key.removeprefix(PEFT_PREFIX)
             top = module_path.split(".", 1)[0]
             owner = next((q for q in saved_paths if module_path.startswith(q + ".")), None)
             if top in head_names:

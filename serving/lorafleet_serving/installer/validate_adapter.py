@@ -22,6 +22,8 @@ from pathlib import Path
 
 from ..adapter_support import (
     HEAD_NAMES,
+    LORA_KEY,
+    PEFT_PREFIX,
     base_weight_copies,
     config_keys_peft_ignores,
     copy_problems,
@@ -44,10 +46,6 @@ from .errors import (
 from .manifest import MANIFEST_NAME
 from .weights import header_shapes, safetensors_files
 
-PEFT_PREFIX = "base_model.model."
-LORA_MARK = re.compile(
-    r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)(?:\.(?P<param>weight|bias))?$"
-)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
@@ -276,9 +274,9 @@ def _check_complete(cfg: dict, parts: dict[str, set[str]], modules: dict, file: 
     from torch import nn
     from transformers.pytorch_utils import Conv1D
 
-    fields = {f for f in LoraConfig.__dataclass_fields__} - {"peft_type"}
+    unknown = {*config_keys_peft_ignores(cfg), "peft_type"}  # peft_type is LoraConfig's own
     try:
-        config = LoraConfig(**{k: v for k, v in cfg.items() if k in fields})
+        config = LoraConfig(**{k: v for k, v in cfg.items() if k not in unknown})
     except (TypeError, ValueError) as exc:
         raise InstallError(INVALID_ADAPTER, f"adapter_config.json: {exc}") from exc
     without = sorted(
@@ -422,7 +420,7 @@ def validate_adapter(
         if key in copies:
             continue
         inner = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
-        m = LORA_MARK.match(inner)
+        m = LORA_KEY.match(inner)
         if m is None:
             if any(inner.startswith(p + ".") for p in saved_paths):
                 head_shapes[inner] = shape
