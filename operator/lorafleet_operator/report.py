@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from lorafleet_operator.models import BASEMODEL_KIND
+
 #: How much of a non-JSON termination message is quoted in a condition message (characters).
 QUOTE_CHARS = 400
 #: The installer's plain progress line (docs/interfaces.md section 2), at the end of a log line.
@@ -130,3 +132,35 @@ def progress_from_log(text: str) -> dict[str, Any] | None:
                 "bytesTotal": None if total == "?" else int(total),
             }
     return None
+
+
+def pod_path(
+    report_path: str | None, mount: str, namespace: str, kind: str, name: str
+) -> str | None:
+    """The install folder as pods see it (under the volume mount).
+
+    The installer reports the folder as it saw it; where the volume is mounted elsewhere (local
+    runs), the part from ``/<namespace>/<basemodels|adapters>/<name>/`` on is re-rooted at the
+    mount, following the install layout of docs/interfaces.md.
+
+    Args:
+        report_path: ``path`` from the install report.
+        mount: The volume mount path of Jobs and Ray pods.
+        namespace: The object's namespace.
+        kind: ``BaseModel`` or ``LoraAdapter``.
+        name: The object's name.
+
+    Returns:
+        The path under ``mount``, or ``report_path`` unchanged when it does not follow the layout.
+    """
+    if not report_path:
+        return report_path
+    mount = mount.rstrip("/")
+    if report_path.startswith(mount + "/"):
+        return report_path
+    plural = "basemodels" if kind == BASEMODEL_KIND else "adapters"
+    marker = f"/{namespace}/{plural}/{name}/"
+    index = report_path.find(marker)
+    if index < 0:
+        return report_path
+    return mount + report_path[index:].rstrip("/")

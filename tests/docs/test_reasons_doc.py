@@ -9,7 +9,7 @@ Collected, not listed by hand:
   passes one: ``reason=...``
   keywords and assignments, ``"reason": ...`` dict entries, ``(cond.X, True|False, reason,
   message)`` condition tuples (and ``set_condition`` positional arguments), the first argument
-  of ``Reconciler.fail``, ``ready, reason, message = ...`` tuple assignments, ``return False,
+  of ``failed`` (:func:`lorafleet_operator.status_update.failed`), ``ready, reason, message = ...`` tuple assignments, ``return False,
   reason, message`` (:func:`lorafleet_operator.rayservice.rayservice_readiness`), and local
   mode's ``DeployFailed(reason, ...)`` / ``InstallFailed(key, reason, ...)``;
 - finding codes: ``_finding(level, code, ...)`` and ``"code": ...`` in the installer package.
@@ -88,7 +88,7 @@ def reasons_in_source(text: str) -> set[str]:
             found |= _after_condition(node.args)
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-            position = {"fail": 0, "DeployFailed": 0, "InstallFailed": 1}.get(name)
+            position = {"fail": 0, "failed": 0, "DeployFailed": 0, "InstallFailed": 1}.get(name)
             if position is not None and len(node.args) > position:
                 found |= camel_literals(node.args[position])
         elif isinstance(node, ast.Tuple):
@@ -200,8 +200,8 @@ def test_operator_reasons_are_collected() -> None:
         "ServeAnswering",  # "ServeAnswering" if ... else "RayServiceReady"
         "RayServiceReady",
         "ReadyTimeout",  # condition tuple over several lines
-        "InvalidSpec",  # self.fail("InvalidSpec", ...)
-        "VolumeNotFound",  # self.fail(\n "VolumeNotFound", ...)
+        "InvalidSpec",  # failed("InvalidSpec", ...)
+        "VolumeNotFound",  # failed(\n "VolumeNotFound", ...)
         "InstallFailed",  # reason = report.reason if report else "InstallFailed"
         "Forbidden",  # reason = "Forbidden" if ... else "KubernetesApiError"
         "KubernetesApiError",
@@ -252,6 +252,7 @@ def test_every_finding_code_is_in_the_findings_table() -> None:
         ('(cond.SERVING,\n  False,\n  "Pending",\n  f"Not {x}")', {"Pending"}),
         ('cond.set_condition(c, cond.READY, True, "Fine", "m")', {"Fine"}),
         ('self.fail(reason, f"{message} [Detail]")', set()),
+        ('failed(\n    "Gone", f"{x}", installJob=job)', {"Gone"}),
         ('ok, reason, message = True, "Good", "Bad"', {"Good"}),
         ('{"reason": report.get("reason") or "Fallback"}', {"Fallback"}),
         ("return False, 'Missing', msg", {"Missing"}),

@@ -334,7 +334,7 @@ def test_conditions_keep_transition_time_and_diff():
 
 
 def test_pod_path_reroots_local_install_paths():
-    from lorafleet_operator.handlers import pod_path
+    from lorafleet_operator.report import pod_path
 
     assert (
         pod_path("/models/ml/adapters/a/r1", "/models", "ml", "LoraAdapter", "a")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 
 import pytest
+from lorafleet_operator.manifest import ManifestError, parse_spec, validate_manifest
 from lorafleet_operator.models import (
     BaseModelStatus,
     Condition,
     LoraAdapterSpec,
-    ManifestError,
-    parse_spec,
-    validate_manifest,
 )
 
 BASE = {

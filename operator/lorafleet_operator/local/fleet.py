@@ -170,6 +170,12 @@ class Fleet:
             progress=None,
         )
         self.out.info(f"{obj.key}: installing from {display_uri(obj.spec.source.uri)}")
+        return self._run_installer(obj, base, base_path)
+
+    def _run_installer(
+        self, obj: LocalObject, base: dict[str, Any] | None, base_path: str | None
+    ) -> dict[str, Any] | None:
+        """Run the installer for one object; return its Installed record, or ``None``."""
         max_rank = None
         base_source = None
         if base is not None:

@@ -3,7 +3,7 @@
 Every ``*.yaml``/``*.yml`` file directly in the folder is read; a file may hold several YAML
 documents (``---``). Documents of other API groups (a Secret, a ConfigMap, ...) are skipped and
 listed; documents of ``lorafleet.io`` are validated with the operator's own spec models
-(:func:`lorafleet_operator.models.validate_manifest`), so an error names the file, the object and
+(:func:`lorafleet_operator.manifest.validate_manifest`), so an error names the file, the object and
 the field exactly as it would on a cluster. References are checked too: a LoraAdapter's
 ``spec.baseModel`` must name a BaseModel of the same namespace in the folder, and two objects of
 one kind may not share a namespace/name or a served name.
@@ -25,14 +25,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from lorafleet_operator.manifest import ManifestError, validate_manifest
 from lorafleet_operator.models import (
     BASEMODEL_KIND,
     GROUP,
     LORAADAPTER_KIND,
     BaseModelSpec,
     LoraAdapterSpec,
-    ManifestError,
-    validate_manifest,
 )
 
 #: Namespace of objects whose manifest gives none (as ``kubectl apply`` would use).

@@ -212,6 +212,111 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _load(out: _Console, directory: Path) -> tuple[Any, list[Any]] | None:
+    """The folder's snapshot and objects, or ``None`` (said why) when there is nothing valid."""
+    from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
+
+    try:
+        snapshot = _snapshot(directory)
+        objects, skipped = load_manifests(directory)
+    except (NotADirectoryError, ManifestsInvalid) as exc:
+        out.error(f"{exc}")
+        out.error("nothing was installed or started")
+        return None
+    for note in skipped:
+        out.info(note)
+    if not objects:
+        out.error(f"no BaseModel or LoraAdapter manifest in {directory}; nothing to serve")
+        return None
+    out.info(
+        f"{len(objects)} object(s) in {directory}: "
+        + ", ".join(f"{o.kind}/{o.name}" for o in objects)
+    )
+    return snapshot, objects
+
+
+def _connect(out: _Console, args: argparse.Namespace, home: Path) -> tuple[Any, Any, int] | None:
+    """Reach Ray: the cluster at ``--ray-dashboard``, or a local head started here.
+
+    Returns:
+        ``(head or None, ServeREST, Serve HTTP port)``, or ``None`` when ``--port`` is taken.
+    """
+    from lorafleet_operator.local.serve_rest import ServeREST
+
+    if args.ray_dashboard:
+        from lorafleet_operator.local.ray_token import token_from_environment
+
+        serve = ServeREST(args.ray_dashboard, token=token_from_environment())
+        details = serve.details()
+        http_port = int((details.get("http_options") or {}).get("port") or args.port)
+        if (details.get("controller_info") or {}).get("actor_id") is None:
+            http_port = args.port  # Serve not started yet: our http_options apply
+        out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
+        return None, serve, http_port
+    from lorafleet_operator.local.ray_head import SECRETS_DIR, LocalRayHead, port_is_free
+
+    if not port_is_free(args.port):
+        out.error(f"port {args.port} on 127.0.0.1 is already in use; choose another with --port")
+        return None
+    num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
+    out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
+    started = time.monotonic()
+    head = LocalRayHead.start(num_cpus=num_cpus, secrets_dir=home / SECRETS_DIR)
+    out.info(
+        f"Ray is up in {time.monotonic() - started:.1f} s: dashboard {head.dashboard_url}"
+        f" (token auth: Bearer token in {head.token_file}), logs {head.logs_dir}"
+    )
+    return head, ServeREST(head.dashboard_url, token=head.token), args.port
+
+
+def _serve_until_stopped(
+    out: _Console,
+    args: argparse.Namespace,
+    fleet: Any,
+    directory: Path,
+    snapshot: Any,
+    objects: list[Any],
+) -> None:
+    """Apply the objects, then follow the folder (or sleep) until interrupted."""
+    from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
+    from lorafleet_operator.local.serve_rest import DeployFailed
+
+    started = time.monotonic()
+    ok = fleet.apply(objects)
+    _print_served(out, fleet, time.monotonic() - started)
+    if not ok:
+        out.error("some objects are not served; see `lorafleet status` for the reasons")
+    if args.no_watch:
+        out.info("serving until Ctrl-C (not following the folder: --no-watch)")
+        while True:
+            time.sleep(3600)
+    else:
+        _watch(out, fleet, directory, snapshot, load_manifests, ManifestsInvalid, DeployFailed)
+
+
+def _shut_down(out: _Console, fleet: Any, head: Any, serve: Any, code: int) -> None:
+    """Remove the applications (shared cluster) or stop the head; never interrupted."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # let the clean-up finish
+    try:
+        if fleet is not None and head is None:
+            try:
+                fleet.undeploy()
+            except Exception as exc:
+                out.error(f"could not remove the applications: {exc}")
+        if head is not None:
+            head.stop(remove_temp=code == EXIT_OK)
+            out.info("Ray head stopped")
+        if fleet is not None:
+            fleet.mark_stopped()
+        if serve is not None:
+            serve.close()
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``lorafleet up`` (see the module docstring).
 
@@ -222,66 +327,28 @@ def run(args: argparse.Namespace) -> int:
         0 after a clean stop, 1 when serving failed, 2 when the manifests are invalid.
     """
     from lorafleet_operator.local.fleet import Fleet, Reporter
-    from lorafleet_operator.local.manifests import ManifestsInvalid, load_manifests
-    from lorafleet_operator.local.serve_rest import DeployFailed, ServeREST
+    from lorafleet_operator.local.serve_rest import DeployFailed
 
     out = _Console()
     directory = args.directory.resolve()
     home = args.home.resolve()
-    try:
-        snapshot = _snapshot(directory)
-        objects, skipped = load_manifests(directory)
-    except (NotADirectoryError, ManifestsInvalid) as exc:
-        out.error(f"{exc}")
-        out.error("nothing was installed or started")
+    loaded = _load(out, directory)
+    if loaded is None:
         return EXIT_INVALID
-    for note in skipped:
-        out.info(note)
-    if not objects:
-        out.error(f"no BaseModel or LoraAdapter manifest in {directory}; nothing to serve")
-        return EXIT_INVALID
-    out.info(
-        f"{len(objects)} object(s) in {directory}: "
-        + ", ".join(f"{o.kind}/{o.name}" for o in objects)
-    )
-
+    snapshot, objects = loaded
     # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
     # an inherited SIG_IGN; `kill -INT` must stop `up` all the same.
     # SIGHUP too: closing the terminal must not orphan the Ray head.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-    head = None
-    serve = None
-    fleet = None
+    head = serve = fleet = None
     code = EXIT_OK
     try:
-        if args.ray_dashboard:
-            from lorafleet_operator.local.ray_token import token_from_environment
-
-            serve = ServeREST(args.ray_dashboard, token=token_from_environment())
-            details = serve.details()
-            http_port = int((details.get("http_options") or {}).get("port") or args.port)
-            if (details.get("controller_info") or {}).get("actor_id") is None:
-                http_port = args.port  # Serve not started yet: our http_options apply
-            out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
-        else:
-            from lorafleet_operator.local.ray_head import SECRETS_DIR, LocalRayHead, port_is_free
-
-            if not port_is_free(args.port):
-                out.error(
-                    f"port {args.port} on 127.0.0.1 is already in use; choose another with --port"
-                )
-                return EXIT_FAILED
-            num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
-            out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
-            started = time.monotonic()
-            head = LocalRayHead.start(num_cpus=num_cpus, secrets_dir=home / SECRETS_DIR)
-            out.info(
-                f"Ray is up in {time.monotonic() - started:.1f} s: dashboard {head.dashboard_url}"
-                f" (token auth: Bearer token in {head.token_file}), logs {head.logs_dir}"
-            )
-            serve = ServeREST(head.dashboard_url, token=head.token)
-            http_port = args.port
+        connected = _connect(out, args, home)
+        if connected is None:
+            code = EXIT_FAILED
+            return code
+        head, serve, http_port = connected
         fleet = Fleet(
             home,
             serve,
@@ -297,17 +364,7 @@ def run(args: argparse.Namespace) -> int:
             dashboard=serve.dashboard_url,
             endpoint=f"http://127.0.0.1:{http_port}",
         )
-        started = time.monotonic()
-        ok = fleet.apply(objects)
-        _print_served(out, fleet, time.monotonic() - started)
-        if not ok:
-            out.error("some objects are not served; see `lorafleet status` for the reasons")
-        if args.no_watch:
-            out.info("serving until Ctrl-C (not following the folder: --no-watch)")
-            while True:
-                time.sleep(3600)
-        else:
-            _watch(out, fleet, directory, snapshot, load_manifests, ManifestsInvalid, DeployFailed)
+        _serve_until_stopped(out, args, fleet, directory, snapshot, objects)
     except KeyboardInterrupt:
         out.info("stopping")
     except DeployFailed as exc:
@@ -319,25 +376,7 @@ def run(args: argparse.Namespace) -> int:
         out.error(f"{type(exc).__name__}: {exc}")
         code = EXIT_FAILED
     finally:
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)  # let the clean-up finish
-        try:
-            if fleet is not None and head is None:
-                try:
-                    fleet.undeploy()
-                except Exception as exc:
-                    out.error(f"could not remove the applications: {exc}")
-            if head is not None:
-                head.stop(remove_temp=code == EXIT_OK)
-                out.info("Ray head stopped")
-            if fleet is not None:
-                fleet.mark_stopped()
-            if serve is not None:
-                serve.close()
-        finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        _shut_down(out, fleet, head, serve, code)
     return code
 
 
