@@ -9,7 +9,6 @@ finalizer's work.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -65,7 +64,7 @@ class BaseModelReconciler:
         body: Mapping[str, Any],
         state: OperatorState,
         indexes: Indexes,
-        logger: logging.Logger,
+        logger: kopf.Logger,
     ) -> None:
         self.writer = StatusWriter(BASEMODEL_KIND, body, state, logger)
         self.state = state
@@ -196,8 +195,7 @@ class BaseModelReconciler:
         if "authOptions" not in ((rs.get("spec") or {}).get("rayClusterConfig") or {}):
             # The RayService CRD is older than KubeRay 1.5 and pruned the field: Ray runs
             # without token auth. Said once, where the user looks.
-            kopf.warn(
-                self.writer.body,
+            self.writer.warn(
                 reason="RayAuthDropped",
                 message=f"RayService {rs_name}: the cluster's RayService CRD dropped"
                 " rayClusterConfig.authOptions (KubeRay < 1.5): Ray runs without token"
@@ -283,11 +281,10 @@ class BaseModelReconciler:
                 settings=self.settings,
             )
         except ValueError as exc:
-            kopf.warn(self.writer.body, reason="CleanupRefused", message=str(exc))
+            self.writer.warn(reason="CleanupRefused", message=str(exc))
             return
         if await self.api.create_job(self.namespace, job):
-            kopf.info(
-                self.writer.body,
+            self.writer.info(
                 reason="RemovingOldRevision",
                 message=f"{new_path} serves; removing {old_path}",
             )

@@ -88,7 +88,7 @@ def get_condition(
 def is_true(conditions: Iterable[Mapping[str, Any]] | None, ctype: str) -> bool:
     """Whether the condition ``ctype`` exists with status ``True``."""
     cond = get_condition(conditions, ctype)
-    return bool(cond) and cond.get("status") == "True"
+    return cond is not None and cond.get("status") == "True"
 
 
 def _strip_times(value: Any) -> Any:

@@ -37,7 +37,8 @@ def _resolve_ref(ref: str, defs: dict[str, Any]) -> dict[str, Any]:
     prefix = "#/$defs/"
     if not ref.startswith(prefix) or ref[len(prefix) :] not in defs:
         raise SchemaConversionError(f"cannot resolve $ref {ref!r}")
-    return defs[ref[len(prefix) :]]
+    resolved: dict[str, Any] = defs[ref[len(prefix) :]]
+    return resolved
 
 
 def to_structural(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -287,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``lorafleet crds [--check] [--output-dir DIR]``.
 
     Args:

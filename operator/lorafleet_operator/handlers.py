@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from lorafleet_operator.basemodel_reconcile import BaseModelReconciler
 from lorafleet_operator.indexes import (
@@ -69,6 +69,10 @@ IDLE_RECHECK_S = 120.0
 BaseIndex = kopf.Index[IndexKey, BaseFacts]
 AdapterIndex = kopf.Index[IndexKey, AdapterFacts]
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+#: kopf passes each index to every handler as a keyword argument named after the index
+#: function; its callback protocols do not declare such arguments, so the handlers that take
+#: them typed carry ``type: ignore[arg-type]`` on their decorator.
+INDEX_KWARGS = ("basemodels_by_name", "adapters_by_base")
 
 
 # --------------------------------------------------------------------------------- startup
@@ -101,18 +105,28 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 @kopf.index(GROUP, VERSION, BASEMODEL_PLURAL)
 def basemodels_by_name(
-    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    **_: Any,
 ) -> dict[IndexKey, BaseFacts]:
     """Index BaseModel -> the facts adapters need (installed path, claim, max rank)."""
-    return base_facts(namespace, name, spec, status, meta)
+    return base_facts(namespace or "", name, spec, status, meta)
 
 
 @kopf.index(GROUP, VERSION, LORAADAPTER_PLURAL)
 def adapters_by_base(
-    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, **_: Any
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    **_: Any,
 ) -> dict[tuple[str, Any], AdapterFacts]:
     """Index (namespace, baseModel) -> each adapter's registry entry and phase."""
-    return adapter_facts(namespace, name, spec, status, meta)
+    return adapter_facts(namespace or "", name, spec, status, meta)
 
 
 # -------------------------------------------------------------------------------- daemons
@@ -122,7 +136,7 @@ async def _reconcile_forever(
     kind: str,
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     state: OperatorState,
     indexes: Indexes,
 ) -> None:
@@ -159,11 +173,11 @@ async def _reconcile_forever(
         await state.wakeups.sleep(key, stopped, delay or IDLE_RECHECK_S, debounce)
 
 
-@kopf.daemon(GROUP, VERSION, BASEMODEL_PLURAL, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, BASEMODEL_PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]  # index kwargs: see INDEX_KWARGS
 async def basemodel_daemon(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     memo: kopf.Memo,
     basemodels_by_name: BaseIndex,
     adapters_by_base: AdapterIndex,
@@ -174,11 +188,11 @@ async def basemodel_daemon(
     await _reconcile_forever(BASEMODEL_KIND, body, stopped, logger, state_of(memo), indexes)
 
 
-@kopf.daemon(GROUP, VERSION, LORAADAPTER_PLURAL, cancellation_timeout=5.0)
+@kopf.daemon(GROUP, VERSION, LORAADAPTER_PLURAL, cancellation_timeout=5.0)  # type: ignore[arg-type]  # index kwargs: see INDEX_KWARGS
 async def adapter_daemon(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     memo: kopf.Memo,
     basemodels_by_name: BaseIndex,
     adapters_by_base: AdapterIndex,
@@ -192,9 +206,9 @@ async def adapter_daemon(
 # ------------------------------------------------------------------------ wake-up events
 
 
-@kopf.on.event(GROUP, VERSION, BASEMODEL_PLURAL)
+@kopf.on.event(GROUP, VERSION, BASEMODEL_PLURAL)  # type: ignore[arg-type]  # index kwargs: see INDEX_KWARGS
 def basemodel_event(
-    namespace: str,
+    namespace: str | None,
     name: str,
     meta: kopf.Meta,
     status: kopf.Status,
@@ -205,12 +219,13 @@ def basemodel_event(
     """Wake a BaseModel's daemon when its spec changed (new generation), and its adapters
     when its installed path changed: an adapter waiting for its base reads the index, which
     this event has just updated (a wake-up at the base's own status write could come first)."""
+    namespace = namespace or ""  # kopf passes it for namespaced resources
     state = state_of(memo)
     key = (BASEMODEL_KIND, namespace, name)
     if state.generations.get(key) != meta.get("generation"):
         state.generations[key] = meta.get("generation")
         state.wakeups.wake(*key)
-    path = (status or {}).get("path")
+    path = status.get("path")
     if state.base_paths.get((namespace, name)) != path:
         state.base_paths[(namespace, name)] = path
         for adapter in Indexes(None, adapters_by_base).adapters(namespace, name):
@@ -219,7 +234,7 @@ def basemodel_event(
 
 @kopf.on.event(GROUP, VERSION, LORAADAPTER_PLURAL)
 def adapter_event(
-    namespace: str,
+    namespace: str | None,
     name: str,
     spec: kopf.Spec,
     meta: kopf.Meta,
@@ -228,18 +243,20 @@ def adapter_event(
     **_: Any,
 ) -> None:
     """Wake an adapter's daemon on a spec change; wake its base when its entry may change."""
+    namespace = namespace or ""  # kopf passes it for namespaced resources
     state = state_of(memo)
     key = (LORAADAPTER_KIND, namespace, name)
     if state.generations.get(key) != meta.get("generation"):
         state.generations[key] = meta.get("generation")
         state.wakeups.wake(*key)
-    if (status or {}).get("phase") == Phase.DEPLOYING or meta.get("deletionTimestamp"):
-        state.wakeups.wake(BASEMODEL_KIND, namespace, (spec or {}).get("baseModel", ""))
+    if status.get("phase") == Phase.DEPLOYING or meta.get("deletionTimestamp"):
+        state.wakeups.wake(BASEMODEL_KIND, namespace, spec.get("baseModel", ""))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
+def job_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     """Wake the owner of an install Job when the Job changes."""
+    namespace = namespace or ""  # kopf passes it for namespaced resources
     kind = {"basemodel": BASEMODEL_KIND, "loraadapter": LORAADAPTER_KIND}.get(
         labels.get(KIND_LABEL, "")
     )
@@ -249,9 +266,10 @@ def job_event(namespace: str, labels: Mapping[str, str], memo: kopf.Memo, **_: A
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, RAYSERVICE_PLURAL, labels=MANAGED)
 def rayservice_event(
-    namespace: str, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """Wake the owning BaseModel when KubeRay changes its RayService's readiness."""
+    namespace = namespace or ""  # kopf passes it for namespaced resources
     owner = labels.get(NAME_LABEL)
     if not owner:
         return
@@ -270,11 +288,11 @@ def rayservice_event(
 # ------------------------------------------------------------------------------ deletion
 
 
-@kopf.on.delete(GROUP, VERSION, LORAADAPTER_PLURAL)
+@kopf.on.delete(GROUP, VERSION, LORAADAPTER_PLURAL)  # type: ignore[arg-type]  # index kwargs: see INDEX_KWARGS
 async def adapter_deleted(
     body: kopf.Body,
     runtime: datetime.timedelta,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     memo: kopf.Memo,
     basemodels_by_name: BaseIndex,
     adapters_by_base: AdapterIndex,
@@ -286,10 +304,10 @@ async def adapter_deleted(
     await reconciler.delete(runtime.total_seconds())
 
 
-@kopf.on.delete(GROUP, VERSION, BASEMODEL_PLURAL)
+@kopf.on.delete(GROUP, VERSION, BASEMODEL_PLURAL)  # type: ignore[arg-type]  # index kwargs: see INDEX_KWARGS
 async def basemodel_deleted(
     body: kopf.Body,
-    logger: logging.Logger,
+    logger: kopf.Logger,
     memo: kopf.Memo,
     basemodels_by_name: BaseIndex,
     adapters_by_base: AdapterIndex,

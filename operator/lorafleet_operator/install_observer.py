@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+import kopf
+from kubernetes.client.exceptions import ApiException
 
 from lorafleet_operator import metrics
 from lorafleet_operator.install_job import (
@@ -38,7 +38,7 @@ class InstallJobs:
         self.api = state.api
 
     async def observe(
-        self, namespace: str, manifest: Mapping[str, Any], logger: logging.Logger
+        self, namespace: str, manifest: Mapping[str, Any], logger: kopf.Logger
     ) -> InstallObservation:
         """Ensure the Job exists (deterministic name) and read its state.
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes import config as kube_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from lorafleet_operator.models import GROUP, VERSION
 from lorafleet_operator.rayservice import RAY_GROUP, RAY_VERSION, RAYSERVICE_PLURAL
@@ -138,7 +138,7 @@ class KubeApi:
 
     async def get_rayservice(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The RayService, or ``None`` when it does not exist."""
-        return await self.get_or_none(
+        found: dict[str, Any] | None = await self.get_or_none(
             self.custom.get_namespaced_custom_object,
             RAY_GROUP,
             RAY_VERSION,
@@ -146,6 +146,7 @@ class KubeApi:
             RAYSERVICE_PLURAL,
             name,
         )
+        return found
 
     async def create_rayservice(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         """Create a RayService; returns it as the API server stored it (pruned fields gone)."""

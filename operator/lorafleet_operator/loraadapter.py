@@ -191,7 +191,7 @@ def install_step(
             (cond.READY, False, "RegistryUpdatePending", pending),
         ),
     )
-    entry = adapter_entry(path, report.rank or None, dict(labels or {}) or report.labels)
+    entry = adapter_entry(path or "", report.rank or None, dict(labels or {}) or report.labels)
     return AdapterInstallStep(update, entry, None)
 
 

@@ -9,7 +9,6 @@ work: out of the registry, then the files (per ``deletionPolicy``), within
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +48,7 @@ class LoraAdapterReconciler:
         body: Mapping[str, Any],
         state: OperatorState,
         indexes: Indexes,
-        logger: logging.Logger,
+        logger: kopf.Logger,
     ) -> None:
         self.writer = StatusWriter(LORAADAPTER_KIND, body, state, logger)
         self.state = state
@@ -87,7 +86,7 @@ class LoraAdapterReconciler:
             await self.writer.apply(blocked)
             return None
         base = self.indexes.base(self.namespace, spec.base_model)
-        assert base is not None and base.claim  # base_not_ready checked both
+        assert base is not None and base.claim and base.path  # base_not_ready checked them
         job = build_adapter_install_job(
             self.writer.body,
             spec,
@@ -156,7 +155,7 @@ class LoraAdapterReconciler:
             if not over_bound:
                 await self.writer.apply(loraadapter.removing_from_registry(base))
                 raise kopf.TemporaryError("waiting for the serve config update", delay=1)
-            kopf.warn(body, reason="DeletionTimeout", message="still in the serve config registry")
+            self.writer.warn(reason="DeletionTimeout", message="still in the serve config registry")
         path = status.get("path")
         claim = (facts.claim if facts else None) or status.get("claimName")
         plan = loraadapter.cleanup_plan(
@@ -165,7 +164,7 @@ class LoraAdapterReconciler:
         if plan == "remove":
             await self._remove_files(str(path), str(claim))
         elif plan == "timeout":
-            kopf.warn(body, reason="DeletionTimeout", message=f"files at {path} were not removed")
+            self.writer.warn(reason="DeletionTimeout", message=f"files at {path} were not removed")
         self.state.hints[(self.namespace, base)].pop(served, None)
         self.state.forget(LORAADAPTER_KIND, self.namespace, self.name)
         self.logger.info("adapter %s removed", self.name)
@@ -182,7 +181,7 @@ class LoraAdapterReconciler:
                 LORAADAPTER_KIND, body, path=path, claim_name=claim, settings=self.settings
             )
         except ValueError as exc:
-            kopf.warn(body, reason="CleanupRefused", message=str(exc))
+            self.writer.warn(reason="CleanupRefused", message=str(exc))
             return
         observed: InstallObservation = await self.jobs.observe(self.namespace, job, self.logger)
         if observed.state == "running":
@@ -192,4 +191,4 @@ class LoraAdapterReconciler:
         report = observed.report
         if observed.state == "failed" or (report is not None and not report.ok):
             message = report.message if report else observed.detail
-            kopf.warn(body, reason="CleanupFailed", message=message[:1000])
+            self.writer.warn(reason="CleanupFailed", message=message[:1000])

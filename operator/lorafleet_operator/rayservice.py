@@ -17,7 +17,7 @@ RuntimeDefault seccomp profile.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lorafleet_operator.jobs import (
@@ -309,7 +309,7 @@ STUCK_REASONS = frozenset(
 )
 
 
-def ray_pod_problems(pods: list[Mapping[str, Any]], limit: int = 3) -> str | None:
+def ray_pod_problems(pods: Sequence[Mapping[str, Any]], limit: int = 3) -> str | None:
     """Why a BaseModel's Ray Pods do not run, as a user would read it in ``kubectl describe``.
 
     KubeRay's RayService status says only that it is not ready; the reason (an image that

@@ -45,6 +45,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 ENV_INSTALLER_IMAGE = "LORAFLEET_INSTALLER_IMAGE"
 ENV_SERVING_IMAGE = "LORAFLEET_SERVING_IMAGE"
@@ -187,7 +188,8 @@ class Settings:
         Returns:
             The new settings.
         """
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, **changes)
 
 
 _ENV_FIELDS: dict[str, str] = {
@@ -318,7 +320,7 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                     )
             elif kind == "float":
                 value = float(raw)
-                if not math.isfinite(value) or value < 0:  # type: ignore[arg-type,operator]
+                if not math.isfinite(value) or value < 0:
                     raise ValueError("must be a finite number, not negative")
                 if name in _POSITIVE_FLOATS and value == 0:
                     raise ValueError("must be above 0 (0 would make the operator spin)")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -34,7 +33,7 @@ class StatusWriter:
     """
 
     def __init__(
-        self, kind: str, body: Mapping[str, Any], state: OperatorState, logger: logging.Logger
+        self, kind: str, body: Mapping[str, Any], state: OperatorState, logger: kopf.Logger
     ) -> None:
         self.kind = kind
         self.body: dict[str, Any] = json.loads(json.dumps(dict(body), default=str))
@@ -102,9 +101,22 @@ class StatusWriter:
         if self.status.get("message"):
             message += f": {self.status['message']}"
         kopf.event(
-            self.body,
+            self._body,
             type="Warning" if failed else "Normal",
             reason=str(new),
             message=message[:1000],
         )
         self.logger.info("phase %s -> %s", old, new)
+
+    @property
+    def _body(self) -> kopf.Body:
+        """The object for kopf's event helpers (they read its kind, name and uid)."""
+        return cast(kopf.Body, self.body)
+
+    def warn(self, *, reason: str, message: str) -> None:
+        """Post a Warning Event on the object (kopf posts it in the background)."""
+        kopf.warn(self._body, reason=reason, message=message)
+
+    def info(self, *, reason: str, message: str) -> None:
+        """Post a Normal Event on the object."""
+        kopf.info(self._body, reason=reason, message=message)

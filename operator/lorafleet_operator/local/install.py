@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from lorafleet_operator.installer_args import adapter_install_args, base_install_args
 from lorafleet_operator.local.manifests import LocalObject
@@ -160,7 +159,7 @@ def run_installer(
     *,
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
-) -> dict[str, Any]:
+) -> InstallReport:
     """Run the installer for one object and return its successful report.
 
     Args:

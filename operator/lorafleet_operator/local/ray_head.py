@@ -41,6 +41,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -181,7 +182,7 @@ class LocalRayHead:
     token_file: Path
     client_port: int
     _token: str = field(default="", repr=False)
-    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def logs_dir(self) -> Path:
@@ -323,7 +324,7 @@ class LocalRayHead:
                 )
             time.sleep(0.5)
 
-    def _descendants(self) -> list:
+    def _descendants(self) -> list[Any]:
         try:
             import psutil
         except ImportError:  # pragma: no cover - psutil comes with ray

@@ -80,7 +80,8 @@ class ServeREST:
         resp = self._client.get(self._url)
         self._check_auth(resp)
         resp.raise_for_status()
-        return resp.json()
+        details: dict[str, Any] = resp.json()
+        return details
 
     def _check_auth(self, resp: httpx.Response) -> None:
         if resp.status_code in (401, 403):

@@ -46,7 +46,8 @@ class LocalState:
     @property
     def objects(self) -> dict[str, dict[str, Any]]:
         """Records by ``Kind/namespace/name``."""
-        return self.data["objects"]
+        objects: dict[str, dict[str, Any]] = self.data["objects"]
+        return objects
 
     def get(self, key: str) -> dict[str, Any]:
         """The record of ``key`` (an empty one is created when missing)."""

@@ -18,7 +18,9 @@ from typing import Any
 from lorafleet_operator.local.state import STATE_FILE
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Register the ``status`` subcommand.
 
     Args:

@@ -55,7 +55,9 @@ def _bounded(kind: type, low: float, high: float | None = None) -> Any:
     return parse
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Register the ``up`` subcommand.
 
     Args:
@@ -150,7 +152,7 @@ class _Console:
         if not self.console.is_terminal:  # piped to a log: never truncate table columns
             self.console = Console(highlight=False, soft_wrap=True, width=200)
         self._bars: dict[str, Any] = {}
-        self._progress = None
+        self._progress: Any = None  # rich.progress.Progress once a bar is shown
         self._last_line: dict[str, float] = {}
 
     def info(self, text: str) -> None:
@@ -423,7 +425,15 @@ def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _watch(out, fleet, directory, snapshot, load_manifests, invalid_error, deploy_failed) -> None:
+def _watch(
+    out: _Console,
+    fleet: Any,
+    directory: Path,
+    snapshot: Any,
+    load_manifests: Any,
+    invalid_error: type[Exception],
+    deploy_failed: Any,
+) -> None:
     from watchfiles import watch
 
     def manifest_filter(change: Any, path: str) -> bool:
