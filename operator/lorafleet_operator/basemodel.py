@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from lorafleet_operator import conditions as cond
 from lorafleet_operator.indexes import AdapterFacts
-from lorafleet_operator.install_job import InstallObservation
+from lorafleet_operator.install_job import InstallObservation, install_failed, install_succeeded
 from lorafleet_operator.jobs import cluster_source_error
 from lorafleet_operator.models import BASEMODEL_KIND, BaseModelSpec, Phase
 from lorafleet_operator.rayservice import rayservice_name_error, rayservice_readiness
@@ -153,7 +153,6 @@ def install_step(
         Succeeded: Installed (or Ready while rolling), ``done``.
     """
     serving_old = serves_previous(status)
-    report = observed.report
     if observed.state == "running":
         conditions = (
             () if serving_old else ((cond.INSTALLED, False, "Installing", observed.detail),)
@@ -168,12 +167,9 @@ def install_step(
             "message": observed.detail,
         }
         return InstallStep(StatusUpdate(fields, conditions), done=False, requeue=poll_s)
-    if observed.state == "failed" or report is None or not report.ok:
-        reason = report.reason if report else "InstallFailed"
-        message = report.message if report else observed.detail
-        update = failed(
-            reason, f"{message} [{observed.detail}]", installJob=job_name, claimName=claim
-        )
+    report = install_succeeded(observed)
+    if report is None:
+        update = install_failed(observed, installJob=job_name, claimName=claim)
         return InstallStep(update, done=False, requeue=None)
     fields = {
         # A model serving the previous revision stays Ready while it rolls.

@@ -16,9 +16,8 @@ from typing import Any
 import kopf
 
 from lorafleet_operator import basemodel, metrics
-from lorafleet_operator.indexes import Indexes, desired_registry
+from lorafleet_operator.indexes import desired_registry
 from lorafleet_operator.install_job import is_installed
-from lorafleet_operator.install_observer import InstallJobs
 from lorafleet_operator.jobs import (
     KIND_LABEL,
     NAME_LABEL,
@@ -34,7 +33,6 @@ from lorafleet_operator.models import (
     BaseModelSpec,
 )
 from lorafleet_operator.networkpolicy import build_network_policy
-from lorafleet_operator.operator_state import OperatorState
 from lorafleet_operator.rayservice import (
     build_rayservice,
     ray_pod_labels,
@@ -42,6 +40,7 @@ from lorafleet_operator.rayservice import (
     rayservice_name,
     serve_endpoint,
 )
+from lorafleet_operator.reconciler import Reconciler
 from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config
 from lorafleet_operator.serveprobe import probe_serve
 from lorafleet_operator.status_update import StatusUpdate
@@ -49,38 +48,15 @@ from lorafleet_operator.status_writer import StatusWriter
 from lorafleet_operator.volumes import build_claim, claim_name_for
 
 
-class BaseModelReconciler:
-    """One reconcile pass (or the deletion) of one BaseModel.
+class BaseModelReconciler(Reconciler):
+    """One reconcile pass (or the deletion) of one BaseModel."""
 
-    Args:
-        body: The BaseModel.
-        state: The operator's state.
-        indexes: The kopf indexes.
-        logger: kopf's per-object logger.
-    """
-
-    def __init__(
-        self,
-        body: Mapping[str, Any],
-        state: OperatorState,
-        indexes: Indexes,
-        logger: kopf.Logger,
-    ) -> None:
-        self.writer = StatusWriter(BASEMODEL_KIND, body, state, logger)
-        self.state = state
-        self.settings = state.settings
-        self.api = state.api
-        self.indexes = indexes
-        self.logger = logger
-        self.jobs = InstallJobs(state)
-        self.name = self.writer.name
-        self.namespace = self.writer.namespace
-        self.key = (self.namespace, self.name)
+    KIND = BASEMODEL_KIND
 
     @property
-    def status(self) -> dict[str, Any]:
-        """The status as this operator last wrote or read it."""
-        return self.writer.status
+    def key(self) -> tuple[str, str]:
+        """``(namespace, name)``: the BaseModel's key in the operator's per-base state."""
+        return (self.namespace, self.name)
 
     async def reconcile(self) -> float | None:
         """One pass. Returns seconds until the next poll, or ``None`` to idle until woken.
@@ -101,14 +77,7 @@ class BaseModelReconciler:
         job = build_base_install_job(self.writer.body, spec, claim, self.settings)
         job_name = job["metadata"]["name"]
         if not is_installed(self.status, job_name):
-            observed = await self.jobs.observe(self.namespace, job, self.logger)
-            progress = None
-            if observed.state == "running":
-                progress = await self.jobs.progress(
-                    BASEMODEL_KIND, self.namespace, self.name, job_name
-                )
-            else:
-                self.jobs.finished(BASEMODEL_KIND, self.namespace, job_name)
+            observed, progress = await self.observe_install(job)
             step = basemodel.install_step(
                 self.status,
                 observed,

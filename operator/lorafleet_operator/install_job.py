@@ -14,9 +14,8 @@ from typing import Any, Literal
 
 from lorafleet_operator import conditions as cond
 from lorafleet_operator.jobs import CONTAINER_NAME
-from lorafleet_operator.report import (
-    InstallReport,
-)
+from lorafleet_operator.report import InstallReport
+from lorafleet_operator.status_update import StatusUpdate, failed
 
 JobState = Literal["running", "succeeded", "failed"]
 
@@ -86,6 +85,29 @@ def newest_termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
             if best is None or finished >= best[0]:
                 best = (finished, terminated.get("message") or "")
     return None if best is None else best[1]
+
+
+def install_failed(observed: InstallObservation, **fields: Any) -> StatusUpdate:
+    """A finished install that did not succeed: the installer's reason and message, or
+    ``InstallFailed`` with the Job's detail when no report was written.
+
+    Args:
+        observed: The install Job's state and report (failed, or succeeded without an ok
+            report).
+        **fields: Further status fields to set with it.
+    """
+    report = observed.report
+    reason = report.reason if report else "InstallFailed"
+    message = report.message if report else observed.detail
+    return failed(reason, f"{message} [{observed.detail}]", **fields)
+
+
+def install_succeeded(observed: InstallObservation) -> InstallReport | None:
+    """The ok report of a succeeded install, or ``None`` when it did not succeed."""
+    report = observed.report
+    if observed.state != "succeeded" or report is None or not report.ok:
+        return None
+    return report
 
 
 def is_installed(status: Mapping[str, Any], job_name: str) -> bool:

@@ -75,6 +75,25 @@ def owner_reference(body: Mapping[str, Any], *, controller: bool = True) -> dict
     }
 
 
+def restricted_pod_security(uid: int) -> dict[str, Any]:
+    """The pod ``securityContext`` of every Pod lorafleet makes (Pod Security "restricted").
+
+    Args:
+        uid: User and group id the containers run as (the image's non-root user).
+
+    Returns:
+        ``runAsNonRoot``, the uid/gid, ``fsGroup`` (the volume is writable by it) and the
+        ``RuntimeDefault`` seccomp profile.
+    """
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _short_kind(kind: str) -> str:
     return {BASEMODEL_KIND: "bm", LORAADAPTER_KIND: "lora"}.get(kind, kind.lower()[:4])
 
@@ -294,13 +313,7 @@ def _job(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "fsGroup": uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security(uid),
         "containers": [container],
         "volumes": [
             {"name": VOLUME_NAME, "persistentVolumeClaim": {"claimName": claim_name}},

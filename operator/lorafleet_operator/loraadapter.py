@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from lorafleet_operator import conditions as cond
 from lorafleet_operator.indexes import AdapterFacts, BaseFacts
-from lorafleet_operator.install_job import InstallObservation
+from lorafleet_operator.install_job import InstallObservation, install_failed, install_succeeded
 from lorafleet_operator.jobs import cluster_source_error
 from lorafleet_operator.models import LORAADAPTER_KIND, LoraAdapterSpec, Phase
 from lorafleet_operator.report import pod_path
@@ -141,7 +141,6 @@ def install_step(
         :data:`INCOMPATIBLE_REASONS`). Succeeded: Deploying with ``RegistryUpdatePending``
         and the registry entry for the base.
     """
-    report = observed.report
     if observed.state == "running":
         update = StatusUpdate(
             {
@@ -154,12 +153,11 @@ def install_step(
             ((cond.INSTALLED, False, "Installing", observed.detail),),
         )
         return AdapterInstallStep(update, None, poll_s)
-    if observed.state == "failed" or report is None or not report.ok:
-        reason = report.reason if report else "InstallFailed"
-        message = report.message if report else observed.detail
-        update = failed(
-            reason,
-            f"{message} [{observed.detail}]",
+    report = install_succeeded(observed)
+    if report is None:
+        reason = observed.report.reason if observed.report else "InstallFailed"
+        update = install_failed(
+            observed,
             installJob=job_name,
             servedName=served,
             compatible=False if reason in INCOMPATIBLE_REASONS else None,

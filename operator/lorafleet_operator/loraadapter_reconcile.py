@@ -9,15 +9,10 @@ work: out of the registry, then the files (per ``deletionPolicy``), within
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import kopf
 
 from lorafleet_operator import loraadapter, metrics
-from lorafleet_operator.indexes import Indexes
 from lorafleet_operator.install_job import InstallObservation, is_installed
-from lorafleet_operator.install_observer import InstallJobs
 from lorafleet_operator.jobs import (
     KIND_LABEL,
     NAME_LABEL,
@@ -26,39 +21,16 @@ from lorafleet_operator.jobs import (
     build_cleanup_job,
 )
 from lorafleet_operator.models import BASEMODEL_KIND, LORAADAPTER_KIND
-from lorafleet_operator.operator_state import OperatorState
 from lorafleet_operator.rayservice import rayservice_name
+from lorafleet_operator.reconciler import Reconciler
 from lorafleet_operator.serveconfig import registry_of
 from lorafleet_operator.status_update import StatusUpdate
-from lorafleet_operator.status_writer import StatusWriter
 
 
-class LoraAdapterReconciler:
-    """One reconcile pass (or the deletion) of one LoraAdapter.
+class LoraAdapterReconciler(Reconciler):
+    """One reconcile pass (or the deletion) of one LoraAdapter."""
 
-    Args:
-        body: The LoraAdapter.
-        state: The operator's state.
-        indexes: The kopf indexes.
-        logger: kopf's per-object logger.
-    """
-
-    def __init__(
-        self,
-        body: Mapping[str, Any],
-        state: OperatorState,
-        indexes: Indexes,
-        logger: kopf.Logger,
-    ) -> None:
-        self.writer = StatusWriter(LORAADAPTER_KIND, body, state, logger)
-        self.state = state
-        self.settings = state.settings
-        self.api = state.api
-        self.indexes = indexes
-        self.logger = logger
-        self.jobs = InstallJobs(state)
-        self.name = self.writer.name
-        self.namespace = self.writer.namespace
+    KIND = LORAADAPTER_KIND
 
     async def reconcile(self) -> float | None:
         """One pass. Returns seconds until the next poll, or ``None`` to idle until woken.
@@ -99,14 +71,7 @@ class LoraAdapterReconciler:
         job_name = job["metadata"]["name"]
         if is_installed(self.writer.status, job_name):
             return None
-        observed = await self.jobs.observe(self.namespace, job, self.logger)
-        progress = None
-        if observed.state == "running":
-            progress = await self.jobs.progress(
-                LORAADAPTER_KIND, self.namespace, self.name, job_name
-            )
-        else:
-            self.jobs.finished(LORAADAPTER_KIND, self.namespace, job_name)
+        observed, progress = await self.observe_install(job)
         step = loraadapter.install_step(
             observed,
             job_name=job_name,

@@ -28,6 +28,7 @@ from lorafleet_operator.jobs import (
     VOLUME_NAME,
     object_labels,
     owner_reference,
+    restricted_pod_security,
 )
 from lorafleet_operator.models import BASEMODEL_KIND, BaseModelSpec
 from lorafleet_operator.settings import Settings
@@ -115,16 +116,9 @@ def _pod_template(
     tolerations: list[dict[str, Any]] | None = None,
     labels: dict[str, str],
 ) -> dict[str, Any]:
-    uid = settings.run_as_user
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": uid,
-            "runAsGroup": uid,
-            "fsGroup": uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security(settings.run_as_user),
         "containers": [
             {
                 "name": container_name,
