@@ -2,7 +2,7 @@
 # One image for the three lorafleet processes:
 #   operator        lorafleet operator            (the default CMD)
 #   installer       lorafleet-install ...         (install Jobs' command)
-#   serving app     ray start ... + lorafleet_serving.app:build_app (RayService head/workers)
+#   serving app     ray start ... + lorafleet_serving.ray_app:build_app (RayService head/workers)
 #
 # Build:  docker build -t lorafleet/lorafleet:0.1.0 .
 # The Python bases are build arguments pinned to a patch release. The final stage's base must

@@ -8,7 +8,7 @@ On one tiny randomly initialised Llama (made on the fly, no network) with 8 LoRA
 process, side by side:
 
 (a) generated tokens/s of uniformly mixed traffic over 8 adapters, all requests submitted at once
-    to :class:`lorafleet_serving.model_server.ModelServer` (mixed batches, stacked batched LoRA);
+    to :class:`lorafleet_serving.server.model_server.ModelServer` (mixed batches, stacked batched LoRA);
 (b) the same traffic with every request naming one adapter;
 (c) a naive baseline: plain peft serving one request at a time, ``set_adapter`` switching, HF
     ``generate`` (greedy, KV cache), on a quarter of the requests (its rate is per request);
@@ -132,9 +132,9 @@ class ServerRuns:
     """One ModelServer with the 8 adapters resident; timed rounds of submitted-at-once traffic."""
 
     def __init__(self, base: Path, adapters: dict[str, Path], batch_size: int) -> None:
-        from lorafleet_serving.model_server import ModelServer
+        from lorafleet_serving.server.factory import build_model_server
 
-        self.server = ModelServer(
+        self.server = build_model_server(
             base,
             "text-generation",
             max_adapters=len(adapters),
@@ -250,15 +250,15 @@ def load_times(
 
     Two engines with 64 slots: one empty, one holding 63 adapters. Repetitions alternate between
     them (load, time, unload), so background load on a shared machine hits both alike. "Load"
-    is :meth:`Engine.load_adapter`: peft reads and injects the adapter, its weights are copied
-    into the stacked slot and peft's copy is dropped.
+    is :meth:`TransformersEngine.load_adapter`: peft reads and injects the adapter, its weights
+    are copied into the stacked slot and peft's copy is dropped.
     """
-    from lorafleet_serving.engine import Engine
+    from lorafleet_serving.engine.transformers_engine import TransformersEngine
 
-    empty = Engine(base, "text-generation", max_adapters=len(paths))
-    full = Engine(base, "text-generation", max_adapters=len(paths))
+    empty = TransformersEngine(base, "text-generation", max_adapters=len(paths))
+    full = TransformersEngine(base, "text-generation", max_adapters=len(paths))
 
-    def timed(engine: Engine, name: str, path: Path) -> float:
+    def timed(engine: TransformersEngine, name: str, path: Path) -> float:
         gc.collect()
         t0 = time.perf_counter()
         engine.load_adapter(name, path)

@@ -5,7 +5,8 @@ Run from the repository root::
     python benchmarks/variants.py --quick      # about 3 minutes on 2 CPU cores
 
 One Llama of realistic proportions (hidden 512, 8 layers, 8 heads, intermediate 1024, random
-weights, made on the fly) in one :class:`lorafleet_serving.engine.Engine`, with 4 plain LoRA
+weights, made on the fly) in one
+:class:`lorafleet_serving.engine.transformers_engine.TransformersEngine`, with 4 plain LoRA
 adapters (r=16 on q/k/v/o) and one adapter of each variant (r=16): DoRA and LoRA bias on
 q/k/v/o, LoRA on the embedding plus q/k/v/o, rsLoRA with rank/alpha patterns, and a saved
 ``lm_head`` (``modules_to_save``) beside LoRA on q/k/v/o. Side by side, rounds alternating:
@@ -55,7 +56,7 @@ VARIANTS = {
 
 
 def _rows(engine, names: list[str], prompt: list[int], tokens: int):
-    from lorafleet_serving.engine import GenerationRow
+    from lorafleet_serving.engine.protocol import GenerationRow
 
     return [GenerationRow(list(prompt), slot=engine.slot(n), max_tokens=tokens) for n in names]
 
@@ -84,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     warnings.filterwarnings("ignore")
-    from lorafleet_serving.engine import Engine
+    from lorafleet_serving.engine.transformers_engine import TransformersEngine
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base = make_tiny_causal_lm(
             root / "base", hidden_size=512, num_layers=8, num_heads=8, vocab_size=8000
         )
-        engine = Engine(base, "text-generation", max_adapters=len(VARIANTS) + 5)
+        engine = TransformersEngine(base, "text-generation", max_adapters=len(VARIANTS) + 5)
         engine.eos_token_ids = set()  # every row generates exactly `tokens` tokens
         plain = [f"plain{i}" for i in range(5)]
         for i, name in enumerate(plain):

@@ -19,6 +19,10 @@ export TOKENIZERS_PARALLELISM=false
 echo "== ruff"
 ruff check .
 ruff format --check . || { echo "ruff format: run 'ruff format .'"; exit 1; }
+echo "== import contracts (lint-imports; pyproject.toml [tool.importlinter])"
+lint-imports
+echo "== types (mypy --strict; pyproject.toml [tool.mypy])"
+mypy  # the files listed in [tool.mypy]
 
 # The project's image (buildah; network- and disk-bound) builds while the Go modules of the
 # test cluster compile (CPU-bound); both are cached, keyed by their inputs.

@@ -19,7 +19,7 @@ import yaml
 from lorafleet_operator.models import BaseModelSpec, Task
 
 #: The serving app's entry point (``build_app(args) -> serve.Application``).
-IMPORT_PATH = "lorafleet_serving.app:build_app"
+IMPORT_PATH = "lorafleet_serving.ray_app:build_app"
 #: Deployment names inside the application.
 INGRESS_DEPLOYMENT = "Ingress"
 MODEL_DEPLOYMENT = "Model"

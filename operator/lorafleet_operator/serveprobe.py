@@ -5,7 +5,7 @@ stays True while a new ``serveConfigV2`` is applied: it does not say that the ap
 answers, nor that a replica already holds the adapter registry the operator just wrote. So
 the operator asks the application itself, through the same Service clients use
 (``status.endpoint``): ``GET /stats`` is answered by the Ingress and one ``Model`` replica
-(``lorafleet_serving.app.Model.info``) with the base folder it loaded (``base_path``) and the
+(``lorafleet_serving.ray_app.Model.info``) with the base folder it loaded (``base_path``) and the
 adapter names its registry holds (``registered``). A BaseModel turns Ready only when that
 answers; an adapter only when it is listed; an old revision's files are removed only when the
 answer names the new folder.
@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-#: The lorafleet serving route the probe reads (``lorafleet_serving.api``).
+#: The lorafleet serving route the probe reads (``lorafleet_serving.http.routes``).
 STATS_ROUTE = "/stats"
 
 

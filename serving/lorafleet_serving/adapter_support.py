@@ -5,8 +5,9 @@ on the meta device, and the engine calls it at load time over the live model, so
 the engine would refuse is refused at install (reason ``UnsupportedAdapter``) and never turns
 Ready only to answer 503.
 
-What the engine serves (``lora_batched.BatchedLoRA`` and ``engine.Engine``), each equal to
-peft with only that adapter active, mixed with any other adapters in one batch: LoRA on linear
+What the engine serves (``engine.lora_batched.BatchedLoRA`` and
+``engine.transformers_engine.TransformersEngine``), each equal to peft with only that adapter
+active, mixed with any other adapters in one batch: LoRA on linear
 layers (``nn.Linear`` and transformers' ``Conv1D``) and on embedding layers, with any ``r``,
 ``lora_alpha``, ``use_rslora``, ``rank_pattern`` and ``alpha_pattern`` (peft computes each
 layer's ``scaling``; the batched path takes rank and scaling per layer), DoRA (``use_dora``)
@@ -180,9 +181,25 @@ def unsupported_features(
         One message per unsupported feature, each naming the feature, the config key and the
         modules (at most three, then a count); empty when the engine serves the adapter.
     """
-    weight_keys = list(weight_keys)
-    problems: list[str] = []
     modules = dict(model.named_modules())
+    lora = _lora_modules(weight_keys)
+    problems = _layer_problems(lora, modules)
+    problems += _saved_module_problems(config, lora, modules, task)
+    variants = set(requested_variants(config))  # their own message below
+    problems += _init_problems(config, variants)
+    problems += _config_switch_problems(config)
+    problems += _variant_problems(variants)
+    problems += _unknown_math_key_problems(config)
+    return problems
+
+
+def _lora_modules(weight_keys: Iterable[str]) -> dict[str, set[str]]:
+    """The modules carrying each kind of LoRA tensor, from the adapter's tensor names.
+
+    Returns:
+        LoRA matrix kind (``lora_A``, ``lora_embedding_B``, ``lora_magnitude_vector``, ...;
+        ``lora_B.bias`` for a LoRA bias) -> names of the modules that have one.
+    """
     lora: dict[str, set[str]] = {}
     for key in weight_keys:
         inner = key.removeprefix(PEFT_PREFIX)
@@ -191,6 +208,20 @@ def unsupported_features(
             continue
         kind = match["kind"] + (".bias" if match["param"] == "bias" else "")
         lora.setdefault(kind, set()).add(match["module"])
+    return lora
+
+
+def _layer_problems(lora: dict[str, set[str]], modules: dict[str, nn.Module]) -> list[str]:
+    """LoRA on layers the engine has no batched path for: DoRA on embeddings, convolutions.
+
+    Args:
+        lora: From :func:`_lora_modules`.
+        modules: The base's modules by qualified name.
+
+    Returns:
+        One message per kind of unsupported layer found.
+    """
+    problems: list[str] = []
     dora_embeddings = {
         name
         for name in lora.get("lora_magnitude_vector", set())
@@ -206,6 +237,24 @@ def unsupported_features(
     }
     if conv:
         problems.append(f"LoRA on convolution layers ({_listing(conv)}) is not served")
+    return problems
+
+
+def _saved_module_problems(
+    config: Mapping[str, Any],
+    lora: dict[str, set[str]],
+    modules: dict[str, nn.Module],
+    task: str,
+) -> list[str]:
+    """``modules_to_save`` the engine cannot honour, as peft selects modules by it.
+
+    A module both saved whole and adapted, or an entry naming no module of the base (over a
+    classification base, the head's name is always allowed).
+
+    Returns:
+        One message per problem, in that order.
+    """
+    problems: list[str] = []
     saved = list(dict.fromkeys(config.get("modules_to_save") or []))
     adapted = set().union(*lora.values()) if lora else set()
     both = set(saved_module_names(saved, adapted))
@@ -222,17 +271,41 @@ def unsupported_features(
     ]
     if absent:
         problems.append(f"modules_to_save {absent} names no module of the base model")
-    variants = set(requested_variants(config))  # their own message below
+    return problems
+
+
+def _init_problems(config: Mapping[str, Any], variants: set[str]) -> list[str]:
+    """An ``init_lora_weights`` that rewrites the base, or that peft does not know.
+
+    PiSSA, OLoRA, CorDA and LoftQ rewrite the base at init; values that select a variant are
+    left to :func:`_variant_problems`.
+
+    Returns:
+        The message, or nothing.
+    """
     init = config.get("init_lora_weights", True)
-    if not isinstance(init, bool) and init not in _SERVED_INITS | variants:
-        why = (
-            "trained against a base that peft rewrites at init (PiSSA, OLoRA, CorDA, LoftQ):"
-            " convert it to plain LoRA first (save_pretrained(...,"
-            " path_initial_model_for_weight_conversion=...))"
-            if isinstance(init, str) and init.split("_")[0] in _BASE_REWRITING_INITS
-            else "not an initialisation peft knows"
-        )
-        problems.append(f"init_lora_weights={init!r}: {why}")
+    if isinstance(init, bool) or init in _SERVED_INITS | variants:
+        return []
+    why = (
+        "trained against a base that peft rewrites at init (PiSSA, OLoRA, CorDA, LoftQ):"
+        " convert it to plain LoRA first (save_pretrained(...,"
+        " path_initial_model_for_weight_conversion=...))"
+        if isinstance(init, str) and init.split("_")[0] in _BASE_REWRITING_INITS
+        else "not an initialisation peft knows"
+    )
+    return [f"init_lora_weights={init!r}: {why}"]
+
+
+def _config_switch_problems(config: Mapping[str, Any]) -> list[str]:
+    """Config switches the engine does not serve.
+
+    Trained base biases (``bias``), ``trainable_token_indices``, aLoRA, ``layer_replication``
+    and ``target_parameters``.
+
+    Returns:
+        One message per switch set, in that order.
+    """
+    problems: list[str] = []
     base_bias = config.get("bias") or "none"
     if base_bias != "none":
         # The adapter carries trained copies of base biases that peft would write into the
@@ -249,20 +322,38 @@ def unsupported_features(
             f"LoRA on parameters (target_parameters {list(config['target_parameters'])})"
             " is not served"
         )
+    return problems
+
+
+def _variant_problems(variants: set[str]) -> list[str]:
+    """The requested peft LoRA variants the engine does not serve (aLoRA has its own message).
+
+    Returns:
+        One message naming them all, or nothing.
+    """
     others = sorted(variants - _SERVED_VARIANTS - {"alora_invocation_tokens"})
-    if others:
-        problems.append(
-            f"peft LoRA variant(s) {', '.join(others)} (they change the layer's forward) not served"
-        )
+    if not others:
+        return []
+    return [
+        f"peft LoRA variant(s) {', '.join(others)} (they change the layer's forward) not served"
+    ]
+
+
+def _unknown_math_key_problems(config: Mapping[str, Any]) -> list[str]:
+    """Config keys the installed peft would ignore though, by name, they change the math.
+
+    Returns:
+        One message naming them all, or nothing.
+    """
     unknown = config_keys_peft_ignores(config)
     math = [k for k in unknown if _MATH_KEY.search(k) and _active(config[k])]
-    if math:
-        problems.append(
-            f"adapter_config.json keys the installed peft does not know and would ignore,"
-            f" though they look like they change the math: {', '.join(math)} (set by a newer"
-            " peft? served outputs would not match training)"
-        )
-    return problems
+    if not math:
+        return []
+    return [
+        f"adapter_config.json keys the installed peft does not know and would ignore,"
+        f" though they look like they change the math: {', '.join(math)} (set by a newer"
+        " peft? served outputs would not match training)"
+    ]
 
 
 #: ``init_lora_weights`` values that only initialise A and B (the saved weights are plain LoRA).

@@ -34,7 +34,7 @@ class ServingError(Exception):
         self.message = message
         self.param = param
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, dict[str, str | None]]:
         """The OpenAI-style error body.
 
         Returns:

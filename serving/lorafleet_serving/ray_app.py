@@ -1,9 +1,11 @@
 """The Ray Serve application: ``Ingress`` (FastAPI, OpenAI-style API) -> ``Model`` (one base model).
 
 ``build_app(args)`` is the ``import_path`` target of the serve config
-(``lorafleet_serving.app:build_app``; ``args`` as in ``docs/interfaces.md`` section 3).
+(``lorafleet_serving.ray_app:build_app``; ``args`` as in ``docs/interfaces.md`` section 3). This
+is the composition root: it builds the model server over the transformers engine
+(:func:`~.server.factory.build_model_server`) and the HTTP app over a Ray backend.
 
-- ``Model`` holds one :class:`~.model_server.ModelServer` (base model, adapter cache, mixed
+- ``Model`` holds one :class:`~.server.model_server.ModelServer` (base model, adapter cache, mixed
   batches). Adapter residency is announced to Serve with ``@serve.multiplexed``: its loader
   calls :meth:`ModelServer.ensure_adapter` and returns a small token whose ``__del__`` - which
   Serve calls when it drops the least recently used adapter (``ray/serve/multiplex.py``,
@@ -13,9 +15,11 @@
 - ``reconfigure(user_config)`` (Serve calls it in place, no restart, when only ``user_config``
   changes) applies the adapter registry: added adapters become routable at once; removed ones
   (and ones whose path changed) are evicted, and a removed one then answers 404.
-- ``Ingress`` serves :func:`~.api.create_app` over :class:`RayModelBackend`, which calls the
-  ``Model`` handle with ``.options(multiplexed_model_id=<adapter>)``; requests for the base
-  model carry no multiplexed model id. Streaming uses ``handle.options(stream=True)``.
+- ``Ingress`` serves :func:`~.http.app.create_app` over :class:`~.ray_backend.RayModelBackend`,
+  which calls the ``Model`` handle with ``.options(multiplexed_model_id=<adapter>)``; requests
+  for the base model carry no multiplexed model id. Streaming uses
+  ``handle.options(stream=True)``. Serving errors cross the Ray boundary as
+  :class:`~.ray_backend.PortableServingError`.
 """
 
 from __future__ import annotations
@@ -28,18 +32,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray import serve
-from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from .api import (
-    DEFAULT_MAX_REQUEST_BYTES,
-    ModelServerBackend,
-    ModelUnavailableError,
-    create_app,
-)
 from .errors import ServingError, UnknownModelError
+from .http.app import DEFAULT_MAX_REQUEST_BYTES, create_app
+from .ray_backend import PortableServingError, RayModelBackend
 from .serve_multiplex import MultiplexLRU
+from .server.backend import ModelServerBackend
 from .types import (
     BASE_ADAPTER,
     ClassifyRequest,
@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 
 #: Serve's multiplex limit before the first ``reconfigure`` sets it from ``max_adapters``.
 DEFAULT_MAX_ADAPTERS = 8
-#: Seconds ``/ready`` waits for a ``Model`` replica to answer.
-READY_TIMEOUT_S = 10.0
 
 
 class AppArgs(BaseModel):
@@ -142,71 +140,6 @@ class AppArgs(BaseModel):
             raise ValueError(f"build_app: invalid args: {problems}") from None
 
 
-def _unwrap(exc: BaseException) -> BaseException:
-    """The user exception inside Ray's wrappers (``RayTaskError.cause``), else ``exc``."""
-    for _ in range(8):
-        cause = getattr(exc, "cause", None)
-        if isinstance(exc, RayTaskError) and isinstance(cause, BaseException):
-            exc = cause
-        else:
-            break
-    return exc
-
-
-def _as_serving_error(exc: BaseException) -> BaseException:
-    inner = _unwrap(exc)
-    if isinstance(inner, ServingError):
-        return inner
-    if isinstance(inner, RayActorError):
-        return ModelUnavailableError(f"the model replica became unavailable: {inner}")
-    if type(inner).__name__ in ("BackPressureError", "DeploymentUnavailableError"):
-        return ModelUnavailableError(f"the model deployment cannot take the request: {inner}")
-    return exc
-
-
-class PortableServingError(ServingError):
-    """A :class:`~.errors.ServingError` that survives pickling across the Ray boundary.
-
-    Subclasses such as ``AdapterLoadError(name, reason)`` take constructor arguments that
-    ``BaseException.__reduce__`` cannot replay, so Ray would turn them into an
-    ``UnserializableException``. The ``Model`` deployment re-raises every serving error as this
-    class, keeping its HTTP mapping (status, type, code, param) and message.
-
-    Args:
-        message: What went wrong and where.
-        status_code: HTTP status.
-        error_type: OpenAI ``error.type``.
-        code: OpenAI ``error.code``.
-        param: Request field at fault.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status_code: int = 500,
-        error_type: str = "server_error",
-        code: str = "internal_error",
-        param: str | None = None,
-    ) -> None:
-        super().__init__(message, param=param)
-        self.status_code = status_code
-        self.error_type = error_type
-        self.code = code
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (
-            type(self),
-            (self.message, self.status_code, self.error_type, self.code, self.param),
-        )
-
-    @classmethod
-    def of(cls, exc: ServingError) -> PortableServingError:
-        """Copy ``exc``'s message and HTTP mapping."""
-        if isinstance(exc, cls):
-            return exc
-        return cls(exc.message, exc.status_code, exc.error_type, exc.code, exc.param)
-
-
 class _ResidentAdapter:
     """Serve's multiplexed "model" for one adapter: a token whose ``__del__`` evicts it.
 
@@ -250,11 +183,11 @@ class Model:
     """
 
     def __init__(self, args: dict[str, Any]) -> None:
-        from .model_server import ModelServer
+        from .server.factory import build_model_server
 
         cfg = AppArgs.parse(args)
         self.args = cfg
-        self.server = ModelServer(
+        self.server = build_model_server(
             cfg.base_path,
             cfg.task,
             dtype=cfg.dtype,
@@ -447,82 +380,6 @@ class Model:
         return True
 
 
-class RayModelBackend:
-    """:class:`~.api.ModelBackend` calling the ``Model`` deployment through its handle.
-
-    Each request carries its adapter as ``multiplexed_model_id`` (none for the base model), so
-    Serve routes it to a replica that already holds the adapter when there is one.
-
-    Args:
-        handle: The ``Model`` deployment handle.
-    """
-
-    def __init__(self, handle: DeploymentHandle) -> None:
-        self.handle = handle
-
-    def _for(self, adapter: str | None, *, stream: bool = False) -> DeploymentHandle:
-        if adapter and adapter != BASE_ADAPTER:
-            return self.handle.options(multiplexed_model_id=adapter, stream=stream)
-        return self.handle.options(stream=stream)
-
-    async def generate(
-        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
-    ) -> GenerateResult:
-        """See :meth:`~.api.ModelBackend.generate`."""
-        try:
-            return await self._for(req.adapter).generate.remote(req, messages)
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-
-    async def generate_many(self, reqs: list[GenerateRequest]) -> list[GenerateResult]:
-        """See :meth:`~.api.ModelBackend.generate_many` (one call to one replica)."""
-        try:
-            return await self._for(reqs[0].adapter if reqs else None).generate_many.remote(reqs)
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-
-    async def generate_stream(
-        self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None
-    ) -> AsyncIterator[StreamDelta]:
-        """See :meth:`~.api.ModelBackend.generate_stream`."""
-        gen = self._for(req.adapter, stream=True).generate_stream.remote(req, messages)
-        try:
-            async for delta in gen:
-                yield delta
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-        finally:
-            gen.cancel()
-
-    async def classify(self, req: ClassifyRequest) -> ClassifyResult:
-        """See :meth:`~.api.ModelBackend.classify`."""
-        try:
-            return await self._for(req.adapter).classify.remote(req)
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-
-    async def registered_adapters(self) -> dict[str, dict[str, Any]]:
-        """See :meth:`~.api.ModelBackend.registered_adapters`."""
-        try:
-            return await self.handle.registered_adapters.remote()
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-
-    async def replica_info(self) -> dict[str, Any]:
-        """See :meth:`~.api.ModelBackend.replica_info` (one ``Model`` replica answers)."""
-        try:
-            return await self.handle.info.remote()
-        except Exception as exc:
-            raise _as_serving_error(exc) from None
-
-    async def ready(self) -> bool:
-        """See :meth:`~.api.ModelBackend.ready` (waits at most ``READY_TIMEOUT_S``)."""
-        try:
-            return bool(await asyncio.wait_for(self.handle.ready.remote(), READY_TIMEOUT_S))
-        except Exception:
-            return False
-
-
 #: Concurrent requests one Ingress replica forwards. Serve's default (5) would cap what the
 #: Model replicas' batchers ever see; the ingress only awaits handles, so it can hold many.
 INGRESS_MAX_ONGOING_REQUESTS = 1024
@@ -535,7 +392,7 @@ INGRESS_MAX_ONGOING_REQUESTS = 1024
 )
 @serve.ingress()
 class Ingress:
-    """HTTP ingress deployment: the OpenAI-compatible API of :mod:`.api` over ``Model``.
+    """HTTP ingress deployment: the OpenAI-compatible API of :mod:`.http` over ``Model``.
 
     Args:
         model: Handle of the ``Model`` deployment.
@@ -568,7 +425,7 @@ class Ingress:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve application builder (``import_path: lorafleet_serving.app:build_app``).
+    """Serve application builder (``import_path: lorafleet_serving.ray_app:build_app``).
 
     Args:
         args: ``{"served_name", "base_path", "task", "dtype"?, "labels"?, "max_batch_size"?,

@@ -1,4 +1,4 @@
-"""Request and result dataclasses of the model server facade (:mod:`.model_server`).
+"""Request and result dataclasses of the model server facade (:mod:`.server.model_server`).
 
 Plain dataclasses with no framework dependency: the HTTP layer builds requests from JSON
 bodies and turns results into OpenAI-style responses. Field names follow the OpenAI
@@ -21,6 +21,13 @@ TASKS = (TEXT_GENERATION, TEXT_CLASSIFICATION)
 BASE_ADAPTER = "__base__"
 
 FinishReason = Literal["stop", "length"]
+
+#: Smallest positive ``temperature``: below it sampling cannot be told apart from greedy
+#: decoding, so a request must say 0 (some clients send 1e-5 or 1e-6 to mean greedy: allowed).
+MIN_TEMPERATURE = 1e-6
+#: Seeds ``torch.Generator.manual_seed`` accepts: any signed or unsigned 64-bit integer.
+MIN_SEED = -(2**63)
+MAX_SEED = 2**64 - 1
 
 
 @dataclass

@@ -32,7 +32,7 @@ def test_shape_matches_interfaces():
     config = build_serve_config("minilm", "/models/ml/basemodels/minilm/rev", SPEC, ADAPTERS)
     (app,) = config["applications"]
     assert app["name"] == "minilm"
-    assert app["import_path"] == "lorafleet_serving.app:build_app"
+    assert app["import_path"] == "lorafleet_serving.ray_app:build_app"
     assert app["route_prefix"] == "/"
     assert app["args"] == {
         "served_name": "minilm",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.engine import Engine
+from lorafleet_serving.engine.transformers_engine import TransformersEngine
 from lorafleet_serving.errors import AdapterLoadError
 from lorafleet_serving.installer import InstallRequest, install
 
@@ -73,7 +73,7 @@ def test_an_adapter_the_engine_cannot_serve_is_refused_at_install_with_the_engin
     assert not any((dest / "ml").rglob("adapter_model.safetensors"))  # nothing left installed
     # The engine, handed the same files, refuses them with the same message (served variants:
     # test_adapter_variants.py).
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     with pytest.raises(AdapterLoadError) as refused:
         engine.load_adapter(variant, adapter)
     assert said in refused.value.message
@@ -95,7 +95,7 @@ def test_plain_lora_with_rslora_and_patterns_installs_and_loads(
     )
     report, _ = _install_adapter(adapter, installed_llama, tmp_path, "plain")
     assert report["ok"], report
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     assert engine.load_adapter("plain", report["path"]).rank == 4
 
 
@@ -112,7 +112,7 @@ def test_a_classification_head_saved_with_the_adapter_is_served(
     )
     saved = json.loads((adapter / "adapter_config.json").read_text())["modules_to_save"]
     assert "classifier" in saved  # peft may add "score" beside it: both are head names
-    engine = Engine(tiny_classifier, "text-classification", max_adapters=2)
+    engine = TransformersEngine(tiny_classifier, "text-classification", max_adapters=2)
     assert engine.load_adapter("head", adapter).head is not None
 
 
@@ -241,14 +241,16 @@ def test_unknown_config_keys_are_a_warning_in_the_report_and_the_manifest(
     assert f"warnings: UnknownConfigKeys: adapter_config.json {said}" in report["message"]
     findings = json.loads((Path(report["path"]) / "lorafleet.json").read_text())["findings"]
     assert [f["level"] for f in findings if f["code"] == "UnknownConfigKeys"] == ["warning"]
-    Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("a", adapter)
+    TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("a", adapter)
 
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "use_future_trick": 2}))
     report, _ = _install_adapter(adapter, installed_llama, tmp_path, "b")
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert "change the math: use_future_trick" in report["message"]
     with pytest.raises(AdapterLoadError) as refused:
-        Engine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter("b", adapter)
+        TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=1).load_adapter(
+            "b", adapter
+        )
     assert "use_future_trick" in refused.value.message
 
 
@@ -268,7 +270,7 @@ def test_weights_that_would_overwrite_the_shared_base_are_refused(
     said = "retrained base weights ('model.norm.weight' differs from the base's; loading it"
     assert not report["ok"] and report["reason"] == "UnsupportedAdapter", report
     assert said in report["message"], report["message"]
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=1)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=1)
     before = engine.model.get_submodule("model.norm").weight.clone()
     with pytest.raises(AdapterLoadError, match="would change the shared base"):
         engine.load_adapter("o", adapter)
@@ -333,7 +335,7 @@ def test_a_tied_output_layer_copy_that_differs_is_refused(tmp_path: Path) -> Non
     base = make_tiny_causal_lm(tmp_path / "gpt2", arch="gpt2")
     adapter = make_variant_adapter(base, tmp_path / "tied", "CAUSAL_LM", 0, target_modules=["c_attn"])  # fmt: skip
     weights = load_file(adapter / "adapter_model.safetensors")
-    engine = Engine(base, "text-generation", max_adapters=1)
+    engine = TransformersEngine(base, "text-generation", max_adapters=1)
     wte = engine.model.get_submodule("transformer.wte").weight
     before = wte.detach().clone()
     weights["base_model.model.lm_head.weight"] = before + 0.5

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from lorafleet_serving.engine import Engine, GenerationRow
+from lorafleet_serving.engine.protocol import GenerationRow
+from lorafleet_serving.engine.transformers_engine import TransformersEngine
 
 from tests.support.models import make_variant_adapter, reference_greedy, reference_logits
 
@@ -51,7 +52,7 @@ def make_variants(base: Path, root: Path, task_type: str, variants: dict, seed: 
     }
 
 
-def _assert_generates_like_peft(engine: Engine, names: list, references: dict) -> None:
+def _assert_generates_like_peft(engine: TransformersEngine, names: list, references: dict) -> None:
     """Every (name, prompt) of ``names`` x PROMPTS in one batch, each equal to peft's tokens."""
     combos = [(n, p) for p in PROMPTS for n in names]
     rows = [
@@ -71,8 +72,10 @@ def gen_variants(tiny_causal_lm: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="module")
-def gen_engine(tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_variants: dict) -> Engine:
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=8)
+def gen_engine(
+    tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_variants: dict
+) -> TransformersEngine:
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=8)
     engine.load_adapter("plain", tiny_lora_adapters["alpha"])
     for name, path in gen_variants.items():
         engine.load_adapter(name, path)
@@ -92,21 +95,25 @@ def references(tiny_causal_lm, tiny_lora_adapters, gen_variants, gen_engine) -> 
 
 
 @pytest.mark.parametrize("variant", sorted(GEN_VARIANTS))
-def test_each_variant_alone_equals_peft(gen_engine: Engine, references: dict, variant: str):
+def test_each_variant_alone_equals_peft(
+    gen_engine: TransformersEngine, references: dict, variant: str
+):
     _assert_generates_like_peft(gen_engine, [variant], references)  # a uniform batch
     # The variant changes the output (else the test would prove nothing).
     assert any(references[variant, p] != references["plain", p] for p in PROMPTS)
     assert any(references[variant, p] != references[None, p] for p in PROMPTS)
 
 
-def test_variants_mixed_in_one_batch_equal_peft_per_row(gen_engine: Engine, references: dict):
+def test_variants_mixed_in_one_batch_equal_peft_per_row(
+    gen_engine: TransformersEngine, references: dict
+):
     _assert_generates_like_peft(gen_engine, [None, "plain", *GEN_VARIANTS], references)
 
 
 def test_unloading_a_variant_leaves_the_others_and_the_base_exact(
     tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_variants: dict, references: dict
 ):
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=3)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=3)
     for name in ("dora", "lmhead", "embed"):
         engine.load_adapter(name, gen_variants[name])
     engine.unload_adapter("dora")
@@ -121,7 +128,7 @@ def test_classifier_adapters_saving_a_pooler_or_with_dora_equal_peft_mixed(
     texts = ["i love this movie", "the weather is terrible today", "hi"]
     variants = make_variants(tiny_classifier, tmp_path, "SEQ_CLS", CLS_VARIANTS, 20)
     adapter, dora = variants["pooler"], variants["cls-dora"]
-    engine = Engine(tiny_classifier, "text-classification", max_adapters=3)
+    engine = TransformersEngine(tiny_classifier, "text-classification", max_adapters=3)
     engine.load_adapter("pooler", adapter)
     engine.load_adapter("dora", dora)
     plain_name, plain_path = next(iter(tiny_cls_adapters.items()))
@@ -147,7 +154,7 @@ def test_a_saved_module_loads_after_other_adapters_put_lora_on_it(
         tiny_causal_lm, tmp_path / "mlp", "CAUSAL_LM", 31, target_modules=["q_proj"],
         modules_to_save=["layers.1.mlp"],
     )  # fmt: skip
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=4)
     engine.load_adapter("headlora", lora_on_head)
     engine.load_adapter("lmhead", gen_variants["lmhead"])
     engine.load_adapter("mlp", mlp)
@@ -180,7 +187,7 @@ def test_saved_modules_shared_nested_or_holding_targets_equal_peft(
         },
         40,
     )
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=4)
     paths = {None: None, "lmhead": gen_variants["lmhead"], **made}
     for name in ("lmhead", "lmhead2", "downs", "mlp1"):
         engine.load_adapter(name, paths[name])

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from lorafleet_serving.api import ModelServerBackend, create_app
-from lorafleet_serving.model_server import ModelServer
+from lorafleet_serving.http.app import create_app
+from lorafleet_serving.server.backend import ModelServerBackend
+from lorafleet_serving.server.factory import build_model_server
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import (
@@ -136,7 +137,9 @@ def gen_adapters(tiny_lora_adapters: dict, tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 def gen_client(tiny_causal_lm: Path, gen_adapters: dict) -> Iterator[TestClient]:
     """TestClient over a generation ModelServer, max_adapters=2 (so adapters get evicted)."""
-    server = ModelServer(tiny_causal_lm, "text-generation", max_tokens_limit=MAX_TOKENS_LIMIT)
+    server = build_model_server(
+        tiny_causal_lm, "text-generation", max_tokens_limit=MAX_TOKENS_LIMIT
+    )
     server.apply_user_config(
         {
             "max_adapters": 2,
@@ -165,7 +168,7 @@ CLS_LABELS = {
 @pytest.fixture(scope="module")
 def cls_client(tiny_classifier: Path, tiny_cls_adapters: dict) -> Iterator[TestClient]:
     """TestClient over a classification ModelServer with sentiment, topic and plain adapters."""
-    server = ModelServer(tiny_classifier, "text-classification")
+    server = build_model_server(tiny_classifier, "text-classification")
     registry: dict[str, Any] = {}
     for name, path in tiny_cls_adapters.items():
         registry[name] = {"path": str(path), "rank": 8}

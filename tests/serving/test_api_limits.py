@@ -24,12 +24,13 @@ from typing import Any
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from lorafleet_serving.api import DEFAULT_MAX_REQUEST_BYTES, ModelServerBackend, create_app
-from lorafleet_serving.app import AppArgs
 from lorafleet_serving.errors import InvalidRequestError
-from lorafleet_serving.model_server import ModelServer
-from lorafleet_serving.openai_schemas import MAX_SEED, MIN_SEED
-from lorafleet_serving.types import ClassifyRequest, GenerateRequest
+from lorafleet_serving.http.app import DEFAULT_MAX_REQUEST_BYTES, create_app
+from lorafleet_serving.ray_app import AppArgs
+from lorafleet_serving.server.backend import ModelServerBackend
+from lorafleet_serving.server.factory import build_model_server
+from lorafleet_serving.server.model_server import ModelServer
+from lorafleet_serving.types import MAX_SEED, MIN_SEED, ClassifyRequest, GenerateRequest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tests.serving.test_api_http import assert_error
@@ -41,7 +42,7 @@ LIMIT = 64 * 1024  # bytes: small, so the tests send little
 
 @pytest.fixture(scope="module")
 def gen_server(tiny_causal_lm: Path) -> ModelServer:
-    return ModelServer(tiny_causal_lm, "text-generation", max_tokens_limit=64)
+    return build_model_server(tiny_causal_lm, "text-generation", max_tokens_limit=64)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def gen(gen_server: ModelServer) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def cls(tiny_classifier: Path) -> Iterator[TestClient]:
     """The classification API (default body limit)."""
-    server = ModelServer(tiny_classifier, "text-classification")
+    server = build_model_server(tiny_classifier, "text-classification")
     app = create_app(ModelServerBackend(server), served_name=CLS, task="text-classification")
     with TestClient(app) as client:
         client.server = server  # type: ignore[attr-defined]
@@ -342,7 +343,7 @@ async def test_one_text_request_is_not_held_behind_a_many_text_request(
 ) -> None:
     """256 long texts run in passes of 16; a one-text request arriving meanwhile joins the next
     pass and is answered while the big one still runs (before: after all of it)."""
-    server = ModelServer(tiny_classifier, "text-classification", batch_wait_timeout_s=0.0)
+    server = build_model_server(tiny_classifier, "text-classification", batch_wait_timeout_s=0.0)
     try:
         long_text = "the weather is terrible today and the movie was great " * 40
         big = asyncio.create_task(server.classify(ClassifyRequest([long_text] * 256)))
@@ -361,7 +362,7 @@ async def test_one_text_request_is_not_held_behind_a_many_text_request(
 async def test_many_prompts_take_one_turn_per_round(tiny_causal_lm: Path) -> None:
     """A completion with 48 prompts queues them as one group: a later single prompt is taken
     into a batch after at most one of them, so it finishes before most of them."""
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm, "text-generation", max_batch_size=4, batch_wait_timeout_s=0.0
     )
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import requests
-from lorafleet_serving.api import DEFAULT_MAX_REQUEST_BYTES
+from lorafleet_serving.http.app import DEFAULT_MAX_REQUEST_BYTES
 
 from tests.serving.test_api_http import assert_error
 from tests.serving.test_app_ray import deployed, ray_adapters  # noqa: F401 (fixtures)

@@ -7,16 +7,15 @@ import pickle
 import threading
 
 import pytest
-from lorafleet_serving.api import ModelUnavailableError
-from lorafleet_serving.app import (
+from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from lorafleet_serving.http.errors import ModelUnavailableError
+from lorafleet_serving.ray_app import (
     AppArgs,
     Model,
-    PortableServingError,
-    _as_serving_error,
     _ResidentAdapter,
     build_app,
 )
-from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from lorafleet_serving.ray_backend import PortableServingError, _as_serving_error
 from lorafleet_serving.types import GenerateRequest
 from ray import serve
 from ray.exceptions import RayTaskError

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from lorafleet_serving.batcher import MixedBatcher
+from lorafleet_serving.server.batcher import MixedBatcher
 
 
 class Recorder:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from lorafleet_serving.adapter_cache import AdapterCache, AdapterSpec
 from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from lorafleet_serving.server.adapter_cache import AdapterCache, AdapterSpec
 
 
 class FakeEngine:

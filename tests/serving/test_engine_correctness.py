@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lorafleet_serving.engine import Engine, GenerationRow, resolve_dtype
+from lorafleet_serving.engine.base_model import resolve_dtype
+from lorafleet_serving.engine.protocol import GenerationRow
+from lorafleet_serving.engine.transformers_engine import TransformersEngine
 from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError
 from peft.tuners.lora import LoraLayer
 
@@ -28,15 +30,17 @@ TOPIC_LABELS = {"0": "sport", "1": "politics", "2": "science", "3": "business"}
 
 
 @pytest.fixture(scope="module")
-def gen_engine(tiny_causal_lm: Path, tiny_lora_adapters: dict) -> Engine:
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=4)
+def gen_engine(tiny_causal_lm: Path, tiny_lora_adapters: dict) -> TransformersEngine:
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=4)
     for name, path in tiny_lora_adapters.items():
         engine.load_adapter(name, path)
     return engine
 
 
 @pytest.fixture(scope="module")
-def references(tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_engine: Engine) -> dict:
+def references(
+    tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_engine: TransformersEngine
+) -> dict:
     """(adapter or None, prompt) -> peft greedy tokens."""
     out = {}
     for name in [None, *tiny_lora_adapters]:
@@ -47,7 +51,9 @@ def references(tiny_causal_lm: Path, tiny_lora_adapters: dict, gen_engine: Engin
     return out
 
 
-def test_mixed_batch_matches_peft_per_row(gen_engine: Engine, tiny_lora_adapters, references):
+def test_mixed_batch_matches_peft_per_row(
+    gen_engine: TransformersEngine, tiny_lora_adapters, references
+):
     """One batch: every prompt x (base + every adapter), rows interleaved, left padded."""
     names = [None, *tiny_lora_adapters]
     combos = [(n, p) for p in PROMPTS for n in names]
@@ -66,7 +72,7 @@ def test_mixed_batch_matches_peft_per_row(gen_engine: Engine, tiny_lora_adapters
 
 
 @pytest.mark.parametrize("adapter", [None, "alpha", "gamma"])
-def test_uniform_batch_matches_peft(gen_engine: Engine, references, adapter):
+def test_uniform_batch_matches_peft(gen_engine: TransformersEngine, references, adapter):
     rows = [
         GenerationRow(
             gen_engine.encode_prompt(p), slot=gen_engine.slot(adapter), max_tokens=MAX_NEW
@@ -78,7 +84,7 @@ def test_uniform_batch_matches_peft(gen_engine: Engine, references, adapter):
         assert row.token_ids == references[adapter, prompt]
 
 
-def test_stop_string_cuts_text_and_stops(gen_engine: Engine):
+def test_stop_string_cuts_text_and_stops(gen_engine: TransformersEngine):
     ids = gen_engine.encode_prompt(PROMPTS[0])
     (full,) = gen_engine.generate(
         [GenerationRow(ids, slot=gen_engine.slot("alpha"), max_tokens=24)]
@@ -99,7 +105,7 @@ def test_stop_string_cuts_text_and_stops(gen_engine: Engine):
     assert row.token_ids == full.token_ids[: len(row.token_ids)]
 
 
-def test_sampling_seeded_and_top_p(gen_engine: Engine, references):
+def test_sampling_seeded_and_top_p(gen_engine: TransformersEngine, references):
     ids = gen_engine.encode_prompt(PROMPTS[2])
     slot = gen_engine.slot("beta")
 
@@ -115,7 +121,7 @@ def test_sampling_seeded_and_top_p(gen_engine: Engine, references):
     assert sample(3, top_p=1e-9) == references["beta", PROMPTS[2]]
 
 
-def test_finished_rows_leave_the_batch(gen_engine: Engine, references):
+def test_finished_rows_leave_the_batch(gen_engine: TransformersEngine, references):
     """Rows with different max_tokens: short ones drop out, the long ones stay correct."""
     rows = [
         GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot("delta"), max_tokens=n)
@@ -136,7 +142,7 @@ def test_finished_rows_leave_the_batch(gen_engine: Engine, references):
         assert row.token_ids == ref[: row.max_tokens]
 
 
-def test_encode_prompt_rejects_bad_input(gen_engine: Engine):
+def test_encode_prompt_rejects_bad_input(gen_engine: TransformersEngine):
     with pytest.raises(InvalidRequestError) as err:
         gen_engine.encode_prompt("")
     assert err.value.param == "prompt"
@@ -148,8 +154,8 @@ def test_encode_prompt_rejects_bad_input(gen_engine: Engine):
 
 
 @pytest.fixture(scope="module")
-def cls_engine(tiny_classifier: Path, tiny_cls_adapters: dict) -> Engine:
-    engine = Engine(tiny_classifier, "text-classification", max_adapters=3)
+def cls_engine(tiny_classifier: Path, tiny_cls_adapters: dict) -> TransformersEngine:
+    engine = TransformersEngine(tiny_classifier, "text-classification", max_adapters=3)
     engine.load_adapter("sentiment", tiny_cls_adapters["sentiment"])
     engine.load_adapter("topic", tiny_cls_adapters["topic"], labels=TOPIC_LABELS)
     engine.load_adapter("plain", tiny_cls_adapters["plain"])
@@ -157,7 +163,7 @@ def cls_engine(tiny_classifier: Path, tiny_cls_adapters: dict) -> Engine:
 
 
 def test_classification_mixed_batch_matches_peft(
-    cls_engine: Engine, tiny_classifier, tiny_cls_adapters
+    cls_engine: TransformersEngine, tiny_classifier, tiny_cls_adapters
 ):
     names = [None, "sentiment", "topic", "plain"]
     combos = [(n, t) for t in CLS_TEXTS for n in names]
@@ -176,7 +182,7 @@ def test_classification_mixed_batch_matches_peft(
 
 
 def test_head_labels_must_fit(tiny_classifier, tiny_cls_adapters):
-    engine = Engine(tiny_classifier, "text-classification", max_adapters=2)
+    engine = TransformersEngine(tiny_classifier, "text-classification", max_adapters=2)
     before = engine.tensor_bytes()
     with pytest.raises(AdapterLoadError, match="labels"):
         engine.load_adapter("topic", tiny_cls_adapters["topic"], labels={"0": "a", "1": "b"})
@@ -188,7 +194,7 @@ def test_head_labels_must_fit(tiny_classifier, tiny_cls_adapters):
 
 
 def test_unload_really_frees_memory(tiny_causal_lm, tiny_lora_adapters):
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     baseline = engine.tensor_bytes()
     engine.load_adapter("gamma", tiny_lora_adapters["gamma"])
     engine.load_adapter("beta", tiny_lora_adapters["beta"])
@@ -221,7 +227,7 @@ def _copy(src: Path, dest: Path) -> Path:
 def test_broken_adapters_raise_and_leave_engine_intact(
     tiny_causal_lm, tiny_lora_adapters, tmp_path
 ):
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     engine.load_adapter("alpha", tiny_lora_adapters["alpha"])
     before = engine.tensor_bytes()
     garbage = _copy(tiny_lora_adapters["beta"], tmp_path / "garbage")
@@ -252,7 +258,7 @@ def test_broken_adapters_raise_and_leave_engine_intact(
 
 def test_served_names_with_dots_work(tiny_causal_lm, tiny_lora_adapters):
     """peft keys adapters inside module paths; served names like 'acme.v1' must still load."""
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     engine.load_adapter("acme.v1", tiny_lora_adapters["alpha"])
     engine.load_adapter("a", tiny_lora_adapters["beta"])  # 'a' is contained in "lora_"
     ids = engine.encode_prompt(PROMPTS[0])
@@ -266,10 +272,10 @@ def test_served_names_with_dots_work(tiny_causal_lm, tiny_lora_adapters):
 
 def test_dtype_and_task_validation(tiny_causal_lm):
     with pytest.raises(InvalidRequestError, match="task"):
-        Engine(tiny_causal_lm, "summarization")
+        TransformersEngine(tiny_causal_lm, "summarization")
     with pytest.raises(InvalidRequestError, match="dtype"):
-        Engine(tiny_causal_lm, "text-generation", dtype="int3")
-    engine = Engine(tiny_causal_lm, "text-generation", dtype="bfloat16")
+        TransformersEngine(tiny_causal_lm, "text-generation", dtype="int3")
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", dtype="bfloat16")
     assert next(engine.model.parameters()).dtype == torch.bfloat16
     cpu, gpu = torch.device("cpu"), torch.device("meta")  # meta stands in for an accelerator
     assert resolve_dtype("auto", cpu, "bfloat16") == torch.float32
@@ -280,7 +286,7 @@ def test_dtype_and_task_validation(tiny_causal_lm):
 
 def test_slot_reuse_after_unload_uses_the_new_weights(tiny_causal_lm, tiny_lora_adapters):
     """Same slot tuple, different adapter in the slot: no stale gathered weights are used."""
-    engine = Engine(tiny_causal_lm, "text-generation", max_adapters=2)
+    engine = TransformersEngine(tiny_causal_lm, "text-generation", max_adapters=2)
     engine.load_adapter("alpha", tiny_lora_adapters["alpha"])
     engine.load_adapter("beta", tiny_lora_adapters["beta"])
     ids = engine.encode_prompt(PROMPTS[0])
@@ -314,7 +320,7 @@ def test_gpt2_conv1d_layers_match_peft(tmp_path):
             base, tmp_path / "all", seed=2, target_modules=["c_attn", "c_proj", "c_fc"]
         ),
     }
-    engine = Engine(base, "text-generation", max_adapters=2)
+    engine = TransformersEngine(base, "text-generation", max_adapters=2)
     for name, path in adapters.items():
         engine.load_adapter(name, path)
     ids = engine.encode_prompt(PROMPTS[0])
@@ -326,7 +332,7 @@ def test_gpt2_conv1d_layers_match_peft(tmp_path):
     assert rows[1].token_ids != rows[2].token_ids
 
 
-def test_rows_join_a_running_batch_and_stay_correct(gen_engine: Engine, references):
+def test_rows_join_a_running_batch_and_stay_correct(gen_engine: TransformersEngine, references):
     """Continuous batching: rows added between steps (other lengths, adapters) match peft."""
     first = [
         GenerationRow(gen_engine.encode_prompt(p), slot=gen_engine.slot(n), max_tokens=MAX_NEW)
@@ -378,7 +384,9 @@ def test_real_minilm_with_heads_of_two_and_four_labels(tmp_path):
         num_labels=4,
         seed=2,
     )
-    engine = Engine(base, "text-classification", labels={"0": "negative", "1": "positive"})
+    engine = TransformersEngine(
+        base, "text-classification", labels={"0": "negative", "1": "positive"}
+    )
     engine.load_adapter("sentiment", sentiment)
     engine.load_adapter("topic", topic, labels=TOPIC_LABELS)
     texts = ["I love this movie", "Parliament passed the budget"]
@@ -390,7 +398,7 @@ def test_real_minilm_with_heads_of_two_and_four_labels(tmp_path):
         assert len(labels) == len(logits) == (2 if path == sentiment else 4)
 
 
-def test_gather_cache_budget(gen_engine: Engine, tiny_lora_adapters, references):
+def test_gather_cache_budget(gen_engine: TransformersEngine, tiny_lora_adapters, references):
     """Gathered per-row weights are cached within the budget; results never depend on it."""
     names = [None, *tiny_lora_adapters]
     lora = gen_engine.lora

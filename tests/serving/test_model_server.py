@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from lorafleet_serving.errors import AdapterLoadError, InvalidRequestError, UnknownModelError
-from lorafleet_serving.model_server import ModelServer
+from lorafleet_serving.server.factory import build_model_server
 from lorafleet_serving.types import ClassifyRequest, GenerateRequest
 
 from tests.support.models import reference_greedy, reference_logits
@@ -46,7 +46,7 @@ def refs(tiny_causal_lm: Path, tiny_lora_adapters: dict) -> dict:
 async def test_concurrent_requests_for_different_adapters_share_batches_and_equal_peft(
     tiny_causal_lm, tiny_lora_adapters, refs
 ):
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm,
         "text-generation",
         max_adapters=4,
@@ -77,7 +77,7 @@ async def test_two_slots_three_adapters_burst_of_first_requests(
     tiny_causal_lm, tiny_lora_adapters, refs
 ):
     names = ["alpha", "beta", "gamma"]
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm, "text-generation", max_adapters=2, batch_wait_timeout_s=0.01
     )
     try:
@@ -110,7 +110,7 @@ async def test_two_slots_three_adapters_burst_of_first_requests(
 
 
 async def test_stream_matches_generate_and_ends_with_counts(tiny_causal_lm, tiny_lora_adapters):
-    server = ModelServer(tiny_causal_lm, "text-generation", max_adapters=2)
+    server = build_model_server(tiny_causal_lm, "text-generation", max_adapters=2)
     try:
         server.apply_user_config(registry(tiny_lora_adapters))
         req = GenerateRequest(PROMPTS[2], adapter="gamma", max_tokens=MAX_NEW)
@@ -131,7 +131,7 @@ async def test_stream_matches_generate_and_ends_with_counts(tiny_causal_lm, tiny
 
 
 async def test_stream_with_stop_string_never_leaks_it(tiny_causal_lm, tiny_lora_adapters):
-    server = ModelServer(tiny_causal_lm, "text-generation")
+    server = build_model_server(tiny_causal_lm, "text-generation")
     try:
         server.apply_user_config(registry(tiny_lora_adapters))
         full = await server.generate(GenerateRequest(PROMPTS[0], adapter="gamma", max_tokens=24))
@@ -161,7 +161,7 @@ async def _collect(stream):
 async def test_cancelled_stream_leaves_the_batch_and_others_finish(
     tiny_causal_lm, tiny_lora_adapters, refs
 ):
-    server = ModelServer(tiny_causal_lm, "text-generation", batch_wait_timeout_s=0.05)
+    server = build_model_server(tiny_causal_lm, "text-generation", batch_wait_timeout_s=0.05)
     try:
         server.apply_user_config(registry(tiny_lora_adapters))
         stream = server.generate_stream(
@@ -184,7 +184,7 @@ async def test_cancelled_stream_leaves_the_batch_and_others_finish(
 
 
 async def test_event_loop_stays_responsive_while_generating(tiny_causal_lm):
-    server = ModelServer(tiny_causal_lm, "text-generation", max_batch_size=8)
+    server = build_model_server(tiny_causal_lm, "text-generation", max_batch_size=8)
     gaps: list[float] = []
     stop = asyncio.Event()
 
@@ -213,7 +213,7 @@ async def test_event_loop_stays_responsive_while_generating(tiny_causal_lm):
 async def test_requests_arriving_mid_generation_join_the_running_batch(
     tiny_causal_lm, tiny_lora_adapters, refs
 ):
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm, "text-generation", max_batch_size=8, batch_wait_timeout_s=0.0
     )
     try:
@@ -246,7 +246,7 @@ async def test_random_traffic_with_churn_and_cancellations(
     import random
 
     rng = random.Random(1234)
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm,
         "text-generation",
         max_adapters=2,
@@ -287,7 +287,7 @@ async def test_errors_reach_only_their_request(tiny_causal_lm, tiny_lora_adapter
     broken = tmp_path / "broken"
     shutil.copytree(tiny_lora_adapters["alpha"], broken)
     (broken / "adapter_model.safetensors").write_bytes(b"garbage" * 16)
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm, "text-generation", max_tokens_limit=64, batch_wait_timeout_s=0.05
     )
     try:
@@ -331,7 +331,7 @@ async def test_errors_reach_only_their_request(tiny_causal_lm, tiny_lora_adapter
 
 
 async def test_user_config_changes_while_requests_flow(tiny_causal_lm, tiny_lora_adapters, refs):
-    server = ModelServer(
+    server = build_model_server(
         tiny_causal_lm, "text-generation", max_adapters=3, batch_wait_timeout_s=0.01
     )
     try:
@@ -377,7 +377,7 @@ async def test_user_config_changes_while_requests_flow(tiny_causal_lm, tiny_lora
 
 
 async def test_max_adapters_shrinks_through_user_config(tiny_causal_lm, tiny_lora_adapters):
-    server = ModelServer(tiny_causal_lm, "text-generation", max_adapters=4)
+    server = build_model_server(tiny_causal_lm, "text-generation", max_adapters=4)
     try:
         await server.reconfigure(registry(tiny_lora_adapters))
         for name in tiny_lora_adapters:
@@ -396,7 +396,7 @@ async def test_max_adapters_shrinks_through_user_config(tiny_causal_lm, tiny_lor
 
 async def test_classification_mixed_concurrent_requests(tiny_classifier, tiny_cls_adapters):
     topic = {"0": "sport", "1": "politics", "2": "science", "3": "business"}
-    server = ModelServer(tiny_classifier, "text-classification", batch_wait_timeout_s=0.05)
+    server = build_model_server(tiny_classifier, "text-classification", batch_wait_timeout_s=0.05)
     try:
         server.apply_user_config(registry(tiny_cls_adapters, topic=topic))
         for name in tiny_cls_adapters:
@@ -432,7 +432,7 @@ async def test_adapter_with_wrong_base_is_503(
     tiny_classifier, tiny_lora_adapters, tiny_cls_adapters
 ):
     """A causal-LM adapter registered on a BERT base fails to load with a reason."""
-    server = ModelServer(tiny_classifier, "text-classification")
+    server = build_model_server(tiny_classifier, "text-classification")
     try:
         server.apply_user_config(registry({"llama": tiny_lora_adapters["alpha"]}))
         with pytest.raises(AdapterLoadError) as err:

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from lorafleet_serving.api import ModelServerBackend, create_app
-from lorafleet_serving.model_server import ModelServer
+from lorafleet_serving.http.app import create_app
+from lorafleet_serving.server.backend import ModelServerBackend
+from lorafleet_serving.server.factory import build_model_server
 from lorafleet_serving.types import GenerateRequest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,7 +58,7 @@ def chain_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_stream_of_split_characters_equals_the_text(chain_lm: Path) -> None:
-    server = ModelServer(chain_lm, "text-generation")
+    server = build_model_server(chain_lm, "text-generation")
     try:
         req = GenerateRequest(PROMPT, max_tokens=64)
         full = await server.generate(req)
@@ -75,7 +76,7 @@ async def test_stream_of_split_characters_equals_the_text(chain_lm: Path) -> Non
 
 
 def test_http_stream_of_split_characters_equals_the_text(chain_lm: Path) -> None:
-    server = ModelServer(chain_lm, "text-generation")
+    server = build_model_server(chain_lm, "text-generation")
     app = create_app(ModelServerBackend(server), served_name="chain", task="text-generation")
     with TestClient(app) as client:
         try:

@@ -47,8 +47,6 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-BASE_SLOT = 0
-
 
 @dataclass
 class _RowPlan:
@@ -117,6 +115,47 @@ class _StackedLayer:
             for t in (self.a, self.b, self.bias, self.mag)
             if t is not None
         )
+
+
+def _found_in(qualname: str, module: LoraLayer, key: str) -> _Found | None:
+    """Peft adapter ``key``'s weights in one ``LoraLayer`` (``None`` if it has none there),
+    scaling folded into ``B`` (and the ``lora_B`` bias); for DoRA also the per-row magnitude
+    scale, computed once with peft's own weight norm.
+
+    Raises:
+        ValueError: DoRA on an embedding, or LoRA on a layer that is neither an embedding nor
+            linear (e.g. a convolution).
+    """
+    if key in module.lora_embedding_A:
+        if module.use_dora.get(key, False):
+            raise ValueError(f"DoRA on the embedding layer {qualname} is not served")
+        return _Found(
+            qualname,
+            a=module.lora_embedding_A[key].detach(),  # [r, num_embeddings]
+            b=module.lora_embedding_B[key].detach() * module.scaling[key],
+            embedding=True,
+        )
+    if key not in module.lora_A:
+        return None
+    if not isinstance(module.lora_A[key], nn.Linear):
+        raise ValueError(f"LoRA on {type(module).__name__} {qualname} is not served")
+    scaling = module.scaling[key]
+    lora_a, lora_b = module.lora_A[key], module.lora_B[key]
+    item = _Found(qualname, a=lora_a.weight.detach(), b=lora_b.weight.detach() * scaling)
+    if lora_b.bias is not None:  # lora_bias: lora_B(h) * scaling adds bias * scaling
+        item.bias = lora_b.bias.detach() * scaling
+    if module.use_dora.get(key, False):
+        # peft's DoRA (tuners/lora/dora.py, DoraLinearLayer.forward): the output is
+        # m_s * (W x + s·B·A x) + bias with m_s = magnitude / ||W + s·B·A|| per output
+        # row, constant at inference, so it is computed once here with peft's own norm.
+        dora = module.lora_magnitude_vector[key]
+        base = module.get_base_layer()
+        with torch.no_grad():
+            lora_weight = lora_b.weight @ lora_a.weight
+            norm = dora.get_weight_norm(base.weight, lora_weight, scaling)
+        item.mag = (dora.weight.detach() / norm.detach()).reshape(-1)
+        item.base_bias = base.bias
+    return item
 
 
 class BatchedLoRA:
@@ -239,93 +278,93 @@ class BatchedLoRA:
         """
         if name in self._slots:
             raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
+        slot = self._free_slot()
+        found = self._collect(model, peft_name or name)
+        if not found and not saved_modules:
+            raise ValueError(f"adapter {name!r} adapts no layer of the model")
+        for item in found:
+            self._store(slot, item)
+        # Any layer peft injected must stay disabled, including ones of other adapters.
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                module.enable_adapters(False)
+        self._add_saved(slot, model, saved_modules or {})
+        self._slots[name] = slot
+        self._invalidate()
+        return slot
+
+    def _free_slot(self) -> int:
+        """The lowest slot no resident adapter holds.
+
+        Raises:
+            ValueError: All ``capacity`` slots are in use.
+        """
         used = set(self._slots.values())
         slot = next((s for s in range(1, self.capacity + 1) if s not in used), None)
         if slot is None:
             raise ValueError(f"BatchedLoRA: all {self.capacity} adapter slots are in use")
-        key = peft_name or name
+        return slot
+
+    def _collect(self, model: nn.Module, key: str) -> list[_Found]:
+        """Hook every ``LoraLayer`` of ``model`` and take out peft adapter ``key``'s weights;
+        the layers holding them are disabled (they run only their base layer).
+
+        Raises:
+            ValueError: A variant this path does not implement (see :func:`_found_in`).
+        """
         found: list[_Found] = []
         for qualname, module in model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
             self._hook(qualname, module)
-            if key in module.lora_embedding_A:
-                if module.use_dora.get(key, False):
-                    raise ValueError(f"DoRA on the embedding layer {qualname} is not served")
-                found.append(
-                    _Found(
-                        qualname,
-                        a=module.lora_embedding_A[key].detach(),  # [r, num_embeddings]
-                        b=module.lora_embedding_B[key].detach() * module.scaling[key],
-                        embedding=True,
-                    )
-                )
+            item = _found_in(qualname, module, key)
+            if item is not None:
+                found.append(item)
                 module.enable_adapters(False)
-                continue
-            if key not in module.lora_A:
-                continue
-            if not isinstance(module.lora_A[key], nn.Linear):
-                raise ValueError(f"LoRA on {type(module).__name__} {qualname} is not served")
-            scaling = module.scaling[key]
-            lora_a, lora_b = module.lora_A[key], module.lora_B[key]
-            item = _Found(qualname, a=lora_a.weight.detach(), b=lora_b.weight.detach() * scaling)
-            if lora_b.bias is not None:  # lora_bias: lora_B(h) * scaling adds bias * scaling
-                item.bias = lora_b.bias.detach() * scaling
-            if module.use_dora.get(key, False):
-                # peft's DoRA (tuners/lora/dora.py, DoraLinearLayer.forward): the output is
-                # m_s * (W x + s·B·A x) + bias with m_s = magnitude / ||W + s·B·A|| per output
-                # row, constant at inference, so it is computed once here with peft's own norm.
-                dora = module.lora_magnitude_vector[key]
-                base = module.get_base_layer()
-                with torch.no_grad():
-                    lora_weight = lora_b.weight @ lora_a.weight
-                    norm = dora.get_weight_norm(base.weight, lora_weight, scaling)
-                item.mag = (dora.weight.detach() / norm.detach()).reshape(-1)
-                item.base_bias = base.bias
-            found.append(item)
-            module.enable_adapters(False)
-        if not found and not saved_modules:
-            raise ValueError(f"adapter {name!r} adapts no layer of the model")
-        for item in found:
-            layer = self._layers.get(item.qualname)
-            if layer is None:
-                layer = _StackedLayer(
-                    in_features=item.a.shape[1],
-                    out_features=item.b.shape[0],
-                    embedding=item.embedding,
-                )
-                self._layers[item.qualname] = layer
-            r = item.a.shape[0]
-            if layer.a is None or r > layer.rank:
-                self._reallocate(layer, self.capacity, max(r, layer.rank))
-            assert layer.a is not None and layer.b is not None
-            layer.a[slot].zero_()
-            layer.b[slot].zero_()
-            layer.a[slot, :r].copy_(item.a.to(self.dtype))
-            layer.b[slot, :, :r].copy_(item.b.to(self.dtype))
-            layer.ranks[slot] = r
-            if item.bias is not None:
-                layer.bias = self._vector(layer.bias, layer.out_features, 0.0)
-                layer.bias[slot].copy_(item.bias.to(self.dtype))
-                layer.bias_slots.add(slot)
-            if item.mag is not None:
-                layer.mag = self._vector(layer.mag, layer.out_features, 1.0)
-                layer.mag[slot].copy_(item.mag.to(self.dtype))
-                layer.dora_slots.add(slot)
-                layer.base_bias = item.base_bias
-        # Any layer peft injected must stay disabled, including ones of other adapters.
-        for module in model.modules():
-            if isinstance(module, LoraLayer):
-                module.enable_adapters(False)
-        for qualname, copy in (saved_modules or {}).items():
+        return found
+
+    def _store(self, slot: int, item: _Found) -> None:
+        """Write one layer's weights of an adapter into ``slot`` of that layer's stacks,
+        allocating or widening (rank) the stacks first when needed."""
+        layer = self._layers.get(item.qualname)
+        if layer is None:
+            layer = _StackedLayer(
+                in_features=item.a.shape[1],
+                out_features=item.b.shape[0],
+                embedding=item.embedding,
+            )
+            self._layers[item.qualname] = layer
+        r = item.a.shape[0]
+        if layer.a is None or r > layer.rank:
+            self._reallocate(layer, self.capacity, max(r, layer.rank))
+        assert layer.a is not None and layer.b is not None
+        layer.a[slot].zero_()
+        layer.b[slot].zero_()
+        layer.a[slot, :r].copy_(item.a.to(self.dtype))
+        layer.b[slot, :, :r].copy_(item.b.to(self.dtype))
+        layer.ranks[slot] = r
+        if item.bias is not None:
+            layer.bias = self._vector(layer.bias, layer.out_features, 0.0)
+            layer.bias[slot].copy_(item.bias.to(self.dtype))
+            layer.bias_slots.add(slot)
+        if item.mag is not None:
+            layer.mag = self._vector(layer.mag, layer.out_features, 1.0)
+            layer.mag[slot].copy_(item.mag.to(self.dtype))
+            layer.dora_slots.add(slot)
+            layer.base_bias = item.base_bias
+
+    def _add_saved(self, slot: int, model: nn.Module, saved_modules: dict[str, nn.Module]) -> None:
+        """Register an adapter's own module copies for ``slot`` and hook the base modules.
+
+        Raises:
+            ValueError: ``model`` has no module of that name.
+        """
+        for qualname, copy in saved_modules.items():
             original = dict(model.named_modules()).get(qualname)
             if original is None:
                 raise ValueError(f"modules_to_save: the model has no module {qualname!r}")
             self._saved.setdefault(qualname, {})[slot] = copy
             self._hook_saved(qualname, original)
-        self._slots[name] = slot
-        self._invalidate()
-        return slot
 
     def remove(self, name: str) -> None:
         """Zero and free the slot of ``name``; release a layer's stacks when it holds none.

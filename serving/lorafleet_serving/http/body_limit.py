@@ -4,7 +4,7 @@
 ``Content-Length`` above the limit fails the first read before any byte is read, and a body
 without one (chunked) fails the read that takes the byte count past the limit - the rest is
 never pulled from the client. The failure is Starlette's ``HTTPException(413)``, which the app's
-exception handlers turn into its own error answer (``api.create_app`` makes it an OpenAI error
+exception handlers turn into its own error answer (``http.app.create_app`` makes it an OpenAI error
 object naming the limit).
 
 Starlette's ``RequestBodyLimitMiddleware`` (FastAPI's ``max_body_size``) counts the same way, but

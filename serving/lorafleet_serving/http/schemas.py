@@ -1,4 +1,4 @@
-"""Pydantic request schemas (and the model list and error objects) of lorafleet's OpenAI-compatible HTTP API.
+"""Pydantic request schemas (and the model list, usage and error objects) of lorafleet's OpenAI-compatible HTTP API.
 
 Field names and shapes follow the OpenAI API reference (Completions, Chat Completions,
 Models, error objects; https://platform.openai.com/docs/api-reference) so the official
@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..types import MAX_SEED, MIN_SEED, MIN_TEMPERATURE
+
 #: OpenAI's defaults (API reference): ``max_tokens`` 16 for completions, temperature 1, top_p 1.
 DEFAULT_MAX_TOKENS = 16
 #: Chat answers without ``max_tokens``/``max_completion_tokens`` (OpenAI: up to the context;
@@ -26,12 +28,6 @@ DEFAULT_CHAT_MAX_TOKENS = 256
 DEFAULT_TEMPERATURE = 1.0
 #: How many stop sequences a request may give (OpenAI allows 4; a few more cost nothing).
 MAX_STOP_SEQUENCES = 16
-#: Smallest positive ``temperature``: below it sampling cannot be told apart from greedy
-#: decoding, so a request must say 0 (some clients send 1e-5 or 1e-6 to mean greedy: allowed).
-MIN_TEMPERATURE = 1e-6
-#: Seeds ``torch.Generator.manual_seed`` accepts: any signed or unsigned 64-bit integer.
-MIN_SEED = -(2**63)
-MAX_SEED = 2**64 - 1
 
 #: A UTF-16 surrogate code point. JSON's ``\uXXXX`` escapes may name one alone (``"\ud800"``);
 #: valid pairs become one character when parsed, so any left is not Unicode text.
@@ -285,6 +281,15 @@ class ClassifyHTTPRequest(_Request):
 
 
 # ----------------------------------------------------------------------------- responses
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """An answer's ``usage`` object: ``prompt_tokens``, ``completion_tokens``, ``total_tokens``."""
+    return {
+        "prompt_tokens": int(prompt_tokens),
+        "completion_tokens": int(completion_tokens),
+        "total_tokens": int(prompt_tokens) + int(completion_tokens),
+    }
 
 
 class ModelCard(BaseModel):

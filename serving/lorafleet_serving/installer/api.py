@@ -6,6 +6,8 @@ target -> space check -> download into ``ROOT/.staging/...`` (resumable) with pr
 verify sizes/digests -> validate -> leave out pickles -> write ``lorafleet.json`` -> one
 ``rename`` to the final path. Failures never leave anything at the final path; a refusal or a
 full volume (``InsufficientSpace``) also removes the staged files, so the space is free again.
+This module resolves the source and decides whether the install is already there; the staged
+half, under the target's lock, is :mod:`.pipeline`.
 Every message that leaves is redacted (:mod:`.redaction`), including the source URIs' own
 query values and user-info.
 
@@ -18,12 +20,10 @@ since the installed weights then differ from the source's.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import threading
 import traceback
@@ -32,8 +32,6 @@ from pathlib import Path
 from ..types import TASKS
 from .deadline import Deadline
 from .errors import (
-    CHECKSUM_MISMATCH,
-    INSTALLED,
     INTERNAL_ERROR,
     INVALID_BASE_MODEL,
     INVALID_SOURCE,
@@ -41,21 +39,14 @@ from .errors import (
     TIMEOUT,
     InstallError,
 )
-from .manifest import MANIFEST_NAME, now_rfc3339, read_manifest, write_manifest
-from .pickles import leave_out_pickles
-from .progress import ProgressReporter, folder_bytes
-from .redaction import public_url, redact, url_secrets
+from .manifest import MANIFEST_NAME, read_manifest, recorded_uri
+from .pipeline import ResolvedSources, stage_and_promote
+from .redaction import redact, uri_secrets
 from .request import InstallRequest
 from .sources import Listing, content_digest, open_source
-from .space import check_space, is_space_exhausted, space_exhausted_error
-from .staging import Target, check_revision_dirname, promote
-from .verify import Digests, check_digests, file_digests, verify_file
+from .staging import Target, check_revision_dirname
 
 KINDS = ("base", "adapter")
-# Failures after which the staged bytes are kept for a resuming re-run.
-RESUMABLE = frozenset({TIMEOUT, INTERNAL_ERROR})
-# Names listed in a report message before "(+N more)".
-MAX_NAMES_IN_MESSAGE = 10
 
 
 def _fail(reason: str, message: str, kind: str, secrets: tuple[str, ...] = ()) -> dict:
@@ -73,7 +64,7 @@ def install(req: InstallRequest) -> dict:
         ``reason`` and ``message``. Never raises for install failures.
     """
     kind, timeout = req.kind, req.timeout
-    secrets = _uri_secrets(req.source, req.checkpoint, req.base_source)
+    secrets = uri_secrets(req.source, req.checkpoint, req.base_source)
     if kind not in KINDS:
         return _fail(INVALID_SOURCE, f"kind must be one of {KINDS}, got {kind!r}", str(kind))
     if req.max_unpacked_bytes is not None and req.max_unpacked_bytes < 1:
@@ -112,23 +103,60 @@ def install(req: InstallRequest) -> dict:
     return result["report"]
 
 
-def _uri_secrets(*uris: str | None) -> tuple[str, ...]:
-    """A source's own secrets (a pre-signed URL's signature, ``user:password@``), by value."""
-    return tuple(v for uri in uris for v in url_secrets(uri))
-
-
 def _suffix_for_checkpoint(ckpt_listing: Listing, strict: bool, task, num_labels) -> str:
+    """``-ckpt-<12 hex>``: a digest of the checkpoint's content and the options applying it."""
     ident = json.dumps([content_digest(ckpt_listing.files), strict, task, num_labels])
     return "-ckpt-" + hashlib.sha256(ident.encode()).hexdigest()[:12]
 
 
 def _install(req: InstallRequest, deadline: Deadline) -> dict:
-    kind, namespace, name, source, dest = req.kind, req.namespace, req.name, req.source, req.dest
-    revision, checkpoint, strict, sha256 = req.revision, req.checkpoint, req.strict, req.sha256
-    task, num_labels, max_rank = req.task, req.num_labels, req.max_rank
-    base_path, base_source = req.base_path, req.base_source
-    allow_patterns = list(req.allow_patterns) or None
-    ignore_patterns = list(req.ignore_patterns) or None
+    """Install as ``req`` says, once :func:`install` has checked the kind and the deadline.
+
+    A finished install (its ``lorafleet.json`` present) is a no-op, checked before any
+    network call for a pinned revision, then again after listing and again under the
+    target's lock.
+
+    Returns:
+        The report dict.
+
+    Raises:
+        InstallError: Any install failure, with its reason.
+    """
+    _check_request(req)
+    target = Target(req.dest, req.namespace, req.kind, req.name)
+    # A pinned revision names the folder before any network call: a finished install is then a
+    # no-op even when the source is unreachable.
+    pinned = _pinned_manifest(req, target)
+    if pinned is not None:
+        return _already(pinned, target.final_path(req.revision), req)
+    plan = _resolve(req, target, deadline)
+    done = read_manifest(plan.final)
+    if done is not None:
+        return _already(done, plan.final, req)
+    with target.lock(deadline):
+        done = read_manifest(plan.final)
+        if done is not None:
+            return _already(done, plan.final, req)
+        if plan.final.exists():  # no manifest: not ours or a broken leftover; never overwrite
+            raise InstallError(
+                INTERNAL_ERROR,
+                f"{plan.final} exists without a complete {MANIFEST_NAME}; remove it first",
+            )
+        return stage_and_promote(req, plan, target, deadline)
+
+
+def _check_request(req: InstallRequest) -> None:
+    """Check the request's options against each other, before anything is read or fetched.
+
+    Checks, in order: ``task`` is known; ``num_labels`` and ``max_rank`` are at least 1; an
+    adapter names an installed base (``base_path`` with a ``config.json``); a checkpoint goes
+    with a base only; ``dest`` is an existing folder.
+
+    Raises:
+        InstallError: ``InvalidSource``, or ``InvalidBaseModel`` when ``base_path`` holds no
+            installed base.
+    """
+    task, num_labels, max_rank, base_path = req.task, req.num_labels, req.max_rank, req.base_path
     if task is not None and task not in TASKS:
         raise InstallError(
             INVALID_SOURCE, f"--task must be one of {', '.join(TASKS)}, got {task!r}"
@@ -137,7 +165,7 @@ def _install(req: InstallRequest, deadline: Deadline) -> dict:
         raise InstallError(INVALID_SOURCE, f"--num-labels must be at least 1, got {num_labels}")
     if max_rank is not None and max_rank < 1:
         raise InstallError(INVALID_SOURCE, f"--max-rank must be at least 1, got {max_rank}")
-    if kind == "adapter":
+    if req.kind == "adapter":
         if base_path is None:
             raise InstallError(
                 INVALID_SOURCE, "an adapter install needs --base-path (the installed base folder)"
@@ -146,118 +174,73 @@ def _install(req: InstallRequest, deadline: Deadline) -> dict:
             raise InstallError(
                 INVALID_BASE_MODEL, f"no installed base model at {base_path} (config.json missing)"
             )
-    if checkpoint and kind != "base":
+    if req.checkpoint and req.kind != "base":
         raise InstallError(INVALID_SOURCE, "--checkpoint applies to a base model only")
-    if not dest.is_dir():
-        raise InstallError(INVALID_SOURCE, f"--dest {dest} is not an existing folder")
+    if not req.dest.is_dir():
+        raise InstallError(INVALID_SOURCE, f"--dest {req.dest} is not an existing folder")
 
-    target = Target(dest, namespace, kind, name)
-    opts = {
-        "task": task,
-        "num_labels": num_labels,
-        "base_path": base_path,
-        "base_source": base_source,
-        "max_rank": max_rank,
-    }
-    # A pinned revision names the folder before any network call: a finished install is then a
-    # no-op even when the source is unreachable.
-    pinned = None
-    if not checkpoint and revision:
-        is_commit = re.fullmatch(r"[0-9a-f]{40}", revision) is not None
-        if is_commit or not source.startswith("hf://"):
-            pinned = read_manifest(target.final_path(revision))
-    if pinned is not None:
-        return _already(pinned, target.final_path(revision), opts)
+
+def _pinned_manifest(req: InstallRequest, target: Target) -> dict | None:
+    """The manifest of a finished install named by the request alone, without the network.
+
+    Only a revision that names the folder by itself qualifies: a 40-hex commit, or any
+    revision of a non-``hf://`` source; never with a checkpoint (its digest is in the name).
+
+    Returns:
+        The manifest dict, or None (not pinned, or not installed yet).
+    """
+    if req.checkpoint or not req.revision:
+        return None
+    is_commit = re.fullmatch(r"[0-9a-f]{40}", req.revision) is not None
+    if is_commit or not req.source.startswith("hf://"):
+        return read_manifest(target.final_path(req.revision))
+    return None
+
+
+def _resolve(req: InstallRequest, target: Target, deadline: Deadline) -> ResolvedSources:
+    """Open and list the source (and the checkpoint), and name the revision folder.
+
+    Raises:
+        InstallError: ``InvalidSource`` (bad URI, a revision that cannot name a folder, a
+            checkpoint that is not exactly one file), or what listing the source raises.
+    """
     src = open_source(
-        source,
-        revision=revision,
-        allow_patterns=allow_patterns,
-        ignore_patterns=ignore_patterns,
-        sha256=sha256,
+        req.source,
+        revision=req.revision,
+        allow_patterns=list(req.allow_patterns) or None,
+        ignore_patterns=list(req.ignore_patterns) or None,
+        sha256=req.sha256,
         max_unpacked_bytes=req.max_unpacked_bytes,
     )
     listing = src.list(deadline)
     if listing.resolved_revision:
         resolved = listing.resolved_revision
-    elif revision:
-        resolved = check_revision_dirname(revision)
+    elif req.revision:
+        resolved = check_revision_dirname(req.revision)
     else:
         resolved = content_digest(listing.files)
-    dirname = resolved
-    ckpt_src = ckpt_listing = None
-    if checkpoint:
-        ckpt_src = open_source(checkpoint)
-        ckpt_listing = ckpt_src.list(deadline)
-        if len(ckpt_listing.files) != 1 or ckpt_listing.archive:
-            raise InstallError(INVALID_SOURCE, f"--checkpoint {checkpoint!r} must name one file")
-        dirname += _suffix_for_checkpoint(ckpt_listing, strict, task, num_labels)
+    if not req.checkpoint:
+        return ResolvedSources(src, listing, resolved, resolved, target.final_path(resolved))
+    ckpt_src = open_source(req.checkpoint)
+    ckpt_listing = ckpt_src.list(deadline)
+    if len(ckpt_listing.files) != 1 or ckpt_listing.archive:
+        raise InstallError(INVALID_SOURCE, f"--checkpoint {req.checkpoint!r} must name one file")
+    dirname = resolved + _suffix_for_checkpoint(ckpt_listing, req.strict, req.task, req.num_labels)
     final = target.final_path(dirname)
-
-    done = read_manifest(final)
-    if done is not None:
-        return _already(done, final, opts)
-    with target.lock(deadline):
-        done = read_manifest(final)
-        if done is not None:
-            return _already(done, final, opts)
-        if final.exists():  # no manifest: not ours or a broken leftover; never overwrite
-            raise InstallError(
-                INTERNAL_ERROR,
-                f"{final} exists without a complete {MANIFEST_NAME}; remove it first",
-            )
-        staging = target.staging_path(
-            {
-                "source": source,
-                "dir": dirname,
-                "allow": allow_patterns,
-                "ignore": ignore_patterns,
-                "sha256": sha256,
-            }
-        )
-        files_dir = staging / "files"
-
-        def discard_staging() -> None:
-            shutil.rmtree(staging, ignore_errors=True)
-            with contextlib.suppress(OSError):  # a refusal leaves no empty folder either
-                target.staging_parent.rmdir()
-
-        try:
-            files_dir.mkdir(parents=True, exist_ok=True)
-            _prune_unlisted(files_dir, listing)
-            report = _stage_and_promote(
-                req,
-                src,
-                listing,
-                staging,
-                files_dir,
-                final,
-                target=target,
-                resolved=resolved,
-                ckpt_src=ckpt_src,
-                ckpt_listing=ckpt_listing,
-                deadline=deadline,
-            )
-        except InstallError as exc:
-            if exc.reason not in RESUMABLE:
-                discard_staging()
-            raise
-        except Exception as exc:  # a full volume (ENOSPC/EDQUOT) is never kept to resume from
-            if not is_space_exhausted(exc):
-                raise
-            discard_staging()
-            raise space_exhausted_error(
-                exc, dest, what=f"{target.namespace}/{target.name}"
-            ) from exc
-        discard_staging()  # leave no empty folders behind
-        return report
+    return ResolvedSources(src, listing, resolved, dirname, final, ckpt_src, ckpt_listing)
 
 
-def _already(manifest: dict, final: Path, opts: dict) -> dict:
+def _already(manifest: dict, final: Path, req: InstallRequest) -> dict:
     """The report of a finished install, re-validated when this run asks for something else.
 
     A base installed for another ``task``/``num_labels``, or an adapter checked against another
     base folder, base source or a larger ``max_rank``, is validated again (read-only) against
     the new request; the files stay as they are.
+
+    Args:
+        manifest: The finished install's ``lorafleet.json``.
+        final: Its folder.
+        req: This run's request.
 
     Raises:
         InstallError: The existing install does not satisfy this request.
@@ -266,226 +249,30 @@ def _already(manifest: dict, final: Path, opts: dict) -> dict:
     if report.get("kind") == "adapter":
         base = manifest.get("base") or {}
         stale = (
-            str(opts["base_path"]) != base.get("path")
-            or _recorded_uri(opts["base_source"]) != base.get("source")
-            or (opts["max_rank"] is not None and report.get("rank", 0) > opts["max_rank"])
+            str(req.base_path) != base.get("path")
+            or recorded_uri(req.base_source) != base.get("source")
+            or (req.max_rank is not None and report.get("rank", 0) > req.max_rank)
         )
         if stale:
             from .validate_adapter import validate_adapter
 
             facts = validate_adapter(
                 final,
-                base_path=opts["base_path"],
-                base_source=opts["base_source"],
-                max_rank=opts["max_rank"],
+                base_path=req.base_path,
+                base_source=req.base_source,
+                max_rank=req.max_rank,
             )
-            report.update(_adapter_fields(facts))
-    elif (opts["task"] is not None and opts["task"] != report.get("task")) or (
-        opts["num_labels"] is not None and opts["num_labels"] != report.get("numLabels")
+            report.update(facts.report_fields())
+    elif (req.task is not None and req.task != report.get("task")) or (
+        req.num_labels is not None and req.num_labels != report.get("numLabels")
     ):
         from .validate_base import validate_base
 
-        facts = validate_base(final, task=opts["task"], num_labels=opts["num_labels"])
-        report.update(_base_fields(facts))
+        facts = validate_base(final, task=req.task, num_labels=req.num_labels)
+        report.update(facts.report_fields())
     report = {k: v for k, v in report.items() if v is not None}
     report["message"] = f"already installed at {final}"
     report["path"] = str(final)
-    return report
-
-
-def _recorded_uri(uri: str | None) -> str | None:
-    """A URI as lorafleet.json records it (no user-info, no query string)."""
-    return public_url(uri) if uri else None
-
-
-def _base_fields(facts) -> dict:
-    return {
-        "task": facts.task,
-        "numLabels": facts.num_labels,
-        "architecture": facts.architecture,
-        "labels": facts.labels,
-    }
-
-
-def _adapter_fields(facts) -> dict:
-    return {
-        "rank": facts.rank,
-        "loraAlpha": facts.lora_alpha,
-        "targetModules": facts.target_modules,
-        "modulesToSave": facts.modules_to_save,
-        "numLabels": facts.num_labels,
-        "labels": facts.labels,
-        "baseMatches": facts.base_matches,
-    }
-
-
-def _prune_unlisted(files_dir: Path, listing: Listing) -> None:
-    """Delete staged files a previous run produced that the listing does not name."""
-    if listing.archive:
-        return
-    wanted = {f.path for f in listing.files}
-    for path in sorted(files_dir.rglob("*"), reverse=True):
-        rel = path.relative_to(files_dir).as_posix()
-        if rel == ".cache" or rel.startswith(".cache/"):
-            continue
-        if path.is_file() and rel not in wanted and rel.removesuffix(".part") not in wanted:
-            path.unlink()
-
-
-def _stage_and_promote(
-    req: InstallRequest,
-    src,
-    listing: Listing,
-    staging: Path,
-    files_dir: Path,
-    final: Path,
-    *,
-    target: Target,
-    resolved: str,
-    ckpt_src,
-    ckpt_listing,
-    deadline: Deadline,
-) -> dict:
-    kind, strict, task, num_labels = req.kind, req.strict, req.task, req.num_labels
-    max_rank, base_path, base_source = req.max_rank, req.base_path, req.base_source
-    progress_file, progress_stream = req.progress_file, req.progress_stream
-    total = listing.total_bytes
-    if ckpt_listing is not None and total is not None:
-        ckpt_total = ckpt_listing.total_bytes
-        total = None if ckpt_total is None else total + ckpt_total
-    if total is not None:
-        check_space(
-            target.root,
-            max(0, total - folder_bytes(staging)),
-            what=f"{target.namespace}/{target.name}",
-        )
-
-    label = f"{target.namespace}/{target.name}"
-    with ProgressReporter(
-        lambda: folder_bytes(staging),
-        total,
-        progress_file=progress_file,
-        stream=progress_stream,
-        label=label,
-    ):
-        fetched = src.download(listing, files_dir, deadline) or {}
-        ckpt_file = None
-        if ckpt_src is not None:
-            ckpt_dir = staging / "checkpoint"
-            ckpt_src.download(ckpt_listing, ckpt_dir, deadline)
-            ckpt_file = ckpt_dir / ckpt_listing.files[0].path
-    shutil.rmtree(files_dir / ".cache", ignore_errors=True)
-    deadline.check("verifying")
-
-    digests: dict[str, tuple[Digests, int]] = {}
-    checked = [] if listing.archive else listing.files
-    for f in checked:
-        path = files_dir / f.path
-        if not path.is_file():
-            raise InstallError(CHECKSUM_MISMATCH, f"{f.path}: missing after download")
-        try:
-            if f.path in fetched:  # hashed while downloading
-                d = check_digests(fetched[f.path], f.expected, name=f.path)
-            else:
-                d = verify_file(path, f.expected, name=f.path)
-        except InstallError:
-            path.unlink(missing_ok=True)  # never promoted, never resumed from
-            raise
-        digests[f.path] = (d, path.stat().st_mtime_ns)
-    if ckpt_file is not None:
-        try:
-            ckpt_digest = verify_file(
-                ckpt_file, ckpt_listing.files[0].expected, name=ckpt_listing.files[0].path
-            )
-        except InstallError:
-            ckpt_file.unlink(missing_ok=True)
-            raise
-
-    deadline.check("validating")
-    report: dict = {"ok": True, "reason": INSTALLED, "kind": kind, "resolvedRevision": resolved}
-    if kind == "base":
-        from .validate_base import validate_base
-
-        facts = validate_base(
-            files_dir,
-            task=task,
-            num_labels=num_labels,
-            checkpoint_file=ckpt_file,
-            checkpoint_name=ckpt_listing.files[0].path if ckpt_listing else None,
-            strict=strict,
-        )
-        findings = facts.findings
-        report.update(_base_fields(facts))
-    else:
-        from .validate_adapter import validate_adapter
-
-        facts = validate_adapter(
-            files_dir, base_path=base_path, base_source=base_source, max_rank=max_rank
-        )
-        findings = facts.findings
-        report.update(_adapter_fields(facts))
-    left_out = leave_out_pickles(files_dir)
-    if left_out:
-        findings.append(
-            {
-                "level": "warning",
-                "code": "PickleLeftOut",
-                "message": "pickle files left out of the install (never loaded; a pickle runs "
-                f"code when loaded): {', '.join(left_out)}",
-            }
-        )
-
-    entries = []
-    for path in sorted(p for p in files_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(files_dir).as_posix()
-        known = digests.get(rel)
-        d = known[0] if known and known[1] == path.stat().st_mtime_ns else file_digests(path)
-        entries.append({"path": rel, "size": d.size, "sha256": d.sha256})
-    size = sum(e["size"] for e in entries)
-    message = f"installed {len(entries)} files ({size} bytes) at {final}"
-    if left_out:
-        more = len(left_out) - MAX_NAMES_IN_MESSAGE
-        message += f"; left out {len(left_out)} pickle file(s): " + ", ".join(
-            left_out[:MAX_NAMES_IN_MESSAGE]
-        )
-        message += f" (+{more} more)" if more > 0 else ""
-    # Warnings reach the resource's status through the report's message (the Installed
-    # condition); lorafleet.json keeps every finding in full.
-    warned = [f for f in findings if f["level"] == "warning" and f["code"] != "PickleLeftOut"]
-    if warned:
-        message += "; warnings: " + "; ".join(f"{f['code']}: {f['message']}" for f in warned)
-    report.update(sizeBytes=size, path=str(final), message=message)
-    report = {k: v for k, v in report.items() if v is not None}
-    manifest = {
-        "apiVersion": "lorafleet.io/v1alpha1",
-        "kind": "BaseModel" if kind == "base" else "LoraAdapter",
-        "namespace": target.namespace,
-        "name": target.name,
-        "installedAt": now_rfc3339(),
-        "source": src.describe(),
-        "resolvedRevision": resolved,
-        "checkpoint": (
-            {**ckpt_src.describe(), "sha256": ckpt_digest.sha256, "strict": strict}
-            if ckpt_src is not None
-            else None
-        ),
-        "files": entries,
-        "sizeBytes": size,
-        "findings": [
-            {**f, "message": redact(f["message"], _uri_secrets(src.uri, base_source))}
-            for f in findings
-        ],
-        "report": report,
-    }
-    if kind == "adapter":
-        manifest["base"] = {
-            "path": str(base_path),
-            "source": _recorded_uri(base_source),
-            "declared": facts.base_model,
-        }
-    write_manifest(files_dir, manifest)
-    deadline.check("promoting the install")
-    promote(files_dir, final)
     return report
 
 

@@ -14,6 +14,8 @@ import os
 import time
 from pathlib import Path
 
+from .redaction import public_url
+
 MANIFEST_NAME = "lorafleet.json"
 MAX_REPORT_BYTES = 4000
 REPORT_KEYS = (
@@ -95,6 +97,11 @@ def read_manifest(folder: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("report", {}).get("ok") else None
+
+
+def recorded_uri(uri: str | None) -> str | None:
+    """A URI as lorafleet.json records it (no user-info, no query string)."""
+    return public_url(uri) if uri else None
 
 
 def now_rfc3339() -> str:

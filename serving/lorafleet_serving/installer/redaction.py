@@ -84,6 +84,18 @@ def url_secrets(url: str | None) -> list[str]:
     return sorted(v for v in values if len(v) >= MIN_SECRET_CHARS)
 
 
+def uri_secrets(*uris: str | None) -> tuple[str, ...]:
+    """Several sources' own secrets (a pre-signed URL's signature, ``user:password@``), by value.
+
+    Args:
+        uris: URIs, None for an absent one.
+
+    Returns:
+        :func:`url_secrets` of each URI, in order.
+    """
+    return tuple(v for uri in uris for v in url_secrets(uri))
+
+
 def environment_secrets() -> list[str]:
     """Secret values in the environment now: :data:`SECRET_ENV_VARS` and URL user-info.
 

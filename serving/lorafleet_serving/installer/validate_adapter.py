@@ -10,41 +10,45 @@ r)`` for that module (``ShapeMismatch``); ``base_model_name_or_path`` is compare
 base's source. Key format and target matching follow peft (``base_model.model.<module>.
 lora_A.weight``; a target matches a module whose name equals it or ends with ``.<target>``;
 a string target is a full-match regex).
+
+The config alone is checked by :mod:`.adapter_config`, the tensors against the base's modules
+by :mod:`.adapter_tensors`; :func:`validate_adapter` runs every check in order, and the first
+that fails decides the reason.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapter_support import (
     HEAD_NAMES,
-    LORA_KEY,
-    PEFT_PREFIX,
     base_weight_copies,
     config_keys_peft_ignores,
-    copy_problems,
     saved_module_names,
     unsupported_features,
 )
 from . import checkpoint as ckpt
+from .adapter_config import check_adapter_config, read_adapter_config
+from .adapter_tensors import (
+    base_copy_problems,
+    check_complete,
+    check_tensors_apply,
+    sort_tensors,
+)
 from .architecture import MetaArchitecture, build_meta, load_config
 from .errors import (
     EMPTY_ADAPTER_WEIGHTS,
     INVALID_ADAPTER,
     INVALID_BASE_MODEL,
-    NO_ADAPTER_WEIGHTS_APPLIED,
-    RANK_EXCEEDS_LIMIT,
-    SHAPE_MISMATCH,
     TARGET_MODULES_NOT_FOUND,
     UNSUPPORTED_ADAPTER,
     InstallError,
 )
 from .manifest import MANIFEST_NAME
-from .weights import header_shapes, safetensors_files
+from .weights import header_shapes
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
@@ -62,6 +66,18 @@ class AdapterFacts:
     num_labels: int | None = None
     labels: dict[str, str] | None = None
     findings: list[dict] = field(default_factory=list)
+
+    def report_fields(self) -> dict:
+        """The install report's fields for these facts (None values included)."""
+        return {
+            "rank": self.rank,
+            "loraAlpha": self.lora_alpha,
+            "targetModules": self.target_modules,
+            "modulesToSave": self.modules_to_save,
+            "numLabels": self.num_labels,
+            "labels": self.labels,
+            "baseMatches": self.base_matches,
+        }
 
 
 def _finding(level: str, code: str, message: str) -> dict:
@@ -89,30 +105,6 @@ def _base_task(base_path: Path) -> tuple[str | None, int | None]:
 
 def _target_matches(target: str, names: list[str]) -> bool:
     return any(n == target or n.endswith("." + target) for n in names)
-
-
-def _rank_for(module: str, r: int, rank_pattern: dict) -> int:
-    for pattern, value in (rank_pattern or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return int(value)
-    return r
-
-
-def _lora_shape_expected(module, kind: str, rank: int) -> tuple[int, int] | None:
-    """Expected (rows, cols) of a LoRA matrix for ``module``, or None if not checkable."""
-    import torch
-
-    weight = getattr(module, "weight", None)
-    if weight is None or weight.dim() != 2:
-        return None
-    if isinstance(module, torch.nn.Embedding):
-        num, dim = weight.shape
-        return {"lora_embedding_A": (rank, num), "lora_embedding_B": (dim, rank)}.get(kind)
-    if type(module).__name__ == "Conv1D":  # transformers' GPT-2 style layer stores (in, out)
-        fan_in, fan_out = weight.shape
-    else:
-        fan_out, fan_in = weight.shape
-    return {"lora_A": (rank, fan_in), "lora_B": (fan_out, rank)}.get(kind)
 
 
 def _ensure_safetensors(folder: Path) -> tuple[Path, list[dict]]:
@@ -151,148 +143,21 @@ def _module_examples(arch: MetaArchitecture) -> str:
     return ", ".join(leaves[:15])
 
 
-def _copy_problems(copies: dict[str, str], weights: Path, base_path: Path) -> list[str]:
-    """Compare the adapter's copies of base weights with the installed base's tensors."""
-    from safetensors import safe_open
+@dataclass(frozen=True)
+class _Base:
+    """The installed base model an adapter is checked against, built on the meta device.
 
-    handles = {}
-    try:
-        for path in safetensors_files(base_path):
-            handles[path] = safe_open(str(path), framework="pt")
-        adapter = safe_open(str(weights), framework="pt")
-
-        def base_tensor(key: str):
-            for handle in handles.values():
-                if key in handle.keys():  # noqa: SIM118 - safe_open is not a dict
-                    return handle.get_tensor(key)
-            return None
-
-        return copy_problems(copies, adapter.get_tensor, base_tensor)
-    except OSError as exc:
-        raise InstallError(INVALID_BASE_MODEL, f"base weights in {base_path}: {exc}") from exc
-
-
-def _check_config_types(cfg: dict) -> None:
-    """Refuse ``adapter_config.json`` fields of the wrong type (peft would fail on them later).
-
-    Raises:
-        InstallError: ``InvalidAdapter`` naming the field and what it must be.
+    Attributes:
+        arch: The base's architecture (its task head included).
+        task: ``text-generation`` or ``text-classification``.
+        names: Dotted names of its submodules.
+        modules: Dotted name -> module (the root as ``""``).
     """
 
-    def bad(name: str, what: str) -> InstallError:
-        return InstallError(
-            INVALID_ADAPTER, f"adapter_config.json: {name} must be {what}, got {cfg[name]!r}"
-        )
-
-    for name in ("rank_pattern", "alpha_pattern"):
-        value = cfg.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, dict):
-            raise bad(name, "an object of module pattern -> number")
-        for key, number in value.items():
-            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
-                raise bad(name, f"positive numbers (entry {key!r})")
-            if name == "rank_pattern" and number != int(number):
-                raise bad(name, f"positive integers (entry {key!r})")
-            try:
-                re.compile(key)
-            except re.error as exc:
-                raise bad(name, f"valid regular expressions as keys ({key!r}: {exc})") from exc
-    targets = cfg.get("target_modules")
-    if isinstance(targets, str):
-        try:
-            re.compile(targets)
-        except re.error as exc:
-            raise bad("target_modules", f"a valid regular expression ({exc})") from exc
-    elif targets is not None and not (
-        isinstance(targets, list) and all(isinstance(t, str) for t in targets)
-    ):
-        raise bad("target_modules", "a list of module names or a regular expression")
-    for name in ("modules_to_save", "target_parameters"):
-        value = cfg.get(name)
-        if value is not None and not (
-            isinstance(value, list) and all(isinstance(v, str) for v in value)
-        ):
-            raise bad(name, "a list of module names")
-
-    def number(value: object) -> bool:
-        return (
-            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        )
-
-    if "lora_alpha" in cfg and not number(cfg["lora_alpha"]):
-        raise bad("lora_alpha", "a finite number")
-    dropout = cfg.get("lora_dropout")
-    if dropout is not None and not (number(dropout) and 0 <= dropout < 1):
-        raise bad("lora_dropout", "a number in [0, 1)")
-    for name in ("use_dora", "use_rslora", "lora_bias", "fan_in_fan_out", "inference_mode"):
-        if cfg.get(name) is not None and not isinstance(cfg[name], bool):
-            raise bad(name, "true or false")
-    layers = cfg.get("layers_to_transform")
-    if layers is not None and not (
-        (isinstance(layers, int) and not isinstance(layers, bool))
-        or (isinstance(layers, list) and all(isinstance(n, int) for n in layers))
-    ):
-        raise bad("layers_to_transform", "a layer index or a list of them")
-    excluded = cfg.get("exclude_modules")
-    if excluded is not None and not (
-        isinstance(excluded, str)
-        or (isinstance(excluded, list) and all(isinstance(m, str) for m in excluded))
-    ):
-        raise bad("exclude_modules", "a list of module names or a regular expression")
-    task_type = cfg.get("task_type")
-    if task_type is not None:
-        from peft import TaskType
-
-        if task_type not in {t.value for t in TaskType}:
-            raise bad("task_type", f"one of {', '.join(t.value for t in TaskType)} or null")
-
-
-def _check_complete(cfg: dict, parts: dict[str, set[str]], modules: dict, file: str) -> None:
-    """Every adapted module has both LoRA matrices, and every module ``target_modules``
-    selects (peft's own matching) has LoRA weights: peft would otherwise leave them
-    uninitialised and the adapter could never load.
-
-    Raises:
-        InstallError: ``InvalidAdapter`` naming the modules.
-    """
-    half = sorted(
-        name
-        for name, kinds in parts.items()
-        if not ({"lora_A", "lora_B"} <= kinds or {"lora_embedding_A", "lora_embedding_B"} <= kinds)
-    )
-    if half:
-        raise InstallError(
-            INVALID_ADAPTER, f"{file}: lora_A or lora_B missing for {ckpt._listing(half)}"
-        )
-    targets = cfg.get("target_modules")
-    if not targets or targets == "all-linear" or targets == ["all-linear"]:
-        return
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    unknown = {*config_keys_peft_ignores(cfg), "peft_type"}  # peft_type is LoraConfig's own
-    try:
-        config = LoraConfig(**{k: v for k, v in cfg.items() if k not in unknown})
-    except (TypeError, ValueError) as exc:
-        raise InstallError(INVALID_ADAPTER, f"adapter_config.json: {exc}") from exc
-    without = sorted(
-        name
-        for name, module in modules.items()
-        if name
-        and isinstance(module, (nn.Linear, nn.Embedding, Conv1D))
-        and name not in parts
-        and check_target_module_exists(config, name)
-    )
-    if without:
-        raise InstallError(
-            INVALID_ADAPTER,
-            f"target_modules selects {ckpt._listing(without)} but {file} has no LoRA weights"
-            " for them",
-        )
+    arch: MetaArchitecture
+    task: str
+    names: list[str]
+    modules: dict
 
 
 def validate_adapter(
@@ -320,53 +185,46 @@ def validate_adapter(
             serve, :func:`lorafleet_serving.adapter_support.unsupported_features`),
             ``InvalidBaseModel`` (base folder unusable).
     """
-    cfg_path = folder / "adapter_config.json"
-    if not cfg_path.is_file():
-        hint = (
-            " (it holds config.json: a full model belongs in a BaseModel)"
-            if (folder / "config.json").is_file()
-            else ""
-        )
-        raise InstallError(INVALID_ADAPTER, f"no adapter_config.json in the source{hint}")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except ValueError as exc:
-        raise InstallError(
-            INVALID_ADAPTER, f"adapter_config.json is not valid JSON: {exc}"
-        ) from exc
-    if not isinstance(cfg, dict):
-        raise InstallError(INVALID_ADAPTER, "adapter_config.json does not hold a JSON object")
-    peft_type = str(cfg.get("peft_type", ""))
-    if peft_type != "LORA":  # peft's PeftType is case-sensitive
-        raise InstallError(
-            INVALID_ADAPTER,
-            f"adapter_config.json: peft_type is {peft_type or 'missing'!r}, not 'LORA'",
-        )
-    r = cfg.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise InstallError(
-            INVALID_ADAPTER, f"adapter_config.json: r must be a positive integer, got {r!r}"
-        )
-    _check_config_types(cfg)
-    rank_pattern = cfg.get("rank_pattern") or {}
-    if max_rank is not None:
-        if r > max_rank:
-            raise InstallError(
-                RANK_EXCEEDS_LIMIT, f"adapter_config.json: r={r} exceeds maxRank {max_rank}"
-            )
-        over = {k: int(v) for k, v in rank_pattern.items() if int(v) > max_rank}
-        if over:
-            raise InstallError(
-                RANK_EXCEEDS_LIMIT,
-                f"adapter_config.json: rank_pattern {over} exceeds maxRank {max_rank}",
-            )
-    alpha = cfg.get("lora_alpha", 8)
-    targets = cfg.get("target_modules")
+    cfg = read_adapter_config(folder)
+    check_adapter_config(cfg, max_rank)
     modules_to_save = list(dict.fromkeys(cfg.get("modules_to_save") or []))
-    if not targets and not cfg.get("target_parameters"):
-        raise InstallError(INVALID_ADAPTER, "adapter_config.json: target_modules is empty")
-
     weights, findings = _ensure_safetensors(folder)
+    shapes = _weight_shapes(weights)
+    base = _load_base(base_path)
+    target_list = _check_targets(cfg.get("target_modules"), base)
+
+    saved_paths = saved_module_names(modules_to_save, base.modules)
+    # Base weights the adapter carries: compared with the base's below, never loaded.
+    copies = base_weight_copies(shapes, base.arch.model, saved_paths)
+    tensors = sort_tensors(cfg, shapes, copies, saved_paths, base.modules)
+    check_tensors_apply(tensors, len(shapes), weights, base.arch)
+    check_complete(cfg, tensors.parts, base.modules, weights.name)
+    _check_served(cfg, shapes, base, copies, weights, base_path)
+    findings += _ignored_warnings(cfg, tensors.unmatched, base.arch.name)
+
+    base_model = cfg.get("base_model_name_or_path")
+    base_matches = _check_base_matches(base_source, base_model, findings)
+    head = _classification_head(tensors.head_shapes, modules_to_save, base.task)
+    return AdapterFacts(
+        rank=cfg["r"],
+        lora_alpha=cfg.get("lora_alpha", 8),
+        target_modules=target_list,
+        modules_to_save=modules_to_save,
+        base_model=base_model,
+        base_matches=base_matches,
+        num_labels=head,
+        labels=None if head is None else _adapter_labels(folder, head),
+        findings=findings,
+    )
+
+
+def _weight_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes in the adapter's safetensors header; none may be empty.
+
+    Raises:
+        InstallError: ``InvalidAdapter`` (unreadable header) or ``EmptyAdapterWeights``
+            (zero-size tensors, or no tensor at all).
+    """
     shapes = header_shapes([weights], reason=INVALID_ADAPTER)
     empty = sorted(k for k, s in shapes.items() if 0 in s)
     if empty:
@@ -375,7 +233,17 @@ def validate_adapter(
         )
     if not shapes:
         raise InstallError(EMPTY_ADAPTER_WEIGHTS, f"{weights.name}: holds no tensors")
+    return shapes
 
+
+def _load_base(base_path: Path) -> _Base:
+    """Build the installed base on the meta device, with the task it was installed for.
+
+    A base installed without ``--task`` has the task its architecture's head says.
+
+    Raises:
+        InstallError: ``InvalidBaseModel`` (no ``config.json``, or it does not load).
+    """
     if not (base_path / "config.json").is_file():
         raise InstallError(
             INVALID_BASE_MODEL,
@@ -390,9 +258,22 @@ def validate_adapter(
         if arch.name.endswith("ForSequenceClassification")
         else "text-generation"
     )
-    names = arch.module_names()
-    modules = dict(arch.model.named_modules())
+    return _Base(arch, task, arch.module_names(), dict(arch.model.named_modules()))
 
+
+def _check_targets(targets: str | list[str] | None, base: _Base) -> list[str]:
+    """Check every ``target_modules`` entry names a module of the base (peft's matching).
+
+    A string is a full-match regex (``all-linear`` always passes); a list entry matches a
+    module whose name equals it or ends with ``.<entry>``.
+
+    Returns:
+        The targets as the report lists them (a string becomes a one-item list).
+
+    Raises:
+        InstallError: ``TargetModulesNotFound``, with examples of the base's layer names.
+    """
+    arch, names = base.arch, base.names
     if isinstance(targets, str):
         if targets != "all-linear" and not any(re.fullmatch(targets, n) for n in names):
             raise InstallError(
@@ -400,65 +281,45 @@ def validate_adapter(
                 f"target_modules regex {targets!r} matches no module of {arch.name} "
                 f"(its layers include {_module_examples(arch)})",
             )
-        target_list = [targets]
-    else:
-        target_list = list(targets or [])
-        absent = [t for t in target_list if not _target_matches(t, names)]
-        if absent:
-            raise InstallError(
-                TARGET_MODULES_NOT_FOUND,
-                f"target module(s) {', '.join(repr(t) for t in absent)} not found in {arch.name} "
-                f"(its layers include {_module_examples(arch)})",
-            )
+        return [targets]
+    target_list = list(targets or [])
+    absent = [t for t in target_list if not _target_matches(t, names)]
+    if absent:
+        raise InstallError(
+            TARGET_MODULES_NOT_FOUND,
+            f"target module(s) {', '.join(repr(t) for t in absent)} not found in {arch.name} "
+            f"(its layers include {_module_examples(arch)})",
+        )
+    return target_list
 
-    applied, unmatched, bad_shapes = [], [], []
-    parts: dict[str, set[str]] = {}  # module -> LoRA matrices present (lora_A, lora_B, ...)
-    head_shapes: dict[str, tuple[int, ...]] = {}
-    saved_paths = saved_module_names(modules_to_save, modules)
-    copies = base_weight_copies(shapes, arch.model, saved_paths)  # compared below, never loaded
-    for key, shape in shapes.items():
-        if key in copies:
-            continue
-        inner = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
-        m = LORA_KEY.match(inner)
-        if m is None:
-            if any(inner.startswith(p + ".") for p in saved_paths):
-                head_shapes[inner] = shape
-            else:
-                unmatched.append(key)  # names no base weight: unused, never loaded
-            continue
-        module_name, kind = m["module"], m["kind"]
-        module = modules.get(module_name)
-        if module is None:
-            unmatched.append(key)
-            continue
-        applied.append(key)
-        if m["param"] != "bias":
-            parts.setdefault(module_name, set()).add(kind)
-        if kind == "lora_magnitude_vector" or m["param"] == "bias":
-            continue  # DoRA magnitudes and lora_bias vectors: one value per output
-        want = _lora_shape_expected(module, kind, _rank_for(module_name, r, rank_pattern))
-        if want is not None and tuple(shape) != want:
-            bad_shapes.append(
-                f"{key}: {tuple(shape)} vs expected {want} (r={_rank_for(module_name, r, rank_pattern)})"
-            )
-    if not applied:
-        raise InstallError(
-            NO_ADAPTER_WEIGHTS_APPLIED,
-            f"none of the {len(shapes)} tensors in {weights.name} matches a module of {arch.name} "
-            f"(e.g. {ckpt._listing(unmatched, 3)})",
-        )
-    if bad_shapes:
-        raise InstallError(
-            SHAPE_MISMATCH, f"{weights.name} over {arch.name}: {ckpt._listing(bad_shapes)}"
-        )
-    _check_complete(cfg, parts, modules, weights.name)
-    # What the engine cannot serve is refused here, not answered with 503 after Ready.
-    unsupported = unsupported_features(cfg, shapes, arch.model, task=task)
+
+def _check_served(
+    cfg: dict,
+    shapes: dict[str, tuple[int, ...]],
+    base: _Base,
+    copies: dict[str, str],
+    weights: Path,
+    base_path: Path,
+) -> None:
+    """Refuse what the engine cannot serve, here rather than with 503 after Ready.
+
+    That is :func:`~lorafleet_serving.adapter_support.unsupported_features` over the base,
+    and base-weight ``copies`` that differ from the installed base's tensors.
+
+    Raises:
+        InstallError: ``UnsupportedAdapter`` naming every problem; ``InvalidBaseModel`` when
+            the base's weights cannot be read.
+    """
+    unsupported = unsupported_features(cfg, shapes, base.arch.model, task=base.task)
     if copies:
-        unsupported += _copy_problems(copies, weights, base_path)
+        unsupported += base_copy_problems(copies, weights, base_path)
     if unsupported:
         raise InstallError(UNSUPPORTED_ADAPTER, "; ".join(unsupported))
+
+
+def _ignored_warnings(cfg: dict, unmatched: list[str], arch_name: str) -> list[dict]:
+    """Warnings for what loading the adapter ignores: unknown config keys, unmatched tensors."""
+    findings = []
     ignored = config_keys_peft_ignores(cfg)
     if ignored:
         findings.append(
@@ -474,43 +335,55 @@ def validate_adapter(
             _finding(
                 "warning",
                 "UnmatchedWeights",
-                f"ignored, no such module in {arch.name}: {ckpt._listing(unmatched)}",
+                f"ignored, no such module in {arch_name}: {ckpt._listing(unmatched)}",
             )
         )
+    return findings
 
-    facts = AdapterFacts(
-        rank=r,
-        lora_alpha=alpha,
-        target_modules=target_list,
-        modules_to_save=modules_to_save,
-        base_model=cfg.get("base_model_name_or_path"),
-        findings=findings,
-    )
-    if base_source and facts.base_model:
-        a, b = _norm_base_id(base_source), _norm_base_id(facts.base_model)
-        facts.base_matches = a == b or a.endswith("/" + b) or b.endswith("/" + a)
-        if not facts.base_matches:
-            findings.append(
-                _finding(
-                    "warning",
-                    "BaseMismatch",
-                    f"adapter was trained on {facts.base_model!r}, installed over base from {base_source!r}",
-                )
+
+def _check_base_matches(
+    base_source: str | None, base_model: str | None, findings: list[dict]
+) -> bool | None:
+    """Compare the adapter's ``base_model_name_or_path`` with the base's source URI.
+
+    A mismatch is a ``BaseMismatch`` warning appended to ``findings``, not a refusal.
+
+    Returns:
+        Whether they name the same model (one may be a suffix path of the other), or None
+        when either is unknown.
+    """
+    if not (base_source and base_model):
+        return None
+    a, b = _norm_base_id(base_source), _norm_base_id(base_model)
+    matches = a == b or a.endswith("/" + b) or b.endswith("/" + a)
+    if not matches:
+        findings.append(
+            _finding(
+                "warning",
+                "BaseMismatch",
+                f"adapter was trained on {base_model!r}, installed over base from {base_source!r}",
             )
-    # Only a classification base's head (classifier/score) makes labels; a saved lm_head or
-    # pooler is a whole-module copy, not a head of labels.
-    head = (
-        _head_size(
-            {k: v for k, v in head_shapes.items() if k.split(".", 1)[0] in HEAD_NAMES},
-            [m for m in modules_to_save if m in HEAD_NAMES],
         )
-        if task == "text-classification"
-        else None
+    return matches
+
+
+def _classification_head(
+    head_shapes: dict[str, tuple[int, ...]], modules_to_save: list[str], task: str
+) -> int | None:
+    """The label count of the classification head the adapter saves, over a classification base.
+
+    Only a classification base's head (``classifier``/``score``) makes labels; a saved
+    ``lm_head`` or pooler is a whole-module copy, not a head of labels.
+
+    Returns:
+        The label count, or None (not a classification base, or no head saved).
+    """
+    if task != "text-classification":
+        return None
+    return _head_size(
+        {k: v for k, v in head_shapes.items() if k.split(".", 1)[0] in HEAD_NAMES},
+        [m for m in modules_to_save if m in HEAD_NAMES],
     )
-    if head is not None:
-        facts.num_labels = head
-        facts.labels = _adapter_labels(folder, head)
-    return facts
 
 
 def _head_size(head_shapes: dict[str, tuple[int, ...]], modules_to_save: list[str]) -> int | None:

@@ -8,7 +8,8 @@ unpinned adapter is evicted; if all are pinned, the load waits for one to be rel
 meanwhile new leases wait too, so steady traffic to resident adapters cannot starve it.
 
 The cache only does bookkeeping; loading and unloading are the ``load``/``unload`` coroutines it
-is given (the model server runs them on the engine's worker thread).
+is given (the model server runs them on the engine's worker thread). :func:`parse_user_config`
+reads the registry (and ``max_adapters``) from the deployment's ``user_config``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from ..errors import AdapterLoadError, InvalidRequestError, UnknownModelError
+from .requests import is_int
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,41 @@ class AdapterSpec:
         if self.labels is not None:
             out["labels"] = dict(self.labels)
         return out
+
+
+def parse_user_config(user_config: Any) -> tuple[int | None, dict[str, AdapterSpec]]:
+    """Validate a ``user_config`` (the ``Model`` deployment's adapter registry).
+
+    Args:
+        user_config: ``{"max_adapters": int?, "adapters": {name: {"path", "rank"?,
+            "labels"?}}?}``.
+
+    Returns:
+        (``max_adapters`` or ``None`` when absent, adapter specs by name).
+
+    Raises:
+        InvalidRequestError: Not a mapping, unknown keys, bad ``max_adapters`` or entries.
+    """
+    if user_config is None:
+        return None, {}
+    if not isinstance(user_config, dict):
+        raise InvalidRequestError("user_config must be a mapping", param="user_config")
+    unknown = set(user_config) - {"max_adapters", "adapters"}
+    if unknown:
+        raise InvalidRequestError(
+            f"user_config has unknown keys {sorted(unknown)}", param="user_config"
+        )
+    max_adapters = user_config.get("max_adapters")
+    if max_adapters is not None and (not is_int(max_adapters) or max_adapters < 1):
+        raise InvalidRequestError(
+            f"user_config.max_adapters must be an integer >= 1, got {max_adapters!r}",
+            param="max_adapters",
+        )
+    adapters = user_config.get("adapters") or {}
+    if not isinstance(adapters, dict):
+        raise InvalidRequestError("user_config.adapters must be a mapping", param="adapters")
+    specs = {name: AdapterSpec.from_config(name, value) for name, value in adapters.items()}
+    return max_adapters, specs
 
 
 Loader = Callable[[AdapterSpec], Awaitable[None]]

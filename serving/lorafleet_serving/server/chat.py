@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 
 def render_chat_prompt(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> str | list[int]:

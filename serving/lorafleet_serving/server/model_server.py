@@ -1,26 +1,27 @@
 """The model server facade: one base model, many LoRA adapters, mixed batches, asyncio API.
 
 The Ray Serve model deployment wraps one :class:`ModelServer` per replica; nothing here imports
-Ray, so the same object serves tests, benchmarks and local tools. It ties together
+Ray or torch, so the same object serves tests, benchmarks and local tools. It ties together
 
-- :class:`~.engine.Engine` (torch work, run on ONE worker thread so the event loop stays
-  responsive and the model is never used by two threads at once; tokenizing prompts, chat
-  templates and classify inputs runs on separate tokenizer threads, so a long input neither
-  blocks the event loop nor holds the torch thread),
+- an engine given to it (:class:`~lorafleet_serving.engine.protocol.Engine`; torch work, run on
+  ONE worker thread so the event loop stays responsive and the model is never used by two
+  threads at once; tokenizing prompts, chat templates and classify inputs runs on separate
+  tokenizer threads, so a long input neither blocks the event loop nor holds the torch thread);
+  :func:`~.factory.build_model_server` builds one over the transformers engine,
 - :class:`~.adapter_cache.AdapterCache` (registry from ``user_config``, LRU residency,
   single-flight loads, pinning while requests use an adapter),
 - two :class:`~.batcher.MixedBatcher` (generation, classification) that put requests for
   different adapters into one batch.
 
 Generation batches decode step by step; every step's tokens go to per-request
-``asyncio.Queue`` objects, so streaming works while batching. Errors concern one request only:
+``asyncio.Queue`` objects, so streaming works while batching (:mod:`.generation_runs`). Errors concern one request only:
 validation errors are raised before it is queued; a failed adapter load fails the requests for
 that adapter; a failing batch fails the requests in that batch, never the server.
 
 Fair share: classification batches run in passes of at most ``max_batch_size`` texts, taken
 round-robin from the requests in the batch, and requests that arrive meanwhile join at the next
 pass - a request with hundreds of texts delays a one-text request by one pass, not by all of
-its own.
+its own (:mod:`.classification_runs`).
 """
 
 from __future__ import annotations
@@ -29,86 +30,46 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
-from .adapter_cache import AdapterCache, AdapterSpec
-from .batcher import MixedBatcher
-from .chat import render_chat_prompt
-from .engine import Engine, GenerationRow, StepEvent, softmax_scores
-from .errors import InvalidRequestError, ServingError
-from .openai_schemas import MAX_SEED, MIN_SEED, MIN_TEMPERATURE
-from .types import (
-    BASE_ADAPTER,
+from ..engine.protocol import Engine
+from ..errors import InvalidRequestError, ServingError
+from ..types import (
     ClassifyRequest,
     ClassifyResult,
     GenerateRequest,
     GenerateResult,
     StreamDelta,
 )
+from .adapter_cache import AdapterCache, AdapterSpec, parse_user_config
+from .chat import render_chat_prompt
+from .classification_runs import ClassificationRuns, ClassifyItem
+from .generation_runs import GenerationItem, GenerationRuns
+from .requests import (
+    adapter_name,
+    check_classify_texts,
+    check_server_limits,
+    checked_generate_request,
+)
 
 logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-#: Decode steps a request may wait for a partial join while a running batch has a free row.
-JOIN_EVERY_STEPS = 8
 #: Threads that tokenize. The tokenizers library releases the GIL while it works, so a long
 #: input costs CPU time on one of these threads, not latency on the event loop; two let a short
 #: input be tokenized while a long one is.
 TOKENIZER_THREADS = 2
 
 
-@dataclass
-class _GenItem:
-    request: GenerateRequest
-    adapter: str | None
-    prompt_ids: list[int]
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    row: GenerationRow | None = None
-    cancelled: bool = False
-
-
-@dataclass(eq=False)
-class _ClsItem:
-    features: list[dict[str, list[int]]]  # per text, from Engine.encode_classification
-    adapter: str | None
-    future: asyncio.Future
-    prompt_tokens: int = 0
-    done: int = 0  # texts classified so far (in order)
-    outputs: list[tuple[list[str], list[float]]] = field(default_factory=list)
-
-
-def _adapter_name(adapter: Any) -> str | None:
-    if adapter is None or adapter == BASE_ADAPTER:
-        return None
-    if not isinstance(adapter, str) or not adapter:
-        raise InvalidRequestError("model must be a non-empty string", param="model")
-    return adapter
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class ModelServer:
     """Serve one base model and its LoRA adapters with mixed-adapter batching.
 
     Args:
-        base_path: Local folder of the base model.
-        task: ``"text-generation"`` or ``"text-classification"``.
-        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``.
-        device: Torch device; default cuda when present, else cpu.
-        labels: Base label names for classification (``{"0": "neg"}`` or a list).
+        engine: The engine holding the base model (:func:`~.factory.build_model_server`
+            builds the transformers one); it must have ``max_adapters`` adapter slots.
         max_adapters: Adapters resident at once (LRU beyond that).
         max_batch_size: Requests per batch.
         batch_wait_timeout_s: Longest wait for more requests after the first, seconds.
@@ -118,41 +79,21 @@ class ModelServer:
             between steps (continuous batching) as long as it has room.
 
     Raises:
-        InvalidRequestError: Bad ``task``, ``dtype``, labels or limits.
-        OSError: The base folder cannot be read.
+        InvalidRequestError: Bad limits (``param`` names the argument).
     """
 
     def __init__(
         self,
-        base_path: str | Path,
-        task: str,
+        engine: Engine,
         *,
-        dtype: str = "auto",
-        device: str | None = None,
-        labels: dict | Sequence[str] | None = None,
         max_adapters: int = 8,
         max_batch_size: int = 16,
         batch_wait_timeout_s: float = 0.005,
         max_tokens_limit: int = 2048,
         max_concurrent_batches: int = 1,
     ) -> None:
-        for name, value in (
-            ("max_adapters", max_adapters),
-            ("max_batch_size", max_batch_size),
-            ("max_tokens_limit", max_tokens_limit),
-        ):
-            if not _is_int(value) or value < 1:
-                raise InvalidRequestError(
-                    f"{name} must be an integer >= 1, got {value!r}", param=name
-                )
-        if not _is_number(batch_wait_timeout_s) or batch_wait_timeout_s < 0:
-            raise InvalidRequestError(
-                f"batch_wait_timeout_s must be >= 0, got {batch_wait_timeout_s!r}",
-                param="batch_wait_timeout_s",
-            )
-        self.engine = Engine(
-            base_path, task, dtype=dtype, device=device, labels=labels, max_adapters=max_adapters
-        )
+        check_server_limits(max_adapters, max_batch_size, max_tokens_limit, batch_wait_timeout_s)
+        self.engine = engine
         self.max_tokens_limit = max_tokens_limit
         self._tensor_bytes = self.engine.tensor_bytes()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lorafleet-engine")
@@ -162,32 +103,31 @@ class ModelServer:
         # A fast tokenizer changes its truncation/padding settings on the first call that
         # asks for other ones; done once here, every later call only reads, so the tokenizer
         # threads and the torch thread (decoding) can share it.
-        if task == "text-classification":
+        if engine.task == "text-classification":
             self.engine.encode_classification(["warm up"])
         else:
             self.engine.encode_prompt("warm up")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters)
-        self._gen_batcher: MixedBatcher[_GenItem] = MixedBatcher(
-            self._run_generation,
+        self._generation = GenerationRuns(
+            engine,
+            self._call,
             max_batch_size=max_batch_size,
             batch_wait_timeout_s=batch_wait_timeout_s,
             max_concurrent_batches=max_concurrent_batches,
-            on_error=self._fail_generation,
         )
-        self._cls_batcher: MixedBatcher[_ClsItem] = MixedBatcher(
-            self._run_classification,
+        self._classification = ClassificationRuns(
+            engine,
+            self._call,
             max_batch_size=max_batch_size,
             batch_wait_timeout_s=batch_wait_timeout_s,
             max_concurrent_batches=max_concurrent_batches,
-            on_error=self._fail_classification,
         )
+        self._gen_batcher = self._generation.batcher
+        self._cls_batcher = self._classification.batcher
         self._background: set[asyncio.Task[None]] = set()
-        self._running_batches: set[Any] = set()
         self.requests = 0
         self.failed_requests = 0
-        self._steps = 0
-        self._row_steps = 0
 
     # ----------------------------------------------------------------- properties
 
@@ -208,8 +148,7 @@ class ModelServer:
 
     def adapter_labels(self, name: str) -> list[str] | None:
         """Label names an adapter answers with, if it is resident (else ``None``)."""
-        info = self.engine.adapters.get(name)
-        return None if info is None else (info.labels or self.engine.base_labels)
+        return self.engine.adapter_labels(name)
 
     # ----------------------------------------------------------------- worker thread
 
@@ -240,42 +179,7 @@ class ModelServer:
 
     # ----------------------------------------------------------------- registry
 
-    @staticmethod
-    def parse_user_config(user_config: Any) -> tuple[int | None, dict[str, AdapterSpec]]:
-        """Validate a ``user_config``.
-
-        Args:
-            user_config: ``{"max_adapters": int?, "adapters": {name: {"path", "rank"?,
-                "labels"?}}?}``.
-
-        Returns:
-            (``max_adapters`` or ``None`` when absent, adapter specs by name).
-
-        Raises:
-            InvalidRequestError: Not a mapping, unknown keys, bad ``max_adapters`` or entries.
-        """
-        if user_config is None:
-            return None, {}
-        if not isinstance(user_config, dict):
-            raise InvalidRequestError("user_config must be a mapping", param="user_config")
-        unknown = set(user_config) - {"max_adapters", "adapters"}
-        if unknown:
-            raise InvalidRequestError(
-                f"user_config has unknown keys {sorted(unknown)}", param="user_config"
-            )
-        max_adapters = user_config.get("max_adapters")
-        if max_adapters is not None and (not _is_int(max_adapters) or max_adapters < 1):
-            raise InvalidRequestError(
-                f"user_config.max_adapters must be an integer >= 1, got {max_adapters!r}",
-                param="max_adapters",
-            )
-        adapters = user_config.get("adapters") or {}
-        if not isinstance(adapters, dict):
-            raise InvalidRequestError("user_config.adapters must be a mapping", param="adapters")
-        specs = {name: AdapterSpec.from_config(name, value) for name, value in adapters.items()}
-        return max_adapters, specs
-
-    def apply_user_config(self, user_config: dict) -> None:
+    def apply_user_config(self, user_config: dict[str, Any]) -> None:
         """Apply a new adapter registry (Ray Serve ``reconfigure``), synchronously.
 
         Added adapters are registered and load on first use; removed ones (or ones whose path
@@ -285,12 +189,12 @@ class ModelServer:
         thread while the loop runs (waits for completion), or before any request.
 
         Args:
-            user_config: See :meth:`parse_user_config`.
+            user_config: See :func:`~.adapter_cache.parse_user_config`.
 
         Raises:
             InvalidRequestError: Invalid ``user_config`` (nothing is changed).
         """
-        max_adapters, specs = self.parse_user_config(user_config)
+        max_adapters, specs = parse_user_config(user_config)
         loop = self._loop
         try:
             running = asyncio.get_running_loop()
@@ -311,16 +215,16 @@ class ModelServer:
             self.cache.max_adapters = max_adapters
             self.engine.set_capacity(max_adapters)
 
-    async def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new ``user_config`` and wait until removed adapters are evicted.
 
         Args:
-            user_config: See :meth:`parse_user_config`.
+            user_config: See :func:`~.adapter_cache.parse_user_config`.
 
         Raises:
             InvalidRequestError: Invalid ``user_config`` (nothing is changed).
         """
-        max_adapters, specs = self.parse_user_config(user_config)
+        max_adapters, specs = parse_user_config(user_config)
         self._loop = asyncio.get_running_loop()
         stale = self.cache.set_registry(specs)
         await self._finish_reconfigure(max_adapters, stale)
@@ -332,12 +236,12 @@ class ModelServer:
                 self.cache.max_adapters = max_adapters
             else:
                 await self.cache.shrink_to(max_adapters)
-                highest = max(self.engine.lora.adapters().values(), default=0)
+                highest = self.engine.highest_slot()
                 await self._call(self.engine.set_capacity, max(max_adapters, highest))
         for name in stale:
             await self.cache.evict(name)
 
-    def registered_adapters(self) -> dict[str, dict]:
+    def registered_adapters(self) -> dict[str, dict[str, Any]]:
         """The registry: adapter name -> ``{"path", "rank"?, "labels"?, ...}``."""
         return {name: spec.as_dict() for name, spec in self.cache.registry.items()}
 
@@ -356,7 +260,7 @@ class ModelServer:
             AdapterLoadError: Its files failed to load (the reason is in the message).
         """
         self._loop = asyncio.get_running_loop()
-        adapter = _adapter_name(name)
+        adapter = adapter_name(name)
         if adapter is not None:
             await self.cache.ensure(adapter)
 
@@ -368,7 +272,7 @@ class ModelServer:
         self._loop = asyncio.get_running_loop()
         await self.cache.evict(name)
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Counters for metrics and tests.
 
         Returns:
@@ -389,8 +293,12 @@ class ModelServer:
             "generation_batches": gen.batches,
             "classification_batches": cls.batches,
             "joined": gen.joined,
-            "generation_steps": self._steps,
-            "mean_rows_per_step": self._row_steps / self._steps if self._steps else 0.0,
+            "generation_steps": self._generation.steps,
+            "mean_rows_per_step": (
+                self._generation.row_steps / self._generation.steps
+                if self._generation.steps
+                else 0.0
+            ),
             "requests": self.requests,
             "failed_requests": self.failed_requests,
             "resident": self.cache.resident(),
@@ -411,47 +319,13 @@ class ModelServer:
 
     # ----------------------------------------------------------------- generation
 
-    async def _prepare_generation(self, req: GenerateRequest) -> _GenItem:
+    async def _prepare_generation(self, req: GenerateRequest) -> GenerationItem:
         if self.task != "text-generation":
             raise InvalidRequestError(
                 f"this model serves {self.task}; completions are not available", param="model"
             )
-        if not isinstance(req.prompt, str | list):
-            raise InvalidRequestError(
-                "prompt must be a string or a list of token ids", param="prompt"
-            )
-        if not _is_int(req.max_tokens) or req.max_tokens < 1:
-            raise InvalidRequestError(
-                f"max_tokens must be an integer >= 1, got {req.max_tokens!r}", param="max_tokens"
-            )
-        if req.max_tokens > self.max_tokens_limit:
-            raise InvalidRequestError(
-                f"max_tokens={req.max_tokens} exceeds the limit of {self.max_tokens_limit}",
-                param="max_tokens",
-            )
-        if not _is_number(req.temperature) or req.temperature < 0:
-            raise InvalidRequestError(
-                f"temperature must be a number >= 0, got {req.temperature!r}", param="temperature"
-            )
-        if 0 < req.temperature < MIN_TEMPERATURE:
-            raise InvalidRequestError(
-                f"temperature must be 0 (greedy decoding) or at least {MIN_TEMPERATURE:g}, "
-                f"got {req.temperature!r}",
-                param="temperature",
-            )
-        if not _is_number(req.top_p) or not 0 < req.top_p <= 1:
-            raise InvalidRequestError(f"top_p must be in (0, 1], got {req.top_p!r}", param="top_p")
-        stop = req.stop if req.stop is not None else []
-        if isinstance(stop, str):
-            stop = [stop]
-        if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
-            raise InvalidRequestError("stop must be a list of non-empty strings", param="stop")
-        if req.seed is not None and (not _is_int(req.seed) or not MIN_SEED <= req.seed <= MAX_SEED):
-            raise InvalidRequestError(
-                f"seed must be an integer from {MIN_SEED} to {MAX_SEED}, got {req.seed!r}",
-                param="seed",
-            )
-        adapter = _adapter_name(req.adapter)
+        req = checked_generate_request(req, self.max_tokens_limit)
+        adapter = adapter_name(req.adapter)
         if isinstance(req.prompt, str):
             self.engine.check_prompt_chars(len(req.prompt))  # before a thread hop
         prompt_ids = await self._tokenize(self.engine.encode_prompt, req.prompt)
@@ -462,16 +336,7 @@ class ModelServer:
                 f"the model's context of {limit} tokens",
                 param="max_tokens",
             )
-        req = GenerateRequest(
-            prompt=req.prompt,
-            adapter=req.adapter,
-            max_tokens=req.max_tokens,
-            temperature=float(req.temperature),
-            top_p=float(req.top_p),
-            stop=list(stop),
-            seed=req.seed,
-        )
-        return _GenItem(request=req, adapter=adapter, prompt_ids=prompt_ids)
+        return GenerationItem(request=req, adapter=adapter, prompt_ids=prompt_ids)
 
     async def render_chat(self, messages: Sequence[dict[str, Any]]) -> str | list[int]:
         """The prompt the base's chat template makes of ``messages``, rendered off the loop.
@@ -490,85 +355,6 @@ class ModelServer:
         chars = sum(len(m.get("content") or "") for m in messages)
         self.engine.check_prompt_chars(chars, "messages")
         return await self._tokenize(render_chat_prompt, self.tokenizer, list(messages))
-
-    def _row_for(self, item: _GenItem) -> GenerationRow:
-        req = item.request
-        item.row = GenerationRow(
-            prompt_ids=item.prompt_ids,
-            slot=self.engine.slot(item.adapter),
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            stop=req.stop,
-            seed=req.seed,
-        )
-        return item.row
-
-    async def _run_generation(self, items: list[_GenItem]) -> None:
-        """Decode one batch step by step; queued requests join it between steps.
-
-        Continuous batching: while the batch has room (``max_batch_size``), requests waiting
-        in the batcher are prefilled and merged into it at the next step boundary instead of
-        waiting for the whole batch to finish.
-        """
-        live = [item for item in items if not item.cancelled]
-        if not live:
-            return
-        batch = self.engine.start_generation([self._row_for(item) for item in live])
-        self._running_batches.add(batch)
-        # Each join costs one extra forward pass (the newcomers' prefill), so rows join in
-        # groups: once a quarter of the batch is free, or after JOIN_EVERY_STEPS steps with room.
-        min_join = max(1, self._gen_batcher.max_batch_size // 4)
-        steps_waiting = 0
-        try:
-            while not batch.done:
-                room = self._gen_batcher.max_batch_size - len(batch.active)
-                steps_waiting = steps_waiting + 1 if room > 0 else 0
-                if (
-                    room > 0
-                    and (room >= min_join or steps_waiting >= JOIN_EVERY_STEPS)
-                    and batch.can_join()
-                ):
-                    joining = [i for i in self._gen_batcher.take_nowait(room) if not i.cancelled]
-                    if joining:
-                        steps_waiting = 0
-                        live.extend(joining)
-                        rows = [self._row_for(item) for item in joining]
-                        try:
-                            events = await self._call(batch.add, rows)
-                        except Exception as exc:
-                            self._fail_generation(joining, exc)  # the running rows go on
-                            events = []
-                        self._dispatch(live, events)
-                for item in live:
-                    if item.cancelled and item.row is not None:
-                        item.row.cancelled = True
-                if batch.done:
-                    break
-                events = await self._call(batch.step)
-                self._steps += 1
-                self._row_steps += len(events)
-                self._dispatch(live, events)
-        finally:
-            self._running_batches.discard(batch)
-
-    @staticmethod
-    def _dispatch(live: list[_GenItem], events: list[StepEvent]) -> None:
-        for event in events:
-            live[event.row].queue.put_nowait(event)
-
-    def _fail_generation(self, items: list[_GenItem], exc: BaseException) -> None:
-        if not items:
-            return
-        logger.error("generation batch of %d failed: %s", len(items), exc)
-        error = (
-            exc
-            if isinstance(exc, ServingError)
-            else ServingError(f"generation failed: {type(exc).__name__}: {exc}")
-        )
-        for item in items:
-            if item.row is None or item.row.finish_reason is None:
-                item.queue.put_nowait(error)
 
     async def generate_stream(
         self, req: GenerateRequest, *, group: Any = None
@@ -710,98 +496,18 @@ class ModelServer:
                     param="model",
                 )
             texts = req.texts
-            if not isinstance(texts, list) or not texts:
-                raise InvalidRequestError(
-                    "input must be a non-empty list of strings", param="input"
-                )
-            for i, text in enumerate(texts):
-                if not isinstance(text, str) or not text.strip():
-                    raise InvalidRequestError(
-                        f"input[{i}] must be a non-empty string", param="input"
-                    )
-            adapter = _adapter_name(req.adapter)
+            check_classify_texts(texts)
+            adapter = adapter_name(req.adapter)
             loop = asyncio.get_running_loop()
             features = await self._tokenize(self.engine.encode_classification, list(texts))
             tokens = sum(len(f["input_ids"]) for f in features)
             async with self._lease(adapter):
-                item = _ClsItem(features, adapter, loop.create_future(), tokens)
+                item = ClassifyItem(features, adapter, loop.create_future(), tokens)
                 self._cls_batcher.submit(item)
                 return await item.future
         except ServingError:
             self.failed_requests += 1
             raise
-
-    def _next_pass(self, pending: deque[_ClsItem], size: int) -> list[tuple[_ClsItem, int]]:
-        """Up to ``size`` (item, text index) pairs, one text per request in turn (round-robin)."""
-        taken: dict[int, int] = {}
-        picked: list[tuple[_ClsItem, int]] = []
-        progress = True
-        while len(picked) < size and progress:
-            progress = False
-            for item in pending:
-                index = item.done + taken.get(id(item), 0)
-                if index < len(item.features) and len(picked) < size:
-                    picked.append((item, index))
-                    taken[id(item)] = taken.get(id(item), 0) + 1
-                    progress = True
-        return picked
-
-    async def _run_classification(self, items: list[_ClsItem]) -> None:
-        """Classify a batch in passes of at most ``max_batch_size`` texts (at least 16).
-
-        Each pass takes texts round-robin from the requests still running, and requests queued
-        meanwhile join at the next pass, so no request waits for more than one pass of
-        another's texts. A failing pass fails the requests still running, not the server.
-        """
-        size = max(self._cls_batcher.max_batch_size, 16)
-        pending: deque[_ClsItem] = deque(items)
-        try:
-            while True:
-                pending.extend(self._cls_batcher.take_nowait(size))
-                for item in [i for i in pending if i.future.done()]:  # cancelled by the caller
-                    pending.remove(item)
-                if not pending:
-                    return
-                picked = self._next_pass(pending, size)
-                outputs = await self._call(
-                    self.engine.classify_encoded,
-                    [item.features[i] for item, i in picked],
-                    [item.adapter for item, _ in picked],
-                )
-                for (item, _), output in zip(picked, outputs, strict=True):
-                    item.outputs.append(output)
-                    item.done += 1
-                for item in [i for i in pending if i.done == len(i.features)]:
-                    pending.remove(item)
-                    if not item.future.done():
-                        item.future.set_result(self._classify_result(item))
-        except Exception as exc:
-            self._fail_classification(list(pending), exc)
-
-    @staticmethod
-    def _classify_result(item: _ClsItem) -> ClassifyResult:
-        labels, scores, logits = [], [], []
-        for names, values in item.outputs:
-            best = max(range(len(values)), key=values.__getitem__)
-            labels.append(names[best])
-            scores.append(softmax_scores(names, values))
-            logits.append(values)
-        return ClassifyResult(
-            labels=labels, scores=scores, logits=logits, prompt_tokens=item.prompt_tokens
-        )
-
-    def _fail_classification(self, items: list[_ClsItem], exc: BaseException) -> None:
-        if not items:
-            return
-        logger.error("classification batch of %d failed: %s", len(items), exc)
-        error = (
-            exc
-            if isinstance(exc, ServingError)
-            else ServingError(f"classification failed: {type(exc).__name__}: {exc}")
-        )
-        for item in items:
-            if not item.future.done():
-                item.future.set_exception(error)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -813,7 +519,7 @@ class ModelServer:
         await self._gen_batcher.close()
         await self._cls_batcher.close()
         closing = ServingError("the model server is shutting down")
-        self._fail_generation(self._gen_batcher.take_nowait(2**31), closing)
-        self._fail_classification(self._cls_batcher.take_nowait(2**31), closing)
+        self._generation.fail(self._gen_batcher.take_nowait(2**31), closing)
+        self._classification.fail(self._cls_batcher.take_nowait(2**31), closing)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._tokenizer_pool.shutdown(wait=True, cancel_futures=True)
