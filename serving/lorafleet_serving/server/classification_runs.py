@@ -15,14 +15,11 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ..engine.protocol import Engine
-from ..errors import ServingError
 from ..types import ClassifyResult
-from .batcher import MixedBatcher
+from .engine_runs import EngineRuns, batch_error
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ class ClassifyItem:
     outputs: list[tuple[list[str], list[float]]] = field(default_factory=list)
 
 
-class ClassificationRuns:
+class ClassificationRuns(EngineRuns[ClassifyItem]):
     """Runs the model server's classification batches (see the module docstring).
 
     Args:
@@ -62,25 +59,6 @@ class ClassificationRuns:
     Attributes:
         batcher: Where requests are submitted (:class:`ClassifyItem`).
     """
-
-    def __init__(
-        self,
-        engine: Engine,
-        call: Callable[..., Awaitable[Any]],
-        *,
-        max_batch_size: int,
-        batch_wait_timeout_s: float,
-        max_concurrent_batches: int,
-    ) -> None:
-        self.engine = engine
-        self._call = call
-        self.batcher: MixedBatcher[ClassifyItem] = MixedBatcher(
-            self.run,
-            max_batch_size=max_batch_size,
-            batch_wait_timeout_s=batch_wait_timeout_s,
-            max_concurrent_batches=max_concurrent_batches,
-            on_error=self.fail,
-        )
 
     async def run(self, items: list[ClassifyItem]) -> None:
         """Classify a batch in passes of at most ``max_batch_size`` texts (at least 16).
@@ -120,11 +98,7 @@ class ClassificationRuns:
         if not items:
             return
         logger.error("classification batch of %d failed: %s", len(items), exc)
-        error = (
-            exc
-            if isinstance(exc, ServingError)
-            else ServingError(f"classification failed: {type(exc).__name__}: {exc}")
-        )
+        error = batch_error(exc, "classification")
         for item in items:
             if not item.future.done():
                 item.future.set_exception(error)

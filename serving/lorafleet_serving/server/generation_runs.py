@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.protocol import Engine, GenerationRow, RunningBatch, StepEvent
-from ..errors import ServingError
+from ..engine.protocol import GenerationRow, RunningBatch, StepEvent
 from ..types import GenerateRequest
-from .batcher import MixedBatcher
+from .engine_runs import EngineRuns, batch_error
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class GenerationItem:
     cancelled: bool = False
 
 
-class GenerationRuns:
+class GenerationRuns(EngineRuns[GenerationItem]):
     """Runs the model server's generation batches (see the module docstring).
 
     Args:
@@ -67,24 +65,8 @@ class GenerationRuns:
         row_steps: Rows decoded over all those steps.
     """
 
-    def __init__(
-        self,
-        engine: Engine,
-        call: Callable[..., Awaitable[Any]],
-        *,
-        max_batch_size: int,
-        batch_wait_timeout_s: float,
-        max_concurrent_batches: int,
-    ) -> None:
-        self.engine = engine
-        self._call = call
-        self.batcher: MixedBatcher[GenerationItem] = MixedBatcher(
-            self.run,
-            max_batch_size=max_batch_size,
-            batch_wait_timeout_s=batch_wait_timeout_s,
-            max_concurrent_batches=max_concurrent_batches,
-            on_error=self.fail,
-        )
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.running: set[RunningBatch] = set()
         self.steps = 0
         self.row_steps = 0
@@ -161,11 +143,7 @@ class GenerationRuns:
         if not items:
             return
         logger.error("generation batch of %d failed: %s", len(items), exc)
-        error = (
-            exc
-            if isinstance(exc, ServingError)
-            else ServingError(f"generation failed: {type(exc).__name__}: {exc}")
-        )
+        error = batch_error(exc, "generation")
         for item in items:
             if item.row is None or item.row.finish_reason is None:
                 item.queue.put_nowait(error)
