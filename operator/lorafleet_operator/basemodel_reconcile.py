@@ -123,8 +123,8 @@ class BaseModelReconciler(Reconciler):
         desired["metadata"]["annotations"] = {
             basemodel.CLUSTER_HASH_ANNOTATION: basemodel.cluster_config_hash(desired)
         }
-        await self._ensure_network_policy()
         rs = await self.api.get_rayservice(self.namespace, rayservice_name(self.name))
+        await self._ensure_network_policy()
         if rs is None:
             rs = await self._create(desired)
         else:
@@ -198,10 +198,10 @@ class BaseModelReconciler(Reconciler):
         if readiness.ready and probed:
             readiness = basemodel.with_answer(readiness, await probe_serve(endpoint), path)
         if not readiness.ready:
+            waited = time.monotonic() - self.state.deploy_started[self.key]
             pods = await self.api.list_pods(
                 self.namespace, ",".join(f"{k}={v}" for k, v in ray_pod_labels(self.name).items())
             )
-            waited = time.monotonic() - self.state.deploy_started[self.key]
             update = basemodel.not_ready_update(
                 readiness,
                 pod_problems=ray_pod_problems(pods),

@@ -65,9 +65,10 @@ from lorafleet_operator.status_update import api_error, internal_error
 
 #: Seconds an idle daemon sleeps before a safety re-check when nobody wakes it.
 IDLE_RECHECK_S = 120.0
-#: The index arguments kopf passes to every handler (names of the index functions below).
+#: The types of the two index arguments (see INDEX_KWARGS).
 BaseIndex = kopf.Index[IndexKey, BaseFacts]
 AdapterIndex = kopf.Index[IndexKey, AdapterFacts]
+#: Labels of the Jobs and RayServices this operator watches (the ones it made).
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 #: kopf passes each index to every handler as a keyword argument named after the index
 #: function; its callback protocols do not declare such arguments, so the handlers that take

@@ -43,13 +43,25 @@ class AdapterInstallStep:
 
     Attributes:
         update: The status to write.
-        entry: The registry entry once installed (handed to the BaseModel as a hint).
+        entry_args: Once installed, the arguments of its registry entry (path, rank, labels):
+            :meth:`registry_entry` builds it after the status is written.
         requeue: Seconds until the next pass (``None``: wait to be woken).
     """
 
     update: StatusUpdate
-    entry: dict[str, Any] | None
+    entry_args: tuple[str, int | None, Mapping[str, str] | None] | None
     requeue: float | None
+
+    def registry_entry(self) -> dict[str, Any] | None:
+        """The registry entry handed to the BaseModel, or ``None`` while not installed.
+
+        Raises:
+            lorafleet_operator.serveconfig.ServeConfigError: The report named no path or an
+                invalid rank (the Installed status is written first, then this fails).
+        """
+        if self.entry_args is None:
+            return None
+        return adapter_entry(*self.entry_args)
 
 
 def check_spec(spec: Mapping[str, Any] | None) -> LoraAdapterSpec | StatusUpdate:
@@ -189,8 +201,8 @@ def install_step(
             (cond.READY, False, "RegistryUpdatePending", pending),
         ),
     )
-    entry = adapter_entry(path or "", report.rank or None, dict(labels or {}) or report.labels)
-    return AdapterInstallStep(update, entry, None)
+    entry_args = (path or "", report.rank or None, dict(labels or {}) or report.labels)
+    return AdapterInstallStep(update, entry_args, None)
 
 
 def removing_from_registry(base: str) -> StatusUpdate:

@@ -85,8 +85,9 @@ class LoraAdapterReconciler(Reconciler):
             poll_s=self.settings.poll_interval_s,
         )
         await self.writer.apply(step.update)
-        if step.entry is not None:
-            self.state.hints[(self.namespace, spec.base_model)][served] = step.entry
+        entry = step.registry_entry()
+        if entry is not None:
+            self.state.hints[(self.namespace, spec.base_model)][served] = entry
             self.state.wakeups.wake(BASEMODEL_KIND, self.namespace, spec.base_model)
         return step.requeue
 

@@ -3,7 +3,7 @@
 These pydantic v2 models are the single source of truth for the API: the CRD OpenAPI schemas in
 ``manifests/crds/`` are generated from them (:mod:`lorafleet_operator.crdgen`), the kopf handlers
 parse ``spec``/``status`` with them, and local mode validates manifest files with
-:func:`validate_manifest`. Field names are snake_case in Python and camelCase on the wire
+:func:`lorafleet_operator.manifest.validate_manifest`. Field names are snake_case in Python and camelCase on the wire
 (Kubernetes API conventions); ``Field(description=...)`` becomes ``kubectl explain`` text.
 """
 
@@ -540,7 +540,7 @@ class LoraAdapterStatus(_CommonStatus):
     )
 
 
-#: The models per kind, used by the CRD generator and :func:`validate_manifest`.
+#: The models per kind, used by the CRD generator and :mod:`lorafleet_operator.manifest`.
 SPEC_MODELS: dict[str, type[_Wire]] = {
     BASEMODEL_KIND: BaseModelSpec,
     LORAADAPTER_KIND: LoraAdapterSpec,

@@ -110,7 +110,11 @@ class OperatorState:
     network_policies: set[BaseKey] = field(default_factory=set)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
-        """Drop everything remembered about a deleted object."""
+        """Drop what this run remembers about a deleted object (its finalizer ran).
+
+        Watch events that arrive after the finalizer (the object's last updates) may record
+        its generation or path again; those few keys stay until the operator restarts.
+        """
         key = (kind, namespace, name)
         self.statuses.pop(key, None)
         self.generations.pop(key, None)

@@ -130,7 +130,11 @@ def step(observed: InstallObservation, labels: dict[str, str] | None = None):
 
 def test_a_running_install_is_installing() -> None:
     result = step(InstallObservation("running", None, "install Job job running"))
-    assert result.update.phase == "Installing" and result.requeue == 1.5 and result.entry is None
+    assert (
+        result.update.phase == "Installing"
+        and result.requeue == 1.5
+        and result.registry_entry() is None
+    )
     assert result.update.fields["progress"] == "7%"
 
 
@@ -151,7 +155,7 @@ def test_a_failed_install_says_whether_it_fits_its_base(
     report = InstallReport(ok=False, reason=reason, message="why")
     result = step(InstallObservation("failed", report, "install Job job failed"))
     assert result.update.phase == "Failed" and result.update.reason_of(cond.INSTALLED) == reason
-    assert result.update.fields["compatible"] is compatible and result.entry is None
+    assert result.update.fields["compatible"] is compatible and result.registry_entry() is None
 
 
 def test_no_report_is_install_failed() -> None:
@@ -181,12 +185,27 @@ def test_an_installed_adapter_waits_for_the_registry_with_its_entry() -> None:
     assert update.reason_of(cond.SERVING) == "RegistryUpdatePending"
     assert update.reason_of(cond.READY) == "RegistryUpdatePending"
     # spec.labels win over the report's in the registry entry
-    assert result.entry == {
+    assert result.registry_entry() == {
         "path": "/models/ml/adapters/lora/r1",
         "rank": 8,
         "labels": {"0": "negative"},
     }
-    assert step(InstallObservation("succeeded", report, "done")).entry["labels"] == {"0": "neg"}  # type: ignore[index]
+    assert step(InstallObservation("succeeded", report, "done")).registry_entry()["labels"] == {
+        "0": "neg"
+    }  # type: ignore[index]
+
+
+def test_a_report_without_path_fails_after_installed_is_written() -> None:
+    """The status (Installed, Deploying) is decided first; only building the registry entry
+    fails, as the operator did before the decisions were pure."""
+    from lorafleet_operator.serveconfig import ServeConfigError
+
+    result = step(
+        InstallObservation("succeeded", InstallReport(ok=True, reason="Installed"), "done")
+    )
+    assert result.update.phase == "Deploying"
+    with pytest.raises(ServeConfigError, match="path is empty"):
+        result.registry_entry()
 
 
 def test_deletion_states() -> None:

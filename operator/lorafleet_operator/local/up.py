@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,24 +238,35 @@ def _load(out: _Console, directory: Path) -> tuple[Any, list[Any]] | None:
     return snapshot, objects
 
 
-def _connect(out: _Console, args: argparse.Namespace, home: Path) -> tuple[Any, Any, int] | None:
+@dataclass
+class _Session:
+    """What ``up`` started, so the clean-up finds it even when interrupted half-way."""
+
+    head: Any = None
+    serve: Any = None
+    fleet: Any = None
+
+
+def _connect(out: _Console, args: argparse.Namespace, home: Path, session: _Session) -> int | None:
     """Reach Ray: the cluster at ``--ray-dashboard``, or a local head started here.
 
+    ``session.head`` and ``session.serve`` are set as soon as each exists.
+
     Returns:
-        ``(head or None, ServeREST, Serve HTTP port)``, or ``None`` when ``--port`` is taken.
+        The Serve HTTP port, or ``None`` when ``--port`` is taken.
     """
     from lorafleet_operator.local.serve_rest import ServeREST
 
     if args.ray_dashboard:
         from lorafleet_operator.local.ray_token import token_from_environment
 
-        serve = ServeREST(args.ray_dashboard, token=token_from_environment())
-        details = serve.details()
+        session.serve = ServeREST(args.ray_dashboard, token=token_from_environment())
+        details = session.serve.details()
         http_port = int((details.get("http_options") or {}).get("port") or args.port)
         if (details.get("controller_info") or {}).get("actor_id") is None:
             http_port = args.port  # Serve not started yet: our http_options apply
         out.info(f"using the Ray cluster at {args.ray_dashboard} (Serve HTTP port {http_port})")
-        return None, serve, http_port
+        return http_port
     from lorafleet_operator.local.ray_head import SECRETS_DIR, LocalRayHead, port_is_free
 
     if not port_is_free(args.port):
@@ -263,12 +275,13 @@ def _connect(out: _Console, args: argparse.Namespace, home: Path) -> tuple[Any, 
     num_cpus = args.num_cpus or max(2, os.cpu_count() or 2)
     out.info(f"starting a local Ray head ({num_cpus} CPUs, dashboard on 127.0.0.1)")
     started = time.monotonic()
-    head = LocalRayHead.start(num_cpus=num_cpus, secrets_dir=home / SECRETS_DIR)
+    head = session.head = LocalRayHead.start(num_cpus=num_cpus, secrets_dir=home / SECRETS_DIR)
     out.info(
         f"Ray is up in {time.monotonic() - started:.1f} s: dashboard {head.dashboard_url}"
         f" (token auth: Bearer token in {head.token_file}), logs {head.logs_dir}"
     )
-    return head, ServeREST(head.dashboard_url, token=head.token), args.port
+    session.serve = ServeREST(head.dashboard_url, token=head.token)
+    return int(args.port)
 
 
 def _serve_until_stopped(
@@ -296,10 +309,11 @@ def _serve_until_stopped(
         _watch(out, fleet, directory, snapshot, load_manifests, ManifestsInvalid, DeployFailed)
 
 
-def _shut_down(out: _Console, fleet: Any, head: Any, serve: Any, code: int) -> None:
+def _shut_down(out: _Console, session: _Session, code: int) -> None:
     """Remove the applications (shared cluster) or stop the head; never interrupted."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # let the clean-up finish
+    fleet, head, serve = session.fleet, session.head, session.serve
     try:
         if fleet is not None and head is None:
             try:
@@ -343,17 +357,16 @@ def run(args: argparse.Namespace) -> int:
     # SIGHUP too: closing the terminal must not orphan the Ray head.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
-    head = serve = fleet = None
+    session = _Session()
     code = EXIT_OK
     try:
-        connected = _connect(out, args, home)
-        if connected is None:
+        http_port = _connect(out, args, home, session)
+        if http_port is None:
             code = EXIT_FAILED
             return code
-        head, serve, http_port = connected
-        fleet = Fleet(
+        fleet = session.fleet = Fleet(
             home,
-            serve,
+            session.serve,
             http_port,
             Reporter(out.info, out.error, out.progress, out.install_done),
             shared_cluster=bool(args.ray_dashboard),
@@ -363,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         fleet.state.set_top(
             pid=os.getpid(),
             directory=str(directory),
-            dashboard=serve.dashboard_url,
+            dashboard=session.serve.dashboard_url,
             endpoint=f"http://127.0.0.1:{http_port}",
         )
         _serve_until_stopped(out, args, fleet, directory, snapshot, objects)
@@ -371,14 +384,14 @@ def run(args: argparse.Namespace) -> int:
         out.info("stopping")
     except DeployFailed as exc:
         out.error(f"serving failed: {exc.reason}: {exc}")
-        if head is not None:
-            out.error(f"Ray logs: {head.logs_dir} (kept)")
+        if session.head is not None:
+            out.error(f"Ray logs: {session.head.logs_dir} (kept)")
         code = EXIT_FAILED
     except Exception as exc:
         out.error(f"{type(exc).__name__}: {exc}")
         code = EXIT_FAILED
     finally:
-        _shut_down(out, fleet, head, serve, code)
+        _shut_down(out, session, code)
     return code
 
 

@@ -6,7 +6,7 @@ and single-threaded by design: the asyncio model server
 
 - loads the base with ``AutoModelForCausalLM`` (``text-generation``) or
   ``AutoModelForSequenceClassification`` (``text-classification``) in the requested dtype on
-  cuda when present, else cpu (:mod:`.dtypes`);
+  cuda when present, else cpu (:mod:`.base_model`);
 - loads an adapter folder with peft (``PeftConfig.from_pretrained``, ``load_peft_weights``,
   ``PeftModel``/``add_adapter`` + ``set_peft_model_state_dict`` with ``low_cpu_mem_usage`` -
   what ``PeftModel.load_adapter`` does; the file-level steps are in :mod:`.adapter_loading`)
