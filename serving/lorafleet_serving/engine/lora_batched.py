@@ -4,10 +4,20 @@ The idea is Punica's "batched gather matrix-vector" (BGMV) kernel and S-LoRA's u
 memory (Chen et al., *Punica: Multi-Tenant LoRA Serving*, 2023; Sheng et al., *S-LoRA: Serving
 Thousands of Concurrent LoRA Adapters*, 2023): for every adapted linear layer the resident
 adapters' ``A`` and ``B`` matrices are stacked into one tensor each, indexed by a *slot*; a
-batch carries one slot index per row, and the LoRA delta of the whole mixed batch is two
-batched matmuls over the gathered matrices::
+batch carries one slot index per row, and the LoRA delta of the whole mixed batch is::
 
     delta[n] = (x[n] @ A[slot[n]].T) @ B[slot[n]].T        x[n]: [T, in], A: [r, in], B: [out, r]
+
+The stacks are stored transposed (``A.T``: ``[slots, in, r]``, ``B.T``: ``[slots, r, out]``), so
+they are the matmul operands as they lie. A mixed batch is computed per *adapter*, not per row
+(Punica's SGMV, "segmented gather"): its rows are grouped by slot into a padded
+``[groups, rows_per_group * T, in]`` tensor (one ``index_select`` of the activations), each
+group is multiplied by its own adapter's matrices in two ``torch.bmm``, and the results go back
+to their rows (one more ``index_select``). Each adapter's matrices are read once per layer
+whatever the batch size — a per-row gather would copy them once per row (at batch 32 with LoRA
+on every linear layer, more bytes than the base weights) — and when the slots in the batch are
+consecutive the stacks are used as a slice, without any copy. Measured in
+``benchmarks/serving.py``.
 
 Slot 0 is all zeros and means "bare base". Ranks are zero-padded to the largest resident rank
 (padding contributes exactly zero), and each adapter's scaling (``lora_alpha / r``, or
@@ -17,7 +27,8 @@ peft loads the adapter files and injects its ``LoraLayer`` wrappers; this module
 weights out of those layers into the stacks, keeps the peft layers disabled (so they run only
 their base layer), and adds the delta with a forward hook on each wrapper. peft's own
 ``adapter_names`` mixed-batch path loops over adapters in Python per layer; this path costs
-two ``torch.bmm`` per layer whatever the number of distinct adapters in the batch.
+two ``torch.bmm`` and two ``index_select`` per layer whatever the number of distinct adapters
+in the batch.
 
 The peft variants ride on the same step, each matching peft's own layer code:
 
@@ -29,7 +40,7 @@ The peft variants ride on the same step, each matching peft's own layer code:
   and stored as a per-slot vector (ones for plain slots), so with ``out = W x + b`` and
   ``delta = s·B A x`` the hook returns ``out + (m_s - 1) * (out - b) + m_s * delta``.
 - **Embedding LoRA** (``lora_embedding_A/B``): ``delta[n, t] = B[slot] @ A[slot][:, id[n, t]]``
-  — a gather of ``A``'s columns by token id instead of a matmul with ``x``.
+  — a gather of ``A``'s columns (rows of the stored ``A.T``) by token id instead of a matmul.
 - **modules_to_save** of any module: the adapter's own copy of that module (built at load);
   a forward hook on the base module replaces the output rows of that adapter's rows with the
   copy's output on those rows (one extra module call per distinct adapter in the batch).
@@ -50,19 +61,63 @@ from torch import nn
 
 @dataclass
 class _RowPlan:
-    """Per-forward routing: slot per row, shortcuts, and the gathered weights of a mixed batch.
+    """Per-forward routing of a batch: slot per row and its grouping by slot.
 
-    A generation batch runs many decode steps with the same rows, so the per-row gathered
-    matrices (``A[slot[n]]``, ``B[slot[n]]``, transposed for ``bmm``) are computed once per layer
-    and reused while the rows and the stacks do not change, within the owner's byte budget.
+    Made once per distinct row-to-slot assignment (a generation batch runs many decode steps
+    with the same rows) and reused until the rows or the resident adapters change.
+
+    Attributes:
+        index: ``[N]`` int64, the slot of each row.
+        slots: Distinct slots present (0 if any base row).
+        single: The only slot when every row uses the same one.
+        groups: ``[G]`` int64, the distinct slots in ascending order (the groups).
+        first: The first slot when ``groups`` are consecutive (the stacks are then sliced,
+            not gathered), else ``None``.
+        per_group: Rows per group after padding (the largest group's size).
+        src: ``[G * per_group]`` int64: the batch row each padded position reads (padding
+            repeats a row of the group; its result is never read).
+        dst: ``[N]`` int64: each row's position in the padded layout.
     """
 
-    index: torch.Tensor  # [N] int64 slot per row, on the model's device
-    slots: frozenset[int]  # distinct slots present (including 0 if any base row)
-    single: int | None  # the only slot when every row uses the same one
-    version: int  # BatchedLoRA._version when made; stale after any load/unload
-    nbytes: int = 0  # bytes of gathered weights this plan holds
-    gathered: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    index: torch.Tensor
+    slots: frozenset[int]
+    single: int | None
+    groups: torch.Tensor
+    first: int | None
+    per_group: int
+    src: torch.Tensor
+    dst: torch.Tensor
+
+    @classmethod
+    def build(cls, slots: list[int], device: torch.device) -> _RowPlan:
+        """The routing of ``slots`` (one per row), grouped by slot."""
+        distinct = sorted(set(slots))
+        members: dict[int, list[int]] = {s: [] for s in distinct}
+        for row, slot in enumerate(slots):
+            members[slot].append(row)
+        per_group = max(len(rows) for rows in members.values())
+        src: list[int] = []
+        dst = [0] * len(slots)
+        for g, slot in enumerate(distinct):
+            rows = members[slot]
+            for j, row in enumerate(rows):
+                dst[row] = g * per_group + j
+            src.extend(rows + [rows[0]] * (per_group - len(rows)))
+        consecutive = distinct == list(range(distinct[0], distinct[0] + len(distinct)))
+
+        def longs(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        return cls(
+            index=longs(slots),
+            slots=frozenset(distinct),
+            single=distinct[0] if len(distinct) == 1 else None,
+            groups=longs(distinct),
+            first=distinct[0] if consecutive else None,
+            per_group=per_group,
+            src=longs(src),
+            dst=longs(dst),
+        )
 
 
 @dataclass
@@ -80,10 +135,11 @@ class _Found:
 
 @dataclass
 class _StackedLayer:
-    """The stacked A/B matrices of one adapted linear layer.
+    """The stacked A/B matrices of one adapted linear layer, stored transposed.
 
-    ``a``: ``[capacity + 1, r_max, in_features]``, ``b``: ``[capacity + 1, out_features, r_max]``
-    (scaling folded in); ``None`` until an adapter that targets this layer is loaded.
+    ``a``: ``A.T`` per slot, ``[capacity + 1, in_features, r_max]``; ``b``: ``B.T`` per slot,
+    ``[capacity + 1, r_max, out_features]`` (scaling folded in); ``None`` until an adapter that
+    targets this layer is loaded.
     """
 
     in_features: int
@@ -98,7 +154,7 @@ class _StackedLayer:
     mag: torch.Tensor | None = None
     #: The base layer's own bias (DoRA scales the base output without it), or None.
     base_bias: torch.Tensor | None = None
-    #: True for an ``nn.Embedding`` (``a``: ``[cap+1, r, num_embeddings]``, input: token ids).
+    #: True for an ``nn.Embedding`` (``a``: ``[cap+1, num_embeddings, r]``, input: token ids).
     embedding: bool = False
     bias_slots: set[int] = field(default_factory=set)
     dora_slots: set[int] = field(default_factory=set)
@@ -106,7 +162,7 @@ class _StackedLayer:
     @property
     def rank(self) -> int:
         """Padded rank of the stacks (0 before allocation)."""
-        return 0 if self.a is None else self.a.shape[1]
+        return 0 if self.a is None else self.a.shape[2]
 
     def nbytes(self) -> int:
         """Bytes held by this layer's stacks."""
@@ -167,18 +223,9 @@ class BatchedLoRA:
         capacity: Maximum number of adapters resident at once (slots ``1..capacity``).
         dtype: Compute dtype of the stacks (the base model's dtype).
         device: Device of the stacks (the base model's device).
-        gather_budget_bytes: Bytes of per-row gathered weights kept across decode steps, over
-            all cached routings (beyond it, weights are gathered again in every step).
     """
 
-    def __init__(
-        self,
-        capacity: int,
-        *,
-        dtype: torch.dtype,
-        device: torch.device,
-        gather_budget_bytes: int = 64 * 2**20,
-    ) -> None:
+    def __init__(self, capacity: int, *, dtype: torch.dtype, device: torch.device) -> None:
         if capacity < 1:
             raise ValueError(f"BatchedLoRA: capacity must be >= 1, got {capacity}")
         self.capacity = capacity
@@ -190,10 +237,7 @@ class BatchedLoRA:
         #: modules_to_save copies: qualified module name -> slot -> the adapter's module.
         self._saved: dict[str, dict[int, nn.Module]] = {}
         self._plan = threading.local()
-        self._version = 0
         self._plans: OrderedDict[tuple[int, ...], _RowPlan] = OrderedDict()
-        self.gather_budget_bytes = gather_budget_bytes
-        self._gathered_bytes = 0
 
     # ------------------------------------------------------------------ registry of slots
 
@@ -216,8 +260,8 @@ class BatchedLoRA:
         return dict(self._slots)
 
     def nbytes(self) -> int:
-        """Bytes held by all stacks and cached gathered weights (0 when no adapter is resident)."""
-        return sum(layer.nbytes() for layer in list(self._layers.values())) + self._gathered_bytes
+        """Bytes held by all stacks (0 when no adapter is resident)."""
+        return sum(layer.nbytes() for layer in list(self._layers.values()))
 
     def set_capacity(self, capacity: int) -> None:
         """Change the number of slots, keeping resident adapters in their slots.
@@ -329,8 +373,8 @@ class BatchedLoRA:
         layer = self._layers.get(item.qualname)
         if layer is None:
             layer = _StackedLayer(
-                in_features=item.a.shape[1],
-                out_features=item.b.shape[0],
+                in_features=item.a.shape[1],  # peft's A: [r, in]
+                out_features=item.b.shape[0],  # peft's B: [out, r]
                 embedding=item.embedding,
             )
             self._layers[item.qualname] = layer
@@ -340,8 +384,8 @@ class BatchedLoRA:
         assert layer.a is not None and layer.b is not None
         layer.a[slot].zero_()
         layer.b[slot].zero_()
-        layer.a[slot, :r].copy_(item.a.to(self.dtype))
-        layer.b[slot, :, :r].copy_(item.b.to(self.dtype))
+        layer.a[slot, :, :r].copy_(item.a.T.to(self.dtype))
+        layer.b[slot, :r].copy_(item.b.T.to(self.dtype))
         layer.ranks[slot] = r
         if item.bias is not None:
             layer.bias = self._vector(layer.bias, layer.out_features, 0.0)
@@ -403,9 +447,7 @@ class BatchedLoRA:
                 self._reallocate(layer, self.capacity, need)
 
     def _invalidate(self) -> None:
-        self._version += 1
         self._plans.clear()
-        self._gathered_bytes = 0
 
     def _vector(self, old: torch.Tensor | None, size: int, fill: float) -> torch.Tensor:
         """A ``[capacity + 1, size]`` per-slot vector stack filled with ``fill``, keeping
@@ -418,15 +460,15 @@ class BatchedLoRA:
 
     def _reallocate(self, layer: _StackedLayer, capacity: int, rank: int) -> None:
         self._invalidate()
-        a = torch.zeros(capacity + 1, rank, layer.in_features, dtype=self.dtype, device=self.device)
+        a = torch.zeros(capacity + 1, layer.in_features, rank, dtype=self.dtype, device=self.device)
         b = torch.zeros(
-            capacity + 1, layer.out_features, rank, dtype=self.dtype, device=self.device
+            capacity + 1, rank, layer.out_features, dtype=self.dtype, device=self.device
         )
         if layer.a is not None and layer.b is not None:
             keep_s = min(capacity + 1, layer.a.shape[0])
             keep_r = min(rank, layer.rank)
-            a[:keep_s, :keep_r] = layer.a[:keep_s, :keep_r]
-            b[:keep_s, :, :keep_r] = layer.b[:keep_s, :, :keep_r]
+            a[:keep_s, :, :keep_r] = layer.a[:keep_s, :, :keep_r]
+            b[:keep_s, :keep_r] = layer.b[:keep_s, :keep_r]
         layer.a, layer.b = a, b
 
     # ------------------------------------------------------------------ forward
@@ -480,15 +522,11 @@ class BatchedLoRA:
         """
         key = tuple(slots)
         plan = self._plans.get(key)
-        if plan is None or plan.version != self._version:
-            index = torch.tensor(slots, dtype=torch.long, device=self.device)
-            distinct = frozenset(slots)
-            single = next(iter(distinct)) if len(distinct) == 1 else None
-            plan = _RowPlan(index, distinct, single, self._version)
+        if plan is None:
+            plan = _RowPlan.build(list(slots), self.device)
             self._plans[key] = plan
             while len(self._plans) > 4:  # a few batches may interleave their steps
-                _, dropped = self._plans.popitem(last=False)
-                self._gathered_bytes -= dropped.nbytes
+                self._plans.popitem(last=False)
         self._plans.move_to_end(key)
         previous = getattr(self._plan, "value", None)
         self._plan.value = plan
@@ -513,24 +551,11 @@ class BatchedLoRA:
             return out + self._embedding_delta(layer, plan, x).to(out.dtype)
         x = x.to(self.dtype)
         if plan.single is not None:
-            # Uniform batch: plain matmuls with one adapter's matrices, no gather.
+            # Uniform batch: plain matmuls with one adapter's matrices, no grouping.
             k = plan.single
-            delta = nn.functional.linear(nn.functional.linear(x, layer.a[k]), layer.b[k])
+            delta = (x @ layer.a[k]) @ layer.b[k]
         else:
-            x3 = x if x.dim() == 3 else x.unsqueeze(1)
-            gathered = plan.gathered.get(qualname)
-            if gathered is None:
-                # [N, in, r] and [N, r, out]: each row's own adapter matrices (BGMV gather).
-                a_t = layer.a.index_select(0, plan.index).transpose(1, 2).contiguous()
-                b_t = layer.b.index_select(0, plan.index).transpose(1, 2).contiguous()
-                gathered = (a_t, b_t)
-                size = (a_t.numel() + b_t.numel()) * a_t.element_size()
-                if self._gathered_bytes + size <= self.gather_budget_bytes:
-                    self._gathered_bytes += size
-                    plan.nbytes += size
-                    plan.gathered[qualname] = gathered
-            delta = torch.bmm(torch.bmm(x3, gathered[0]), gathered[1])
-            delta = delta.view(*x.shape[:-1], layer.out_features)
+            delta = self._grouped_delta(layer, plan, x)
         if layer.bias is not None and not plan.slots.isdisjoint(layer.bias_slots):
             delta = delta + self._per_row(layer.bias, plan, x.dim())
         if layer.mag is not None and not plan.slots.isdisjoint(layer.dora_slots):
@@ -539,6 +564,32 @@ class BatchedLoRA:
             base = out if layer.base_bias is None else out - layer.base_bias
             return out + ((scale - 1) * base.to(self.dtype) + scale * delta).to(out.dtype)
         return out + delta.to(out.dtype)
+
+    @staticmethod
+    def _grouped_delta(layer: _StackedLayer, plan: _RowPlan, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA delta of a mixed batch, adapter by adapter (see the module docstring).
+
+        Args:
+            layer: The layer's stacks (allocated).
+            plan: The batch's routing.
+            x: ``[N, T, in]`` or ``[N, in]`` activations in the stacks' dtype.
+
+        Returns:
+            ``delta`` shaped like ``x`` with ``out_features`` last.
+        """
+        assert layer.a is not None and layer.b is not None
+        groups = plan.groups.shape[0]
+        if plan.first is not None:  # consecutive slots: the stacks as they are
+            a = layer.a[plan.first : plan.first + groups]
+            b = layer.b[plan.first : plan.first + groups]
+        else:
+            a = layer.a.index_select(0, plan.groups)
+            b = layer.b.index_select(0, plan.groups)
+        tokens = x.shape[1] if x.dim() == 3 else 1
+        grouped = x.index_select(0, plan.src).reshape(groups, plan.per_group * tokens, -1)
+        out = torch.bmm(torch.bmm(grouped, a), b)  # [G, per_group * T, out]
+        out = out.reshape(groups * plan.per_group, *x.shape[1:-1], layer.out_features)
+        return out.index_select(0, plan.dst)
 
     @staticmethod
     def _per_row(vectors: torch.Tensor, plan: _RowPlan, dims: int) -> torch.Tensor:
@@ -552,15 +603,14 @@ class BatchedLoRA:
         self, layer: _StackedLayer, plan: _RowPlan, ids: torch.Tensor
     ) -> torch.Tensor:
         """LoRA on an embedding (peft ``lora.Embedding``): ``onehot(ids) @ A.T @ B.T``, i.e.
-        a lookup in ``A.T`` per row's slot, then ``B``. ``ids``: ``[N, T]`` int64 ->
+        a lookup in the stored ``A.T`` per row's slot, then ``B``. ``ids``: ``[N, T]`` int64 ->
         ``[N, T, dim]``."""
         assert layer.a is not None and layer.b is not None
         if plan.single is not None:
             k = plan.single
-            return nn.functional.embedding(ids, layer.a[k].T) @ layer.b[k].T
-        table = layer.a.transpose(1, 2)  # [cap+1, num_embeddings, r]
-        after_a = table[plan.index.view(-1, *([1] * (ids.dim() - 1))), ids]  # [N, T, r]
-        b_t = layer.b.index_select(0, plan.index).transpose(1, 2)  # [N, r, dim]
+            return nn.functional.embedding(ids, layer.a[k]) @ layer.b[k]
+        after_a = layer.a[plan.index.view(-1, *([1] * (ids.dim() - 1))), ids]  # [N, T, r]
+        b_t = layer.b.index_select(0, plan.index)  # [N, r, dim]
         n = ids.shape[0]
         return torch.bmm(after_a.reshape(n, -1, layer.rank), b_t).view(
             *ids.shape, layer.out_features
