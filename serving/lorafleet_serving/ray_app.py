@@ -7,11 +7,15 @@ is the composition root: it builds the model server over the transformers engine
 
 - ``Model`` holds one :class:`~.server.model_server.ModelServer` (base model, adapter cache, mixed
   batches). Adapter residency is announced to Serve with ``@serve.multiplexed``: its loader
-  calls :meth:`ModelServer.ensure_adapter` and returns a small token whose ``__del__`` - which
-  Serve calls when it drops the least recently used adapter (``ray/serve/multiplex.py``,
-  ``unload_model_lru``) - calls :meth:`ModelServer.evict`. Serve pushes the loaded ids to its
-  routers so requests for an adapter go to replicas that already hold it. The limit follows
-  ``user_config.max_adapters``.
+  calls :meth:`ModelServer.ensure_adapter` and returns a small token. Serve pushes the loaded
+  ids to its routers so requests for an adapter go to replicas that already hold it. One
+  eviction policy: the adapter cache's, which knows which adapters running requests pin (its
+  capacity is ``user_config.max_adapters``). Serve's own LRU is unlimited
+  (``max_num_models_per_replica=-1``) so it never evicts by itself; after every load the ids
+  the cache evicted are taken out of Serve's LRU (:class:`~.serve_multiplex.MultiplexLRU`), so
+  routing follows what is really resident. (Two LRUs evicting independently made the replica
+  reload adapters several times more often than the cache alone.) A token dropped by Serve
+  anyway (its ``__del__``) still evicts through :meth:`ModelServer.evict`.
 - ``reconfigure(user_config)`` (Serve calls it in place, no restart, when only ``user_config``
   changes) applies the adapter registry: added adapters become routable at once; removed ones
   (and ones whose path changed) are evicted, and a removed one then answers 404.
@@ -51,8 +55,10 @@ from .types import (
 
 logger = logging.getLogger(__name__)
 
-#: Serve's multiplex limit before the first ``reconfigure`` sets it from ``max_adapters``.
+#: The adapter cache's capacity before the first ``reconfigure`` sets ``max_adapters``.
 DEFAULT_MAX_ADAPTERS = 8
+#: Serve's multiplex LRU limit: unlimited (Serve's public value), the adapter cache evicts.
+SERVE_LRU_UNLIMITED = -1
 
 
 class AppArgs(BaseModel):
@@ -200,13 +206,14 @@ class Model:
         self.backend = ModelServerBackend(self.server)
         self.max_adapters = DEFAULT_MAX_ADAPTERS
         self.reconfigures = 0
+        self.server.unload_listeners.append(self._stop_routing)
 
     # ----------------------------------------------------------------- adapter residency
 
     def _multiplex(self) -> MultiplexLRU | None:
         return MultiplexLRU.of(self)
 
-    @serve.multiplexed(max_num_models_per_replica=DEFAULT_MAX_ADAPTERS)
+    @serve.multiplexed(max_num_models_per_replica=SERVE_LRU_UNLIMITED)
     async def load_adapter(self, name: str) -> _ResidentAdapter:
         """Serve's multiplexed loader: make ``name`` resident in the model server.
 
@@ -223,12 +230,18 @@ class Model:
         await self.server.ensure_adapter(name)
         return _ResidentAdapter(self.server, name, asyncio.get_running_loop())
 
+    def _stop_routing(self, name: str) -> None:
+        """The adapter cache unloaded ``name``: take it out of Serve's multiplex LRU."""
+        lru = self._multiplex()
+        token = lru.forget(name) if lru is not None else None
+        if token is not None:
+            token.released = True  # already gone from the server
+
     def _sync_multiplex(self) -> None:
-        """Align Serve's multiplex LRU with the limit and with what is really resident."""
+        """Take out of Serve's multiplex LRU what the adapter cache no longer holds."""
         lru = self._multiplex()
         if lru is None:
             return
-        lru.set_limit(self.max_adapters)
         resident = set(self.server.resident_adapters())
         registered = self.server.registered_adapters()
         for name in lru.names():
@@ -277,11 +290,6 @@ class Model:
                     token.released = True
             if name in self.server.resident_adapters():
                 await self.server.evict(name)
-        if lru is not None:
-            while len(lru) > self.max_adapters:
-                token = lru.pop_oldest()
-                token.released = True
-                await self.server.evict(token.name)
         self._sync_multiplex()
         self.reconfigures += 1
         logger.info(

@@ -6,9 +6,10 @@ replicas holding it. The LRU is not public API: ``ray/serve/api.py`` (``multiple
 a ``ray.serve.multiplex._ModelMultiplexWrapper`` on the deployment instance under
 ``__serve_multiplex_wrapper`` at the first call; the wrapper holds ``models`` (an
 ``OrderedDict`` model id -> token, oldest first) and ``max_num_models_per_replica``, and pushes
-the ids to the controller when ``_push_multiplexed_replica_info`` is set. lorafleet must keep
-that LRU equal to what its own adapter cache holds (an adapter evicted by the cache or removed
-from the registry must not stay routed here), so it edits the LRU through :class:`MultiplexLRU`.
+the ids to the controller when ``_push_multiplexed_replica_info`` is set. lorafleet sets the
+limit to -1 (unlimited, public API) so that only its adapter cache evicts, and keeps the LRU
+equal to what the cache holds (an adapter evicted by the cache or removed from the registry
+must not stay routed here) by taking ids out through :class:`MultiplexLRU`.
 :func:`internals_missing` names whatever of the above the installed Ray no longer has; a test
 runs it, so a Ray upgrade that changes them fails loudly instead of misrouting silently.
 """
@@ -42,10 +43,6 @@ class MultiplexLRU:
     def __len__(self) -> int:
         return len(self._wrapper.models)
 
-    def set_limit(self, limit: int) -> None:
-        """Set how many model ids Serve keeps before it evicts the oldest (``limit`` >= 1)."""
-        self._wrapper.max_num_models_per_replica = limit
-
     def forget(self, name: str) -> Any | None:
         """Drop ``name`` without calling its unload; the controller is told at its next push.
 
@@ -55,16 +52,6 @@ class MultiplexLRU:
         token = self._wrapper.models.pop(name, None)
         if token is not None:
             self._changed()
-        return token
-
-    def pop_oldest(self) -> Any:
-        """Drop the least recently used model id and return its token.
-
-        Raises:
-            KeyError: The LRU is empty.
-        """
-        _, token = self._wrapper.models.popitem(last=False)
-        self._changed()
         return token
 
     def _changed(self) -> None:
@@ -90,8 +77,6 @@ def internals_missing() -> list[str]:
     init = inspect.getsource(cls.__init__)
     if "self.models = OrderedDict()" not in init:
         problems.append("_ModelMultiplexWrapper.models is no longer an OrderedDict set in __init__")
-    if "self.max_num_models_per_replica" not in init:
-        problems.append("_ModelMultiplexWrapper.max_num_models_per_replica is gone")
     if source.count(f"self.{_PUSH_FLAG}") < 2:  # set in __init__ and read where it pushes
         problems.append(f"_ModelMultiplexWrapper.{_PUSH_FLAG} is no longer read")
     return problems

@@ -225,6 +225,30 @@ def test_concurrent_requests_equal_peft(
     assert set(info["multiplexed"]) <= set(info["resident"])
 
 
+def test_one_eviction_policy_serve_routes_what_the_cache_holds(
+    ray_cluster: RayCluster, deployed: dict
+) -> None:
+    """Serve's multiplex LRU never evicts on its own (unlimited); the adapter cache (2 places
+    here) decides, and after every request the ids Serve routes by are exactly the resident
+    adapters. Sequential uses, so the cache's LRU order is known."""
+
+    def stats() -> dict[str, Any]:
+        return requests.get(f"{ray_cluster.http_url}/stats", timeout=30).json()
+
+    for model in ("beta", "alpha"):  # alpha most recent, beta next: both resident
+        assert _complete(ray_cluster, model, PROMPTS[0]).status_code == 200
+    before = stats()["stats"]["evictions"]
+    expected = [("gamma", {"alpha", "gamma"}), ("alpha", {"alpha", "gamma"})]
+    expected += [("beta", {"alpha", "beta"}), ("alpha", {"alpha", "beta"})]
+    for model, resident in expected:
+        assert _complete(ray_cluster, model, PROMPTS[0]).status_code == 200
+        info = stats()
+        assert set(info["resident"]) == resident, (model, info["resident"])
+        assert set(info["multiplexed"]) == resident, (model, info["multiplexed"])
+    # gamma took beta's place, beta took gamma's: two evictions, no extra ones by Serve.
+    assert stats()["stats"]["evictions"] - before == 2
+
+
 def test_classification_equals_peft(
     ray_cluster: RayCluster, deployed: dict, tiny_classifier: Path, tiny_cls_adapters: dict
 ) -> None:

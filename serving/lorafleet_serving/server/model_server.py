@@ -128,6 +128,9 @@ class ModelServer:
         self._background: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.failed_requests = 0
+        #: Called on the event loop with an adapter's name each time one is unloaded (evicted
+        #: by the cache, or removed from the registry), e.g. to stop routing it here.
+        self.unload_listeners: list[Callable[[str], None]] = []
 
     # ----------------------------------------------------------------- properties
 
@@ -176,6 +179,8 @@ class ModelServer:
 
     async def _unload_adapter(self, name: str) -> None:
         await self._call(self._measured, self.engine.unload_adapter, name)
+        for listener in list(self.unload_listeners):
+            listener(name)
 
     # ----------------------------------------------------------------- registry
 
