@@ -1,28 +1,37 @@
-"""Serving benchmark: mixed-adapter batches vs one adapter vs naive peft, and adapter load time.
+"""Serving benchmark: mixed-adapter batches vs the bare base, one adapter and naive peft;
+the HTTP path vs in-process; adapter thrashing; adapter load time.
 
 Run from the repository root::
 
-    python benchmarks/serving.py --quick      # under 3 minutes on 2 CPU cores
+    python benchmarks/serving.py --quick      # about 10 minutes on 2 CPU cores
 
-On one tiny randomly initialised Llama (made on the fly, no network) with 8 LoRA adapters, in one
-process, side by side:
+On a Llama-shaped model of realistic proportions (hidden 512, 8 layers, 8 heads, intermediate
+1376, vocab 8000, random weights, made on the fly, no network; ``--shape tiny`` for the old
+hidden-64 model) with 8 LoRA adapters r=16 on every linear layer (q, k, v, o, gate, up, down),
+in one run, side by side. EOS is removed from the model (config, generation config and
+tokenizer), so every request generates exactly ``max_tokens`` tokens on every side:
 
 (a) generated tokens/s of uniformly mixed traffic over 8 adapters, all requests submitted at once
-    to :class:`lorafleet_serving.server.model_server.ModelServer` (mixed batches, stacked batched LoRA);
+    to :class:`lorafleet_serving.server.model_server.ModelServer` (mixed batches, batched LoRA);
 (b) the same traffic with every request naming one adapter;
+(f) the same traffic on the bare base model (no adapter): the limit;
 (c) a naive baseline: plain peft serving one request at a time, ``set_adapter`` switching, HF
     ``generate`` (greedy, KV cache), on a quarter of the requests (its rate is per request);
-(d) the time to load an adapter when 63 are already resident (the 64th) vs when none is (the
-    1st): repetitions alternate between an empty and a full engine and the ratio uses the minima
-    (timeit's convention: interference from other processes only adds time); medians are
-    printed too, and the very first load (which also wraps the model in peft) separately.
+(e) for context, peft's own mixed batches (``adapter_names``);
+(g) the HTTP path: the same mixed requests, ``--concurrency`` in flight, through lorafleet's
+    Ray Serve app on loopback (the serve config the operator writes) vs the same requests and
+    concurrency on the in-process ModelServer; streamed, the median time to the first token;
+(h) thrashing through HTTP: 8 adapters in use with 4 adapter places per replica vs 8;
+(d) the time to load an adapter into the 64th slot (63 resident) vs into the 1st slot of an
+    engine whose stacks are already allocated (warm: one adapter resident in the last slot);
+    repetitions alternate and the ratio uses the minima (timeit's convention).
 
-Rounds alternate (a), (b), (c) and, for context, (e) peft's own mixed batches
-(``adapter_names``); each figure is the median over rounds, so load from other processes on a
-shared machine hits all alike. Every request is greedy with the same ``max_tokens`` and no stop condition other than EOS, so all
-three runs generate comparable token counts (the count is measured, not assumed). The last line
-is exactly ``mixed_vs_single=<r> mixed_vs_naive=<r> load64_vs_load1=<r>``.
-Targets: mixed_vs_single >= 0.8, mixed_vs_naive >= 4, load64_vs_load1 <= 1.1.
+Rounds alternate the in-process runs (and, separately, the HTTP and in-process runs of (g)); each
+figure is the median over rounds, so load from other processes hits all alike. The last line is
+exactly ``mixed_vs_base=<r> mixed_vs_single=<r> mixed_vs_naive=<r> http_vs_inproc=<r>
+ttft_http_vs_inproc=<r> thrash4_vs_8=<r> load64_vs_load1=<r>``. Targets (issue 15):
+mixed_vs_base >= 0.85, mixed_vs_single >= 0.9, mixed_vs_naive >= 5, http_vs_inproc >= 0.5,
+ttft_http_vs_inproc <= 4, thrash4_vs_8 >= 0.6, load64_vs_load1 <= 1.1.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ import torch  # noqa: E402
 
 from tests.support.models import make_tiny_causal_lm  # noqa: E402
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPT_WORDS = [
     "the",
     "cat",
@@ -85,8 +94,8 @@ PROMPT_WORDS = [
 ]
 
 
-def make_adapters(base: Path, out: Path, count: int, *, r: int = 8) -> list[Path]:
-    """Save ``count`` distinct random LoRA adapters (r, q/k/v/o) over ``base``.
+def make_adapters(base: Path, out: Path, count: int, *, r: int = 16) -> list[Path]:
+    """Save ``count`` distinct random LoRA adapters (r, every linear layer) over ``base``.
 
     One peft model is re-initialised per adapter (``torch.manual_seed(i)``, A and B ~ N(0, 0.05))
     and saved with ``save_pretrained``, which is much faster than building a model per adapter.
@@ -161,18 +170,29 @@ class ServerRuns:
         await asyncio.gather(*[self.server.generate(r) for r in warm])
 
     async def run(
-        self, prompts: list[str], names: list[str], max_tokens: int
+        self,
+        prompts: list[str],
+        names: list[str | None],
+        max_tokens: int,
+        concurrency: int | None = None,
     ) -> tuple[float, int, str]:
-        """Submit all requests at once; (seconds, generated tokens, scheduling summary)."""
+        """Submit the requests (all at once, or ``concurrency`` in flight); (seconds, generated
+        tokens, scheduling summary)."""
         from lorafleet_serving.types import GenerateRequest
 
         requests = [
             GenerateRequest(p, adapter=n, max_tokens=max_tokens)
             for p, n in zip(prompts, names, strict=True)
         ]
+        limit = asyncio.Semaphore(concurrency or len(requests))
+
+        async def one(req: GenerateRequest) -> Any:
+            async with limit:
+                return await self.server.generate(req)
+
         before = self.server.stats()
         t0 = time.perf_counter()
-        results = await asyncio.gather(*[self.server.generate(r) for r in requests])
+        results = await asyncio.gather(*[one(r) for r in requests])
         elapsed = time.perf_counter() - t0
         after = self.server.stats()
         steps = after["generation_steps"] - before["generation_steps"]
@@ -183,6 +203,66 @@ class ServerRuns:
             sum(r.completion_tokens for r in results),
             f"{batches} batches, {joined} joins, {steps} decode steps",
         )
+
+    async def first_tokens(
+        self, prompts: list[str], names: list[str | None], max_tokens: int, concurrency: int
+    ) -> list[float]:
+        """Streamed requests, ``concurrency`` in flight: seconds to each one's first token."""
+        from lorafleet_serving.types import GenerateRequest
+
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(prompt: str, name: str | None) -> float:
+            req = GenerateRequest(prompt, adapter=name, max_tokens=max_tokens)
+            async with limit:
+                t0 = time.perf_counter()
+                first = None
+                async for delta in self.server.generate_stream(req):
+                    if first is None and delta.text:
+                        first = time.perf_counter() - t0
+                if first is None:
+                    raise RuntimeError("a streamed generation carried no text")
+                return first
+
+        return list(await asyncio.gather(*[one(p, n) for p, n in zip(prompts, names, strict=True)]))
+
+
+def strip_eos(model_dir: Path) -> None:
+    """Remove the end-of-sequence token from a saved model (config, generation config,
+    tokenizer), so generation always runs to ``max_tokens`` on every side of the benchmark."""
+    import json
+
+    for name, keys in (
+        ("config.json", ("eos_token_id",)),
+        ("generation_config.json", ("eos_token_id",)),
+        ("tokenizer_config.json", ("eos_token",)),
+        ("special_tokens_map.json", ("eos_token",)),
+    ):
+        path = model_dir / name
+        if path.exists():
+            data = json.loads(path.read_text())
+            for key in keys:
+                data[key] = None
+            path.write_text(json.dumps(data))
+
+
+def make_model(root: Path, shape: str) -> Path:
+    """The benchmark's base model: ``realistic`` (hidden 512, 8 layers, 8 heads, intermediate
+    1376, vocab 8000) or ``tiny`` (hidden 64, 4 layers, vocab 512); EOS removed."""
+    if shape == "realistic":
+        base = make_tiny_causal_lm(
+            root / "base",
+            seed=0,
+            hidden_size=512,
+            num_layers=8,
+            num_heads=8,
+            vocab_size=8000,
+            intermediate_size=1376,
+        )
+    else:
+        base = make_tiny_causal_lm(root / "base", seed=0)
+    strip_eos(base)
+    return base
 
 
 class NaivePeft:
@@ -246,9 +326,10 @@ class NaivePeft:
 def load_times(
     base: Path, paths: list[Path], repeats: int
 ) -> tuple[float, list[float], list[float]]:
-    """(very first load, loads with 0 resident, loads with 63 resident), seconds.
+    """(very first load, warm loads into slot 1, loads into slot 64), seconds.
 
-    Two engines with 64 slots: one empty, one holding 63 adapters. Repetitions alternate between
+    Two engines with 64 slots: one holding only an adapter in its last slot (its stacks are
+    allocated: a load into slot 1 is warm), one holding 63 adapters. Repetitions alternate between
     them (load, time, unload), so background load on a shared machine hits both alike. "Load"
     is :meth:`TransformersEngine.load_adapter`: peft reads and injects the adapter, its weights
     are copied into the stacked slot and peft's copy is dropped.
@@ -269,6 +350,10 @@ def load_times(
     very_first = timed(empty, "first", paths[0])
     for i, path in enumerate(paths[:-1]):
         full.load_adapter(f"resident-{i}", path)
+        empty.load_adapter(f"resident-{i}", path)
+    empty.load_adapter("last-slot", paths[-2])
+    for i in range(len(paths) - 1):
+        empty.unload_adapter(f"resident-{i}")  # slots 1..63 free, stacks allocated
     first, last = [], []
     for _ in range(repeats):
         first.append(timed(empty, "one", paths[-1]))
@@ -280,24 +365,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="small run, under 3 minutes on 2 cores"
-    )
+    parser.add_argument("--quick", action="store_true", help="smaller run (about 10 minutes)")
+    parser.add_argument("--shape", choices=["realistic", "tiny"], default="realistic")
     parser.add_argument("--requests", type=int, help="requests per throughput run")
     parser.add_argument("--max-tokens", type=int, help="tokens generated per request")
-    parser.add_argument("--batch-size", type=int, default=16, help="max_batch_size of the server")
+    parser.add_argument("--batch-size", type=int, default=32, help="max_batch_size of the server")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="requests in flight in the HTTP comparison"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch intra-op threads for every run (default 1: on a small shared machine extra "
-        "threads of a tiny model only spin against other processes; 0 = torch's default)",
+        help="torch intra-op threads in this process (default 1; 0 = torch's default)",
     )
     args = parser.parse_args(argv)
-    n_requests = args.requests or (128 if args.quick else 256)
-    max_tokens = args.max_tokens or (32 if args.quick else 64)
-    repeats = 15 if args.quick else 41
-    rounds = 5 if args.quick else 7
+    n_requests = args.requests or (96 if args.quick else 192)
+    max_tokens = args.max_tokens or (24 if args.quick else 48)
+    repeats = 9 if args.quick else 25
+    rounds = 3 if args.quick else 5
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
@@ -310,85 +396,120 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-") as tmp:
         root = Path(tmp)
-        base = make_tiny_causal_lm(root / "base", seed=0)
+        base = make_model(root, args.shape)
         paths = make_adapters(base, root / "adapters", 64)
         adapters = {f"a{i}": paths[i] for i in range(8)}
         prompts = make_prompts(n_requests)
-        mixed_names = [f"a{i % 8}" for i in range(n_requests)]
-        single_names = ["a0"] * n_requests
+        mixed: list[str | None] = [f"a{i % 8}" for i in range(n_requests)]
+        single: list[str | None] = ["a0"] * n_requests
+        bare: list[str | None] = [None] * n_requests
         print(
-            f"model: tiny Llama (hidden 64, 4 layers, vocab 512); 8 adapters r=8 on {'/'.join(TARGETS)}; "
-            f"{n_requests} requests x max_tokens={max_tokens}; max_batch_size={args.batch_size}; "
-            f"torch threads={torch.get_num_threads()}",
+            f"model: {args.shape} Llama ({'hidden 512, 8 layers, 8 heads, intermediate 1376, vocab 8000' if args.shape == 'realistic' else 'hidden 64, 4 layers, vocab 512'}); "
+            f"8 adapters r=16 on {'/'.join(TARGETS)}; {n_requests} requests x {max_tokens} tokens "
+            f"(no EOS); max_batch_size={args.batch_size}; torch threads={torch.get_num_threads()}",
             flush=True,
         )
         naive = NaivePeft(base, adapters)
         naive.one(prompts[0], "a0", 4)  # warm-up
         n_naive = max(8, n_requests // 4)
-        # Rounds alternate (a), (b), (c) so that load from other processes on a shared machine
-        # hits all three alike; each figure is the median over rounds.
-        rates: dict[str, list[float]] = {"mixed": [], "single": [], "naive": [], "peft": []}
+        rates: dict[str, list[float]] = {
+            k: [] for k in ("mixed", "single", "base", "naive", "peft", "inproc16", "http16")
+        }
         info: dict[str, tuple[int, float, Any]] = {}
+        ttft: dict[str, list[float]] = {"inproc": [], "http": []}
+        thrash: dict[int, list[float]] = {4: [], 8: []}
 
         async def serve_rounds() -> None:
             runs = ServerRuns(base, adapters, args.batch_size)
             try:
                 await runs.start(prompts)
                 for _ in range(rounds):
-                    for label, names in (("mixed", mixed_names), ("single", single_names)):
+                    for label, names in (("mixed", mixed), ("single", single), ("base", bare)):
                         secs, toks, batches = await runs.run(prompts, names, max_tokens)
                         rates[label].append(toks / secs)
                         info[label] = (toks, secs, batches)
-                    secs, toks = naive.run(prompts[:n_naive], mixed_names[:n_naive], max_tokens)
+                    secs, toks = naive.run(prompts[:n_naive], mixed[:n_naive], max_tokens)
                     rates["naive"].append(toks / secs)
                     info["naive"] = (toks, secs, n_naive)
                     secs, toks = naive.mixed_batches(
                         prompts[: 2 * args.batch_size],
-                        mixed_names[: 2 * args.batch_size],
+                        mixed[: 2 * args.batch_size],
                         max_tokens,
                         args.batch_size,
                     )
                     rates["peft"].append(toks / secs)
+                await http_rounds(runs)
             finally:
                 await runs.server.close()
 
+        async def http_rounds(runs: ServerRuns) -> None:
+            from benchmarks.serving_http import HttpRuns
+
+            http = HttpRuns(base, adapters, batch_size=args.batch_size, max_adapters=8)
+            try:
+                await http.run(prompts[:16], mixed[:16], 4, args.concurrency)  # warm-up
+                c = args.concurrency
+                for _ in range(rounds):
+                    secs, toks = await http.run(prompts, mixed, max_tokens, c)
+                    rates["http16"].append(toks / secs)
+                    info["http16"] = (toks, secs, c)
+                    secs, toks, batches = await runs.run(prompts, mixed, max_tokens, c)
+                    rates["inproc16"].append(toks / secs)
+                    info["inproc16"] = (toks, secs, batches)
+                    ttft["http"] += await http.first_tokens(prompts[:32], mixed[:32], max_tokens, c)
+                    ttft["inproc"] += await runs.first_tokens(
+                        prompts[:32], mixed[:32], max_tokens, c
+                    )
+                for places in (4, 8, 4, 8) if args.quick else (4, 8) * rounds:
+                    http.set_max_adapters(places)
+                    secs, toks = await http.run(prompts, mixed, max_tokens, c)
+                    thrash[places].append(toks / secs)
+            finally:
+                http.stop()
+
         asyncio.run(serve_rounds())
         very_first, loads1, loads64 = load_times(base, paths, repeats)
-    # timeit's convention: the minimum is the best estimate of the cost itself, since other
-    # processes only ever add time; the medians are printed alongside.
     load1, load64 = min(loads1), min(loads64)
-
-    mixed_tps, single_tps, naive_tps = (
-        statistics.median(rates[k]) for k in ("mixed", "single", "naive")
-    )
-    tm, ts, tn = info["mixed"], info["single"], info["naive"]
-    print(
-        f"(a) mixed over 8 adapters : median {mixed_tps:8.1f} tok/s over {rounds} rounds "
-        f"(last round {tm[0]} tokens in {tm[1]:.2f} s; {tm[2]})"
-    )
-    print(
-        f"(b) single adapter        : median {single_tps:8.1f} tok/s over {rounds} rounds "
-        f"(last round {ts[0]} tokens in {ts[1]:.2f} s; {ts[2]})"
-    )
-    print(
-        f"(c) naive peft set_adapter: median {naive_tps:8.1f} tok/s over {rounds} rounds "
-        f"(last round {tn[0]} tokens in {tn[1]:.2f} s, {tn[2]} requests one by one)"
-    )
-    peft_tps = statistics.median(rates["peft"])
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    for key, label in (
+        ("mixed", "(a) mixed over 8 adapters "),
+        ("single", "(b) single adapter        "),
+        ("base", "(f) bare base (the limit) "),
+        ("naive", "(c) naive peft set_adapter"),
+        ("inproc16", "(g) in-process, conc.    "),
+        ("http16", "(g) HTTP (Ray Serve), conc."),
+    ):
+        toks, secs, extra = info[key]
+        print(
+            f"{label}: median {med[key]:8.1f} tok/s over {len(rates[key])} rounds "
+            f"(last: {toks} tokens in {secs:.2f} s; {extra})"
+        )
     print(
         f"(e) for context, peft's own mixed batches (adapter_names), same batch size: median "
-        f"{peft_tps:8.1f} tok/s = {peft_tps / single_tps:.2f}x of (b)"
+        f"{med['peft']:8.1f} tok/s = {med['peft'] / med['single']:.2f}x of (b)"
     )
+    ttft_http, ttft_inproc = statistics.median(ttft["http"]), statistics.median(ttft["inproc"])
     print(
-        f"(d) adapter load: very first {very_first * 1000:.1f} ms (wraps the model in peft); "
-        f"with 0 resident min {load1 * 1000:.1f} / median {statistics.median(loads1) * 1000:.1f} ms; "
-        f"with 63 resident min {load64 * 1000:.1f} / median {statistics.median(loads64) * 1000:.1f} ms "
+        f"(g) time to first token, streamed, {args.concurrency} in flight: HTTP median "
+        f"{ttft_http * 1000:.1f} ms, in-process median {ttft_inproc * 1000:.1f} ms "
+        f"({len(ttft['http'])} requests each)"
+    )
+    t4, t8 = statistics.median(thrash[4]), statistics.median(thrash[8])
+    print(f"(h) HTTP, 8 adapters in use: 4 places {t4:8.1f} tok/s, 8 places {t8:8.1f} tok/s")
+    print(
+        f"(d) adapter load: very first {very_first * 1000:.1f} ms; warm into slot 1 min "
+        f"{load1 * 1000:.1f} / median {statistics.median(loads1) * 1000:.1f} ms; into slot 64 "
+        f"min {load64 * 1000:.1f} / median {statistics.median(loads64) * 1000:.1f} ms "
         f"({repeats} alternating repetitions each; the ratio uses the minima)"
     )
     print(f"total benchmark time {time.perf_counter() - started:.1f} s")
     print(
-        f"mixed_vs_single={mixed_tps / single_tps:.2f} mixed_vs_naive={mixed_tps / naive_tps:.2f} "
-        f"load64_vs_load1={load64 / load1:.2f}"
+        f"mixed_vs_base={med['mixed'] / med['base']:.2f} "
+        f"mixed_vs_single={med['mixed'] / med['single']:.2f} "
+        f"mixed_vs_naive={med['mixed'] / med['naive']:.2f} "
+        f"http_vs_inproc={med['http16'] / med['inproc16']:.2f} "
+        f"ttft_http_vs_inproc={ttft_http / ttft_inproc:.2f} "
+        f"thrash4_vs_8={t4 / t8:.2f} load64_vs_load1={load64 / load1:.2f}"
     )
     return 0
 

@@ -246,6 +246,7 @@ def make_tiny_causal_lm(
     num_layers: int = 4,
     num_heads: int = 4,
     vocab_size: int = 512,
+    intermediate_size: int | None = None,
 ) -> Path:
     """Save a randomly initialised tiny causal LM plus its tokenizer (safetensors).
 
@@ -260,6 +261,7 @@ def make_tiny_causal_lm(
         num_layers: Number of decoder layers.
         num_heads: Attention heads.
         vocab_size: Tokenizer vocabulary size; the model's embedding matches the tokenizer.
+        intermediate_size: Llama MLP width (default ``2 * hidden_size``).
 
     Returns:
         The folder, as a ``Path``.
@@ -289,7 +291,7 @@ def make_tiny_causal_lm(
     if arch == "llama":
         config = LlamaConfig(
             hidden_size=hidden_size,
-            intermediate_size=hidden_size * 2,
+            intermediate_size=intermediate_size or hidden_size * 2,
             num_hidden_layers=num_layers,
             num_attention_heads=num_heads,
             num_key_value_heads=num_heads,

@@ -58,66 +58,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-
-@dataclass
-class _RowPlan:
-    """Per-forward routing of a batch: slot per row and its grouping by slot.
-
-    Made once per distinct row-to-slot assignment (a generation batch runs many decode steps
-    with the same rows) and reused until the rows or the resident adapters change.
-
-    Attributes:
-        index: ``[N]`` int64, the slot of each row.
-        slots: Distinct slots present (0 if any base row).
-        single: The only slot when every row uses the same one.
-        groups: ``[G]`` int64, the distinct slots in ascending order (the groups).
-        first: The first slot when ``groups`` are consecutive (the stacks are then sliced,
-            not gathered), else ``None``.
-        per_group: Rows per group after padding (the largest group's size).
-        src: ``[G * per_group]`` int64: the batch row each padded position reads (padding
-            repeats a row of the group; its result is never read).
-        dst: ``[N]`` int64: each row's position in the padded layout.
-    """
-
-    index: torch.Tensor
-    slots: frozenset[int]
-    single: int | None
-    groups: torch.Tensor
-    first: int | None
-    per_group: int
-    src: torch.Tensor
-    dst: torch.Tensor
-
-    @classmethod
-    def build(cls, slots: list[int], device: torch.device) -> _RowPlan:
-        """The routing of ``slots`` (one per row), grouped by slot."""
-        distinct = sorted(set(slots))
-        members: dict[int, list[int]] = {s: [] for s in distinct}
-        for row, slot in enumerate(slots):
-            members[slot].append(row)
-        per_group = max(len(rows) for rows in members.values())
-        src: list[int] = []
-        dst = [0] * len(slots)
-        for g, slot in enumerate(distinct):
-            rows = members[slot]
-            for j, row in enumerate(rows):
-                dst[row] = g * per_group + j
-            src.extend(rows + [rows[0]] * (per_group - len(rows)))
-        consecutive = distinct == list(range(distinct[0], distinct[0] + len(distinct)))
-
-        def longs(values: list[int]) -> torch.Tensor:
-            return torch.tensor(values, dtype=torch.long, device=device)
-
-        return cls(
-            index=longs(slots),
-            slots=frozenset(distinct),
-            single=distinct[0] if len(distinct) == 1 else None,
-            groups=longs(distinct),
-            first=distinct[0] if consecutive else None,
-            per_group=per_group,
-            src=longs(src),
-            dst=longs(dst),
-        )
+from .row_plan import RowPlan
 
 
 @dataclass
@@ -237,7 +178,7 @@ class BatchedLoRA:
         #: modules_to_save copies: qualified module name -> slot -> the adapter's module.
         self._saved: dict[str, dict[int, nn.Module]] = {}
         self._plan = threading.local()
-        self._plans: OrderedDict[tuple[int, ...], _RowPlan] = OrderedDict()
+        self._plans: OrderedDict[tuple[int, ...], RowPlan] = OrderedDict()
 
     # ------------------------------------------------------------------ registry of slots
 
@@ -497,7 +438,7 @@ class BatchedLoRA:
     def _apply_saved(
         self, qualname: str, x: torch.Tensor, out: torch.Tensor
     ) -> torch.Tensor | None:
-        plan: _RowPlan | None = getattr(self._plan, "value", None)
+        plan: RowPlan | None = getattr(self._plan, "value", None)
         copies = self._saved.get(qualname)
         if plan is None or not copies or plan.slots.isdisjoint(copies):
             return None
@@ -523,7 +464,7 @@ class BatchedLoRA:
         key = tuple(slots)
         plan = self._plans.get(key)
         if plan is None:
-            plan = _RowPlan.build(list(slots), self.device)
+            plan = RowPlan.build(list(slots), self.device)
             self._plans[key] = plan
             while len(self._plans) > 4:  # a few batches may interleave their steps
                 self._plans.popitem(last=False)
@@ -536,7 +477,7 @@ class BatchedLoRA:
             self._plan.value = previous
 
     def _apply(self, qualname: str, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
-        plan: _RowPlan | None = getattr(self._plan, "value", None)
+        plan: RowPlan | None = getattr(self._plan, "value", None)
         layer = self._layers.get(qualname)
         if plan is None or layer is None or layer.a is None or layer.b is None:
             return None
@@ -566,7 +507,7 @@ class BatchedLoRA:
         return out + delta.to(out.dtype)
 
     @staticmethod
-    def _grouped_delta(layer: _StackedLayer, plan: _RowPlan, x: torch.Tensor) -> torch.Tensor:
+    def _grouped_delta(layer: _StackedLayer, plan: RowPlan, x: torch.Tensor) -> torch.Tensor:
         """The LoRA delta of a mixed batch, adapter by adapter (see the module docstring).
 
         Args:
@@ -592,7 +533,7 @@ class BatchedLoRA:
         return out.index_select(0, plan.dst)
 
     @staticmethod
-    def _per_row(vectors: torch.Tensor, plan: _RowPlan, dims: int) -> torch.Tensor:
+    def _per_row(vectors: torch.Tensor, plan: RowPlan, dims: int) -> torch.Tensor:
         """Each row's slot vector, shaped to broadcast over ``[N, T, out]`` (or ``[N, out]``)."""
         if plan.single is not None:
             return vectors[plan.single]
@@ -600,7 +541,7 @@ class BatchedLoRA:
         return rows.unsqueeze(1) if dims == 3 else rows
 
     def _embedding_delta(
-        self, layer: _StackedLayer, plan: _RowPlan, ids: torch.Tensor
+        self, layer: _StackedLayer, plan: RowPlan, ids: torch.Tensor
     ) -> torch.Tensor:
         """LoRA on an embedding (peft ``lora.Embedding``): ``onehot(ids) @ A.T @ B.T``, i.e.
         a lookup in the stored ``A.T`` per row's slot, then ``B``. ``ids``: ``[N, T]`` int64 ->
