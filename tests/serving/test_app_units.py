@@ -142,4 +142,3 @@ async def test_model_class_reconfigure_without_ray(tiny_causal_lm, tiny_lora_ada
     result = await model.generate(GenerateRequest(prompt="the cat", max_tokens=3))
     assert result.completion_tokens >= 1
     await model.server.close()
-
