@@ -10,7 +10,12 @@ serves LFS objects with Range, as the Hub's CDN does), this measures:
   git blob ids, fsync, validate the architecture on the meta device and the weight coverage,
   write lorafleet.json, rename);
 - ``resumed_s``: an install killed (SIGKILL, separate process) once half of the weights file is
-  on disk, then re-run in this process: it must re-hash the half it has and fetch the rest.
+  on disk, then re-run in this process: it must re-hash the half it has and fetch the rest;
+- ``hub_s``: what a user would run instead, ``huggingface_hub.snapshot_download`` of the same
+  multi-file repository (the weights in ``--shards`` safetensors shards plus their index) from
+  the same mirror (no validation);
+- ``limit_s``: per file, the larger of its raw download time and the time to sha256 it once on
+  disk, summed: the floor of an install that overlaps downloading and hashing file by file.
 
 Each of raw/install runs twice; the faster run counts (the machine is shared). The install
 runs in-process after one warm-up install of a tiny model of the same architecture, so Python
@@ -18,7 +23,9 @@ imports are not counted. ``--link-mbps`` limits the server's per-download bandwi
 stand-in's throttle) for raw, install and resume alike, to model a network link instead of
 loopback; by default there is no limit.
 
-Last line (exactly): ``install_vs_raw=<install_s/raw_s> resume_overhead=<resumed_s/(raw_s/2)>``.
+Last line (exactly): ``install_vs_raw=<install_s/raw_s> resume_overhead=<resumed_s/(raw_s/2)>
+install_vs_hub=<install_s/hub_s> install_vs_limit=<install_s/limit_s>`` (one line). Targets
+(issue 15): install_vs_hub <= 1.0, install_vs_limit <= 1.2.
 
 Usage: ``python benchmarks/install.py [--quick] [--size-mb N] [--link-mbps R]``
 (``--quick``: ~200 MB, under 2 minutes).
@@ -47,7 +54,7 @@ from tests.support.hub import run_olah_hub  # noqa: E402
 HIDDEN = 512
 
 
-def make_synthetic_llama(folder: Path, size_mb: int, *, seed: int = 0) -> int:
+def make_synthetic_llama(folder: Path, size_mb: int, *, seed: int = 0, shards: int = 1) -> int:
     """Write a random ``LlamaForCausalLM`` of about ``size_mb`` MB (float32 safetensors).
 
     The size is set through the vocabulary (untied input and output embeddings of
@@ -57,9 +64,12 @@ def make_synthetic_llama(folder: Path, size_mb: int, *, seed: int = 0) -> int:
         folder: Output folder (``config.json``, ``model.safetensors``).
         size_mb: Target size in MB (10**6 bytes).
         seed: Seed for the weights.
+        shards: Number of ``model-0000k-of-0000n.safetensors`` files (with their
+            ``model.safetensors.index.json``, written by ``huggingface_hub``); 1: one
+            ``model.safetensors``.
 
     Returns:
-        Bytes of ``model.safetensors``.
+        Bytes of the weight files.
     """
     import torch
     from safetensors.torch import save_file
@@ -86,8 +96,14 @@ def make_synthetic_llama(folder: Path, size_mb: int, *, seed: int = 0) -> int:
     state = {k: torch.randn(v.shape, generator=gen) * 0.02 for k, v in meta.state_dict().items()}
     folder.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(folder)
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return (folder / "model.safetensors").stat().st_size
+    if shards <= 1:
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return (folder / "model.safetensors").stat().st_size
+    from huggingface_hub import save_torch_state_dict
+
+    shard_size = size_mb * 1_000_000 // shards + 1
+    save_torch_state_dict(state, folder, max_shard_size=shard_size, metadata={"format": "pt"})
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
 def raw_download(endpoint: str, repo_id: str, commit: str, files: list[str], out: Path) -> float:
@@ -101,6 +117,32 @@ def raw_download(endpoint: str, repo_id: str, commit: str, files: list[str], out
                 resp.raise_for_status()
                 for chunk in resp.iter_content(1 << 20):
                     fh.write(chunk)
+    return time.perf_counter() - start
+
+
+def per_file_limit(endpoint: str, repo_id: str, commit: str, files: list[str], out: Path) -> float:
+    """Sum over files of max(raw download seconds, sha256 seconds of the file on disk)."""
+    import hashlib
+
+    total = 0.0
+    out.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        download = raw_download(endpoint, repo_id, commit, [name], out)
+        start = time.perf_counter()
+        digest = hashlib.sha256()
+        with (out / name).open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        total += max(download, time.perf_counter() - start)
+    return total
+
+
+def hub_download(endpoint: str, repo_id: str, commit: str, out: Path) -> float:
+    """``huggingface_hub.snapshot_download`` of the repository into ``out``; return seconds."""
+    from huggingface_hub import snapshot_download
+
+    start = time.perf_counter()
+    snapshot_download(repo_id, revision=commit, local_dir=out, endpoint=endpoint)
     return time.perf_counter() - start
 
 
@@ -168,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         "--size-mb", type=int, help="model size in MB (default 200 quick, 1000 full)"
     )
     parser.add_argument("--link-mbps", type=float, help="per-download bandwidth limit in Mbit/s")
+    parser.add_argument(
+        "--shards", type=int, default=4, help="weight shards of the multi-file repository"
+    )
     args = parser.parse_args(argv)
     size_mb = args.size_mb or (200 if args.quick else 1000)
     rate = int(args.link_mbps * 1e6 / 8) if args.link_mbps else None
@@ -191,16 +236,40 @@ def main(argv: list[str] | None = None) -> int:
             files = sorted(p.name for p in src.iterdir())
             timed_install(work / "dest-warm", "warm", warm_id)  # imports, first meta build
 
+            sharded_src = work / "sharded"
+            make_synthetic_llama(sharded_src, size_mb, shards=args.shards)
+            sharded_id = "bench/sharded"
+            sharded_commit = hub.create_repo(sharded_id, sharded_src)
+            sharded_files = sorted(p.name for p in sharded_src.iterdir())
             hub.throttle(repo_id, rate)
-            raws, installs = [], []
+            hub.throttle(sharded_id, rate)
+            raws, installs, hubs, limits, sharded = [], [], [], [], []
             for i in range(2):
                 raws.append(raw_download(hub.endpoint, repo_id, commit, files, work / f"raw{i}"))
                 shutil.rmtree(work / f"raw{i}")
                 seconds, report = timed_install(work / f"dest{i}", "synthetic", repo_id)
                 installs.append(seconds)
                 shutil.rmtree(work / f"dest{i}")
-                print(f"run {i}: raw_s={raws[-1]:.3f} install_s={installs[-1]:.3f}")
+                hubs.append(
+                    hub_download(hub.endpoint, sharded_id, sharded_commit, work / f"hub{i}")
+                )
+                shutil.rmtree(work / f"hub{i}")
+                seconds, _ = timed_install(work / f"sdest{i}", "sharded", sharded_id)
+                sharded.append(seconds)
+                shutil.rmtree(work / f"sdest{i}")
+                limits.append(
+                    per_file_limit(
+                        hub.endpoint, sharded_id, sharded_commit, sharded_files, work / f"lim{i}"
+                    )
+                )
+                shutil.rmtree(work / f"lim{i}")
+                print(
+                    f"run {i}: raw_s={raws[-1]:.3f} install_s={installs[-1]:.3f}; "
+                    f"{len(sharded_files)} files: hub_s={hubs[-1]:.3f} "
+                    f"install_s={sharded[-1]:.3f} limit_s={limits[-1]:.3f}"
+                )
             raw_s, install_s = min(raws), min(installs)
+            hub_s, sharded_s, limit_s = min(hubs), min(sharded), min(limits)
             total = sum((src / f).stat().st_size for f in files)
             print(
                 f"bytes={total} raw_MBps={total / raw_s / 1e6:.0f} install_MBps={total / install_s / 1e6:.0f}"
@@ -228,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"link limit: {'none (loopback)' if rate is None else f'{args.link_mbps:g} Mbit/s per download'}"
             )
         print(
-            f"install_vs_raw={install_s / raw_s:.2f} resume_overhead={resumed_s / (raw_s / 2):.2f}"
+            f"install_vs_raw={install_s / raw_s:.2f} resume_overhead={resumed_s / (raw_s / 2):.2f} "
+            f"install_vs_hub={sharded_s / hub_s:.2f} install_vs_limit={sharded_s / limit_s:.2f}"
         )
         return 0
     finally:

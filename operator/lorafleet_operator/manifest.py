@@ -120,7 +120,11 @@ def validate_manifest(manifest: Mapping[str, Any], *, origin: str | None = None)
     metadata = manifest.get("metadata")
     name = metadata.get("name") if isinstance(metadata, Mapping) else None
     namespace = metadata.get("namespace") if isinstance(metadata, Mapping) else None
-    ref = f"{kind or '?'}/{namespace + '/' if namespace else ''}{name or '?'}"
+    ref = (
+        f"{kind if isinstance(kind, str) and kind else '?'}/"
+        f"{namespace + '/' if isinstance(namespace, str) and namespace else ''}"
+        f"{name if isinstance(name, str) and name else '?'}"
+    )
 
     def fail(problem: str, field: str | None) -> ManifestError:
         return ManifestError(problem, origin=origin, object_ref=ref, field=field)
@@ -129,7 +133,7 @@ def validate_manifest(manifest: Mapping[str, Any], *, origin: str | None = None)
         raise fail(
             f"apiVersion must be {API_VERSION!r}, got {manifest.get('apiVersion')!r}", "apiVersion"
         )
-    if kind not in SPEC_MODELS:
+    if not isinstance(kind, str) or kind not in SPEC_MODELS:
         raise fail(f"kind must be one of {sorted(SPEC_MODELS)}, got {kind!r}", "kind")
     if not isinstance(metadata, Mapping):
         raise fail("metadata must be a mapping with a name", "metadata")

@@ -130,9 +130,67 @@ def test_an_adapter_without_an_installed_base_is_left_out(tmp_path: Path) -> Non
     assert "poet" not in str(apps)
 
 
+def test_application_names_stay_distinct_across_namespaces(tmp_path: Path) -> None:
+    """``a/x``, ``default/a-x`` and ``default/x``: ``<ns>-<name>`` alone would name two
+    applications ``a-x`` (Serve refuses the whole config)."""
+    base = "apiVersion: lorafleet.io/v1alpha1\nkind: BaseModel\nmetadata: {{name: {n}, namespace: {ns}}}\nspec: {{source: {{uri: 'file://w'}}}}\n"
+    (tmp_path / "w").mkdir()
+    docs = [
+        base.format(n="x", ns="a"),
+        base.format(n="a-x", ns="default"),
+        base.format(n="x", ns="default"),
+    ]
+    (tmp_path / "all.yaml").write_text("---\n".join(docs))
+    objects, _ = load_manifests(tmp_path)
+    fleet = Fleet(
+        tmp_path / "home",
+        ServeREST("http://127.0.0.1:9"),
+        8123,
+        Reporter(lambda _: None, lambda _: None),
+    )
+    fleet.objects = {o.key: o for o in objects}
+    records = {o.key: {"path": f"/m/{o.namespace}/{o.name}/r1"} for o in objects}
+    apps = fleet.build_configs(records)
+    names = [a["name"] for a in apps]
+    assert len(names) == len(set(names)) == 3, names
+    assert len({a["route_prefix"] for a in apps}) == 3
+
+
 def test_readme_says_where_several_bases_are_served() -> None:
     # A new user ran the README's `curl localhost:PORT/health` against the demo (two bases) and
     # got Ray Serve's plain-text 404: the README must say that each base is under its prefix.
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     api = readme.split("## HTTP API", 1)[1].split("\n## ", 1)[0]
     assert "/<basemodel name>" in api and "/minilm/v1/classify" in api
+
+
+def test_one_up_per_home_folder(tmp_path: Path) -> None:
+    """A second `lorafleet up` on the same --home is refused, naming the holder's pid; the
+    lock goes with its holder."""
+    import os
+    import subprocess
+    import sys
+
+    from lorafleet_operator.local.state import HomeInUse, HomeLock
+
+    lock = HomeLock(tmp_path)
+    holder = (
+        "import sys, time; from pathlib import Path; "
+        "from lorafleet_operator.local.state import HomeLock, HomeInUse\n"
+        "try:\n    HomeLock(Path(sys.argv[1]))\nexcept HomeInUse as exc:\n"
+        "    print(exc); sys.exit(3)\n"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", holder, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
+    assert other.returncode == 3 and f"pid {os.getpid()}" in other.stdout
+    lock.release()
+    again = subprocess.run([sys.executable, "-c", holder, str(tmp_path)], env=os.environ)
+    assert again.returncode == 0  # the lock went with its holder
+    first = HomeLock(tmp_path)
+    with pytest.raises(HomeInUse):
+        HomeLock(tmp_path)
+    first.release()

@@ -122,6 +122,35 @@ def test_references_duplicates_and_served_name_clashes(folder: Path) -> None:
     assert any("spec.servedName" in e and "topic-v1" in e for e in errors)
 
 
+@pytest.mark.parametrize(
+    ("content", "needles"),
+    [
+        (
+            b"apiVersion: lorafleet.io/v1alpha1\nkind: BaseModel\nmetadata: {name: x, namespace: 5}\n"
+            b"spec: {source: {uri: 'file://weights/base'}}\n",
+            ["metadata.namespace", "5"],
+        ),
+        (
+            b"apiVersion: lorafleet.io/v1alpha1\nkind: [BaseModel]\nmetadata: {name: x}\n",
+            ["field kind", "['BaseModel']"],
+        ),
+        (b"\xff\xfe\x00garbage\x9c", ["not UTF-8"]),
+    ],
+)
+def test_wrong_types_and_binary_files_are_named_not_raised(
+    folder: Path, content: bytes, needles: list[str]
+) -> None:
+    """A non-string namespace or kind, or a file that is not text, is a clear error naming the
+    file (and the field), never a TypeError or UnicodeDecodeError out of ``lorafleet up``."""
+    (folder / "bad.yaml").write_bytes(content)
+    with pytest.raises(ManifestsInvalid) as info:
+        load_manifests(folder)
+    message = str(info.value)
+    assert str(folder / "bad.yaml") in message
+    for needle in needles:
+        assert needle in message
+
+
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError, match="does not exist"):
         load_manifests(tmp_path / "nope")

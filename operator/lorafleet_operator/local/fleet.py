@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import subprocess
 import time
 from collections.abc import Callable
@@ -236,11 +237,19 @@ class Fleet:
     # -- serve configs ---------------------------------------------------------------------
 
     def _app_names(self, bases: list[LocalObject]) -> dict[str, str]:
+        """One distinct Serve application name per BaseModel: its name; ``<ns>-<name>`` when
+        two namespaces use the name; plus a short hash of its key where even that repeats
+        (``a/x`` and ``default/a-x`` would both be ``a-x``)."""
         names = [b.name for b in bases]
-        return {
+        chosen = {
             b.key: (b.name if names.count(b.name) == 1 else f"{b.namespace}-{b.name}")
             for b in bases
         }
+        values = list(chosen.values())
+        for key, value in chosen.items():
+            if values.count(value) > 1:
+                chosen[key] = f"{value}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+        return chosen
 
     def build_configs(self, records: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         """Build one application config per installed BaseModel.

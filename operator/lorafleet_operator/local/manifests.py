@@ -217,6 +217,12 @@ def load_manifests(directory: Path) -> tuple[list[LocalObject], list[str]]:
         except yaml.YAMLError as exc:
             errors.append(f"file {path}: not valid YAML: {exc}")
             continue
+        except UnicodeDecodeError as exc:
+            errors.append(f"file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})")
+            continue
+        except OSError as exc:
+            errors.append(f"file {path}: cannot be read: {exc.strerror or exc}")
+            continue
         for index, doc in enumerate(docs):
             if doc is None:
                 continue

@@ -102,3 +102,53 @@ class LocalState:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+#: The lock file of a home folder: held by the one ``lorafleet up`` that uses it.
+LOCK_FILE = "up.lock"
+
+
+class HomeInUse(RuntimeError):
+    """Another ``lorafleet up`` holds the home folder (its pid in the message)."""
+
+
+class HomeLock:
+    """An exclusive ``flock`` on ``HOME/up.lock`` for as long as one ``lorafleet up`` runs.
+
+    Two ``up`` processes on one home would overwrite each other's Ray token, state file and
+    installs; the second one is refused instead. The kernel drops the lock when the holder
+    exits, however it exits (no stale lock after a SIGKILL).
+
+    Args:
+        home: The ``--home`` folder (created when missing).
+
+    Raises:
+        HomeInUse: Another process holds the lock.
+        OSError: The folder or the lock file cannot be created.
+    """
+
+    def __init__(self, home: Path) -> None:
+        import fcntl
+        import os
+
+        Path(home).mkdir(parents=True, exist_ok=True)
+        self._file = (Path(home) / LOCK_FILE).open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise HomeInUse(
+                f"home folder {home} is in use by `lorafleet up` (pid {holder}); stop it or "
+                "choose another --home"
+            ) from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        """Give the home folder up (closing the file drops the lock)."""
+        if not self._file.closed:
+            self._file.close()

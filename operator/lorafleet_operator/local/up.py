@@ -222,7 +222,7 @@ def _load(out: _Console, directory: Path) -> tuple[Any, list[Any]] | None:
     try:
         snapshot = _snapshot(directory)
         objects, skipped = load_manifests(directory)
-    except (NotADirectoryError, ManifestsInvalid) as exc:
+    except (OSError, ManifestsInvalid) as exc:
         out.error(f"{exc}")
         out.error("nothing was installed or started")
         return None
@@ -245,6 +245,7 @@ class _Session:
     head: Any = None
     serve: Any = None
     fleet: Any = None
+    lock: Any = None
 
 
 def _connect(out: _Console, args: argparse.Namespace, home: Path, session: _Session) -> int | None:
@@ -327,6 +328,8 @@ def _shut_down(out: _Console, session: _Session, code: int) -> None:
             fleet.mark_stopped()
         if serve is not None:
             serve.close()
+        if session.lock is not None:
+            session.lock.release()
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -348,18 +351,27 @@ def run(args: argparse.Namespace) -> int:
     out = _Console()
     directory = args.directory.resolve()
     home = args.home.resolve()
-    loaded = _load(out, directory)
-    if loaded is None:
-        return EXIT_INVALID
-    snapshot, objects = loaded
-    # Explicit handlers: a shell starts background jobs with SIGINT ignored, and Python keeps
-    # an inherited SIG_IGN; `kill -INT` must stop `up` all the same.
+    # Explicit handlers, first thing: a shell starts background jobs with SIGINT ignored, and
+    # Python keeps an inherited SIG_IGN; `kill -INT` must stop `up` all the same, at any time.
     # SIGHUP too: closing the terminal must not orphan the Ray head.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_interrupt)
     session = _Session()
     code = EXIT_OK
     try:
+        loaded = _load(out, directory)
+        if loaded is None:
+            code = EXIT_INVALID
+            return code
+        snapshot, objects = loaded
+        from lorafleet_operator.local.state import HomeInUse, HomeLock
+
+        try:
+            session.lock = HomeLock(home)
+        except (HomeInUse, OSError) as exc:
+            out.error(f"{exc}")
+            code = EXIT_FAILED
+            return code
         http_port = _connect(out, args, home, session)
         if http_port is None:
             code = EXIT_FAILED
@@ -464,7 +476,11 @@ def _watch(
         rust_timeout=2000,
         yield_on_timeout=True,
     ):
-        current = _snapshot(directory)
+        try:
+            current = _snapshot(directory)
+        except OSError as exc:
+            out.error(f"cannot read {directory}: {exc}; still serving the previous manifests")
+            continue
         if not changes and current == applied:
             continue  # periodic check: nothing changed (also covers the watcher's start-up)
         applied = current
@@ -472,8 +488,12 @@ def _watch(
         out.info(f"change in {', '.join(names)}")
         try:
             objects, _ = load_manifests(directory)
-        except invalid_error as exc:
+        except (invalid_error, OSError) as exc:
             out.error(f"{exc}")
+            out.error("the change is not applied; still serving the previous manifests")
+            continue
+        except Exception as exc:  # a bug in validation must not stop what is served
+            out.error(f"reading the manifests failed: {type(exc).__name__}: {exc}")
             out.error("the change is not applied; still serving the previous manifests")
             continue
         started = time.monotonic()

@@ -67,7 +67,8 @@ class GenerationRuns(EngineRuns[GenerationItem]):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.running: set[RunningBatch] = set()
+        # A list, compared by identity: an engine's batch need not be hashable.
+        self.running: list[RunningBatch] = []
         self.steps = 0
         self.row_steps = 0
 
@@ -95,7 +96,7 @@ class GenerationRuns(EngineRuns[GenerationItem]):
         if not live:
             return
         batch = self.engine.start_generation([self._row_for(item) for item in live])
-        self.running.add(batch)
+        self.running.append(batch)
         # Each join costs one extra forward pass (the newcomers' prefill), so rows join in
         # groups: once a quarter of the batch is free, or after JOIN_EVERY_STEPS steps with room.
         min_join = max(1, self.batcher.max_batch_size // 4)
@@ -130,7 +131,7 @@ class GenerationRuns(EngineRuns[GenerationItem]):
                 self.row_steps += len(events)
                 self._dispatch(live, events)
         finally:
-            self.running.discard(batch)
+            self.running = [b for b in self.running if b is not batch]
 
     @staticmethod
     def _dispatch(live: list[GenerationItem], events: list[StepEvent]) -> None:
