@@ -218,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = int(args.link_mbps * 1e6 / 8) if args.link_mbps else None
 
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     work = Path(tempfile.mkdtemp(prefix="lorafleet-bench-install-"))
     try:
         t0 = time.perf_counter()
