@@ -87,6 +87,13 @@ def newest_termination_message(pods: Sequence[Mapping[str, Any]]) -> str | None:
     return None if best is None else best[1]
 
 
+def failure_reason(observed: InstallObservation) -> str:
+    """The reason a finished install failed: the installer's, or ``InstallFailed`` when it
+    wrote no report."""
+    reason = observed.report.reason if observed.report else "InstallFailed"
+    return reason
+
+
 def install_failed(observed: InstallObservation, **fields: Any) -> StatusUpdate:
     """A finished install that did not succeed: the installer's reason and message, or
     ``InstallFailed`` with the Job's detail when no report was written.
@@ -96,9 +103,8 @@ def install_failed(observed: InstallObservation, **fields: Any) -> StatusUpdate:
             report).
         **fields: Further status fields to set with it.
     """
-    report = observed.report
-    reason = report.reason if report else "InstallFailed"
-    message = report.message if report else observed.detail
+    reason = failure_reason(observed)
+    message = observed.report.message if observed.report else observed.detail
     return failed(reason, f"{message} [{observed.detail}]", **fields)
 
 

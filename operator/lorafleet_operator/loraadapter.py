@@ -20,7 +20,12 @@ from pydantic import ValidationError
 
 from lorafleet_operator import conditions as cond
 from lorafleet_operator.indexes import AdapterFacts, BaseFacts
-from lorafleet_operator.install_job import InstallObservation, install_failed, install_succeeded
+from lorafleet_operator.install_job import (
+    InstallObservation,
+    failure_reason,
+    install_failed,
+    install_succeeded,
+)
 from lorafleet_operator.jobs import cluster_source_error
 from lorafleet_operator.models import LORAADAPTER_KIND, LoraAdapterSpec, Phase
 from lorafleet_operator.report import pod_path
@@ -167,7 +172,7 @@ def install_step(
         return AdapterInstallStep(update, None, poll_s)
     report = install_succeeded(observed)
     if report is None:
-        reason = observed.report.reason if observed.report else "InstallFailed"
+        reason = failure_reason(observed)
         update = install_failed(
             observed,
             installJob=job_name,

@@ -28,7 +28,7 @@ SERVE_CONFIG_WRITES = Counter(
 )
 
 
-def start_metrics_server(port: int, addr: str = "0.0.0.0") -> None:
+def start_metrics_server(port: int, addr: str = "127.0.0.1") -> None:
     """Serve ``/metrics`` on ``addr:port`` in a background thread (no-op when ``port`` is 0).
 
     Args:

@@ -3,8 +3,11 @@
 Flags override the environment variables of :mod:`lorafleet_operator.settings`. Namespace
 selection: ``--namespace NS`` (repeatable) or ``--all-namespaces`` (default when neither is
 given and ``LORAFLEET_NAMESPACES`` is empty). Several replicas run with ``--peering NAME``: kopf
-peering keeps one active. Liveness: ``http://0.0.0.0:<health-port>/healthz`` (kopf's probe);
-metrics: ``http://0.0.0.0:<metrics-port>/metrics`` (Prometheus).
+peering keeps one active. Liveness: ``http://<listen-host>:<health-port>/healthz`` (kopf's probe);
+metrics: ``http://<listen-host>:<metrics-port>/metrics`` (Prometheus). ``LORAFLEET_LISTEN_HOST``
+defaults to ``0.0.0.0`` because the operator runs in a Pod, where the kubelet's probe and
+Prometheus reach it on the Pod IP; both endpoints serve counters and a liveness answer only
+(no object data, no secrets). Outside a Pod, set ``LORAFLEET_LISTEN_HOST=127.0.0.1``.
 """
 
 from __future__ import annotations

@@ -106,6 +106,24 @@ async def _stream_events(
     yield SSE_DONE
 
 
+def _envelope(
+    rid: str, created: int, model: str, object_name: str
+) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The chunk envelope of one streamed response (OpenAI's ``id``/``object``/``created``/
+    ``model``/``choices``) around a list of choices."""
+
+    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "id": rid,
+            "object": object_name,
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
+
+    return envelope
+
+
 def completion_events(
     first: StreamDelta | None,
     it: AsyncIterator[StreamDelta],
@@ -115,15 +133,7 @@ def completion_events(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     """Server-sent events of a streamed completion (``text_completion`` chunks, then DONE)."""
-
-    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": choices,
-        }
+    envelope = _envelope(rid, created, model, "text_completion")
 
     def choices_of(delta: StreamDelta) -> list[dict[str, Any]]:
         if not (delta.text or delta.finish_reason):
@@ -144,15 +154,7 @@ def chat_events(
     include_usage: bool,
 ) -> AsyncIterator[str]:
     """Server-sent events of a streamed chat completion (``chat.completion.chunk``, then DONE)."""
-
-    def envelope(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": choices,
-        }
+    envelope = _envelope(rid, created, model, "chat.completion.chunk")
 
     def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
