@@ -13,8 +13,8 @@ the adapter's files and the base model:
   of base weights equal to the base's are dropped;
 - :func:`saved_copies`, :func:`adapter_head`: the adapter's own modules and head, built from the
   base's;
-- :func:`labels_list`, :func:`excluding_saved`, :func:`without_lora`: the helpers they share with
-  the engine.
+- :func:`labels_list`, :func:`peft_load_config`, :func:`without_lora`: the helpers they share
+  with the engine.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class AdapterInfo:
             ``None`` to use the base's head.
         labels: Label names of this adapter's head (classification only).
         nbytes: Bytes of the adapter's tensors as read from its files.
-        peft_name: The name peft knows it by (``lf<n>``; served names may contain dots).
     """
 
     name: str
@@ -71,7 +70,6 @@ class AdapterInfo:
     head: dict[str, torch.Tensor] | None = None
     labels: list[str] | None = None
     nbytes: int = 0
-    peft_name: str = ""
 
 
 def labels_list(labels: dict | Sequence[str] | None, n: int, where: str) -> list[str]:
@@ -172,6 +170,19 @@ def excluding_saved(exclude: str | list[str] | None, saved: list[str]) -> str | 
         return f"(?:{exclude})|{inside}"
     listed = "(?:.*\\.)?(?:" + "|".join(re.escape(e) for e in exclude) + ")"
     return f"{listed}|{inside}"
+
+
+def peft_load_config(config: Any, saved_entries: list[str]) -> Any:
+    """The ``LoraConfig`` the engine loads an adapter with: a copy of ``config`` without
+    ``modules_to_save`` (the engine swaps those modules itself), LoRA kept out of them through
+    ``exclude_modules`` as peft would with ``modules_to_save`` set (:func:`excluding_saved`),
+    no ``task_type`` (peft wraps the bare base), in inference mode."""
+    out = copy.deepcopy(config)
+    out.exclude_modules = excluding_saved(config.exclude_modules, saved_entries)
+    out.modules_to_save = None
+    out.task_type = None
+    out.inference_mode = True
+    return out
 
 
 def without_lora(module: nn.Module) -> nn.Module:

@@ -23,9 +23,12 @@ Slot 0 is all zeros and means "bare base". Ranks are zero-padded to the largest 
 (padding contributes exactly zero), and each adapter's scaling (``lora_alpha / r``, or
 ``lora_alpha / sqrt(r)`` with rsLoRA, as peft computed it per layer) is folded into its ``B``.
 
-peft loads the adapter files and injects its ``LoraLayer`` wrappers; this module copies the
-weights out of those layers into the stacks, keeps the peft layers disabled (so they run only
-their base layer), and adds the delta with a forward hook on each wrapper. peft's own
+Plain LoRA on linear layers comes straight from the adapter's files
+(:func:`~.plain_lora.plain_lora_layers`, :meth:`BatchedLoRA.add_layers`); for the variants
+peft loads the adapter and injects its ``LoraLayer`` wrappers, and this module copies the
+weights out of those layers into the stacks (:meth:`BatchedLoRA.add`) and keeps the peft layers
+disabled (so they run only their base layer). Either way the delta is added by a forward hook
+on the adapted module (or, once peft wrapped it, on the wrapper or its base layer). peft's own
 ``adapter_names`` mixed-batch path loops over adapters in Python per layer; this path costs
 two ``torch.bmm`` and two ``index_select`` per layer whatever the number of distinct adapters
 in the batch.
@@ -62,15 +65,25 @@ from .row_plan import RowPlan
 
 
 @dataclass
-class _Found:
-    """One layer's weights of an adapter being added (before they go into the stacks)."""
+class LayerWeights:
+    """One layer's weights of an adapter being added, before they go into the stacks.
+
+    Attributes:
+        qualname: The adapted module's qualified name in the model.
+        a: ``A``, ``[r, in_features]`` (embeddings: ``[r, num_embeddings]``), any float dtype.
+        b: ``B`` times the layer's scaling, ``[out_features, r]``.
+        embedding: True for LoRA on an ``nn.Embedding``.
+        bias: The ``lora_B`` bias times scaling (``lora_bias``), ``[out_features]``.
+        mag: DoRA's ``magnitude / ||W + s·B·A||`` per output row, ``[out_features]``.
+        base_bias: The base layer's own bias (DoRA only).
+    """
 
     qualname: str
-    a: torch.Tensor  # [r, in] (embeddings: [r, num_embeddings])
-    b: torch.Tensor  # [out, r], scaling folded in
+    a: torch.Tensor
+    b: torch.Tensor
     embedding: bool = False
-    bias: torch.Tensor | None = None  # [out], scaling folded in
-    mag: torch.Tensor | None = None  # [out] DoRA magnitude / weight norm
+    bias: torch.Tensor | None = None
+    mag: torch.Tensor | None = None
     base_bias: torch.Tensor | None = None
 
 
@@ -114,7 +127,7 @@ class _StackedLayer:
         )
 
 
-def _found_in(qualname: str, module: LoraLayer, key: str) -> _Found | None:
+def _found_in(qualname: str, module: LoraLayer, key: str) -> LayerWeights | None:
     """Peft adapter ``key``'s weights in one ``LoraLayer`` (``None`` if it has none there),
     scaling folded into ``B`` (and the ``lora_B`` bias); for DoRA also the per-row magnitude
     scale, computed once with peft's own weight norm.
@@ -126,7 +139,7 @@ def _found_in(qualname: str, module: LoraLayer, key: str) -> _Found | None:
     if key in module.lora_embedding_A:
         if module.use_dora.get(key, False):
             raise ValueError(f"DoRA on the embedding layer {qualname} is not served")
-        return _Found(
+        return LayerWeights(
             qualname,
             a=module.lora_embedding_A[key].detach(),  # [r, num_embeddings]
             b=module.lora_embedding_B[key].detach() * module.scaling[key],
@@ -138,7 +151,7 @@ def _found_in(qualname: str, module: LoraLayer, key: str) -> _Found | None:
         raise ValueError(f"LoRA on {type(module).__name__} {qualname} is not served")
     scaling = module.scaling[key]
     lora_a, lora_b = module.lora_A[key], module.lora_B[key]
-    item = _Found(qualname, a=lora_a.weight.detach(), b=lora_b.weight.detach() * scaling)
+    item = LayerWeights(qualname, a=lora_a.weight.detach(), b=lora_b.weight.detach() * scaling)
     if lora_b.bias is not None:  # lora_bias: lora_B(h) * scaling adds bias * scaling
         item.bias = lora_b.bias.detach() * scaling
     if module.use_dora.get(key, False):
@@ -263,17 +276,61 @@ class BatchedLoRA:
         """
         if name in self._slots:
             raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
-        slot = self._free_slot()
         found = self._collect(model, peft_name or name)
-        if not found and not saved_modules:
-            raise ValueError(f"adapter {name!r} adapts no layer of the model")
-        for item in found:
-            self._store(slot, item)
         # Any layer peft injected must stay disabled, including ones of other adapters.
         for module in model.modules():
             if isinstance(module, LoraLayer):
                 module.enable_adapters(False)
-        self._add_saved(slot, model, saved_modules or {})
+        return self._add(name, model, found, saved_modules or {})
+
+    def add_layers(
+        self,
+        name: str,
+        model: nn.Module,
+        layers: list[LayerWeights],
+        *,
+        saved_modules: dict[str, nn.Module] | None = None,
+    ) -> int:
+        """Put an adapter's matrices, read without peft, into a slot (plain LoRA on linear layers;
+        :func:`~.plain_lora.plain_lora_layers`), hooking the modules they adapt.
+
+        Args:
+            name: Adapter name (the key of its slot).
+            model: The base model; each ``layers[i].qualname`` names one of its modules (a plain
+                layer, or a peft wrapper left from an earlier load: the hook is the same).
+            layers: The adapter's matrices, scaling folded into ``B``.
+            saved_modules: As for :meth:`add`.
+
+        Returns:
+            The slot assigned to the adapter.
+
+        Raises:
+            ValueError: Already stacked, no free slot, or no layers and no module copies.
+        """
+        if name in self._slots:
+            raise ValueError(f"BatchedLoRA: adapter {name!r} is already resident")
+        for item in layers:
+            self._hook(item.qualname, model.get_submodule(item.qualname))
+        return self._add(name, model, layers, saved_modules or {})
+
+    def _add(
+        self,
+        name: str,
+        model: nn.Module,
+        found: list[LayerWeights],
+        saved_modules: dict[str, nn.Module],
+    ) -> int:
+        """Store an adapter's layers and module copies in the lowest free slot.
+
+        Raises:
+            ValueError: No free slot, or no layers and no module copies.
+        """
+        slot = self._free_slot()
+        if not found and not saved_modules:
+            raise ValueError(f"adapter {name!r} adapts no layer of the model")
+        for item in found:
+            self._store(slot, item)
+        self._add_saved(slot, model, saved_modules)
         self._slots[name] = slot
         self._invalidate()
         return slot
@@ -290,14 +347,14 @@ class BatchedLoRA:
             raise ValueError(f"BatchedLoRA: all {self.capacity} adapter slots are in use")
         return slot
 
-    def _collect(self, model: nn.Module, key: str) -> list[_Found]:
+    def _collect(self, model: nn.Module, key: str) -> list[LayerWeights]:
         """Hook every ``LoraLayer`` of ``model`` and take out peft adapter ``key``'s weights;
         the layers holding them are disabled (they run only their base layer).
 
         Raises:
             ValueError: A variant this path does not implement (see :func:`_found_in`).
         """
-        found: list[_Found] = []
+        found: list[LayerWeights] = []
         for qualname, module in model.named_modules():
             if not isinstance(module, LoraLayer):
                 continue
@@ -308,7 +365,7 @@ class BatchedLoRA:
                 module.enable_adapters(False)
         return found
 
-    def _store(self, slot: int, item: _Found) -> None:
+    def _store(self, slot: int, item: LayerWeights) -> None:
         """Write one layer's weights of an adapter into ``slot`` of that layer's stacks,
         allocating or widening (rank) the stacks first when needed."""
         layer = self._layers.get(item.qualname)

@@ -7,10 +7,12 @@ and single-threaded by design: the asyncio model server
 - loads the base with ``AutoModelForCausalLM`` (``text-generation``) or
   ``AutoModelForSequenceClassification`` (``text-classification``) in the requested dtype on
   cuda when present, else cpu (:mod:`.base_model`);
-- loads an adapter folder with peft (``PeftConfig.from_pretrained``, ``load_peft_weights``,
-  ``PeftModel``/``add_adapter`` + ``set_peft_model_state_dict`` with ``low_cpu_mem_usage`` -
-  what ``PeftModel.load_adapter`` does; the file-level steps are in :mod:`.adapter_loading`)
-  and copies its LoRA weights into :class:`~.lora_batched.BatchedLoRA`; classification heads
+- reads an adapter folder with peft (``PeftConfig.from_pretrained``, ``load_peft_weights``;
+  the file-level steps are in :mod:`.adapter_loading`) and puts its LoRA weights into
+  :class:`~.lora_batched.BatchedLoRA`: plain LoRA on linear layers straight from the files
+  (:mod:`.plain_lora`), the variants through peft's ``PeftModel``/``add_adapter`` +
+  ``set_peft_model_state_dict`` with ``low_cpu_mem_usage`` (what ``PeftModel.load_adapter``
+  does), copied out of peft's layers; classification heads
   saved with the adapter (``modules_to_save: [classifier]``, any label count) are kept by the
   engine and applied per row on the shared encoder's features;
 - unloads with ``delete_adapter`` and frees the memory (gc, and ``torch.cuda.empty_cache``);
@@ -21,7 +23,6 @@ and single-threaded by design: the asyncio model server
 
 from __future__ import annotations
 
-import copy
 import gc
 import inspect
 import logging
@@ -36,12 +37,13 @@ from torch import nn
 from ..errors import AdapterLoadError, InvalidRequestError
 from ..types import BASE_ADAPTER, TASKS
 from .adapter_loading import (
+    AdapterFiles,
     AdapterInfo,
     AdapterWeights,
     adapter_head,
-    excluding_saved,
     label_names,
     labels_list,
+    peft_load_config,
     read_adapter_files,
     saved_copies,
     select_weights,
@@ -50,6 +52,7 @@ from .base_model import load_base_model
 from .classification import find_head, row_outputs
 from .generation import GenerationBatch, eos_token_ids
 from .lora_batched import BatchedLoRA
+from .plain_lora import plain_lora_layers
 from .protocol import BASE_SLOT, GenerationRow
 
 logger = logging.getLogger(__name__)
@@ -189,7 +192,7 @@ class TransformersEngine:
         saved_modules = saved_copies(self.model, name, weights.saved, self.device, self.dtype)
         if not weights.lora and head is None and not saved_modules:
             raise AdapterLoadError(name, "the adapter holds no weights")
-        slot, internal = self._stack_adapter(name, config, weights, saved_modules)
+        slot = self._stack_adapter(name, files, weights, saved_modules)
         try:
             head_labels = label_names(
                 head, labels, self.base_labels, self.task, f"adapter {name!r}"
@@ -207,7 +210,6 @@ class TransformersEngine:
             head=head,
             labels=head_labels,
             nbytes=weights.nbytes,
-            peft_name=internal,
         )
         self.adapters[name] = info
         return info
@@ -225,22 +227,57 @@ class TransformersEngine:
     def _stack_adapter(
         self,
         name: str,
+        files: AdapterFiles,
+        weights: AdapterWeights,
+        saved_modules: dict[str, nn.Module],
+    ) -> int:
+        """Put the adapter's LoRA weights and module copies into a batched-LoRA slot.
+
+        Plain LoRA on linear layers goes straight from the files into the stacks
+        (:func:`~.plain_lora.plain_lora_layers`); anything else is loaded by peft first
+        (:meth:`_stack_with_peft`).
+
+        Args:
+            name: Served name.
+            files: What :func:`~.adapter_loading.read_adapter_files` read.
+            weights: Its sorted tensors (:attr:`~.adapter_loading.AdapterWeights.lora`).
+            saved_modules: Its own module copies (``modules_to_save``) by qualified name.
+
+        Returns:
+            Its slot.
+
+        Raises:
+            AdapterLoadError: peft cannot inject it, weights match no layer or are missing, or
+                they do not fit the stacks. Nothing of it stays in the model.
+        """
+        config = peft_load_config(files.config, weights.saved_entries)
+        layers = plain_lora_layers(config, files.raw, weights.lora, self.model)
+        if layers is None:
+            return self._stack_with_peft(name, config, weights, saved_modules)
+        try:
+            return self.lora.add_layers(name, self.model, layers, saved_modules=saved_modules)
+        except Exception as exc:
+            raise AdapterLoadError(name, f"weights do not fit the base model: {exc}") from exc
+
+    def _stack_with_peft(
+        self,
+        name: str,
         config: Any,
         weights: AdapterWeights,
         saved_modules: dict[str, nn.Module],
-    ) -> tuple[int, str]:
+    ) -> int:
         """Load the LoRA weights into the model with peft, copy them into a batched-LoRA slot
         (with the adapter's module copies), and drop peft's copy.
 
         Args:
             name: Served name.
-            config: The adapter's peft ``LoraConfig``.
+            config: The peft ``LoraConfig`` to inject (:func:`~.adapter_loading.peft_load_config`).
             weights: Its sorted tensors (:attr:`~.adapter_loading.AdapterWeights.lora` go to
                 peft).
             saved_modules: Its own module copies (``modules_to_save``) by qualified name.
 
         Returns:
-            (its slot, the name peft knew it by).
+            Its slot.
 
         Raises:
             AdapterLoadError: peft cannot inject it, weights match no layer or are missing, or
@@ -252,7 +289,7 @@ class TransformersEngine:
         # "." (or one contained in "lora_") would break it, so peft gets an internal name.
         self._peft_counter += 1
         internal = f"lf{self._peft_counter}"
-        created = self._add_peft_adapter(name, internal, config, weights.saved_entries)
+        created = self._add_peft_adapter(name, internal, config)
         try:
             result = set_peft_model_state_dict(
                 self.peft, weights.lora, adapter_name=internal, low_cpu_mem_usage=True
@@ -281,15 +318,10 @@ class TransformersEngine:
             self._drop_peft_adapter(internal, collect=False)
         if created:
             logger.info("peft model created around %s", type(self.model).__name__)
-        return slot, internal
+        return slot
 
-    def _add_peft_adapter(
-        self, name: str, internal: str, config: Any, saved_entries: list[str]
-    ) -> bool:
+    def _add_peft_adapter(self, name: str, internal: str, peft_config: Any) -> bool:
         """Inject an (empty) adapter ``internal`` into the model with peft.
-
-        peft gets no ``modules_to_save`` (the engine swaps those modules itself) and keeps LoRA
-        out of them through ``exclude_modules``, as it would with ``modules_to_save`` set.
 
         Returns:
             True if this call created the ``PeftModel`` (the first adapter).
@@ -299,11 +331,6 @@ class TransformersEngine:
         """
         from peft import PeftModel
 
-        peft_config = copy.deepcopy(config)
-        peft_config.exclude_modules = excluding_saved(config.exclude_modules, saved_entries)
-        peft_config.modules_to_save = None
-        peft_config.task_type = None
-        peft_config.inference_mode = True
         created = False
         try:
             if self.peft is None:
