@@ -176,3 +176,55 @@ def test_adapters_that_do_not_fit_are_refused_with_peft_reasons(
     with pytest.raises(AdapterLoadError, match=reason):
         engine.load_adapter("bad", folder)
     assert "bad" not in engine.adapters and engine.tensor_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "slots",
+    [
+        [0, 0, 0],  # bare base: no delta
+        [2, 2, 2],  # one adapter: addmm_ into the output
+        [1, 1, 2, 2, 3, 3],  # grouped, consecutive slots: views, baddbmm_
+        [1, 1, 3, 3],  # grouped, a gap: the groups' matrices gathered
+        [2, 1, 2, 1],  # equal groups but interleaved (rows that joined later): regrouped
+        [3, 3, 3, 1, 0, 3],  # skewed groups: padded
+    ],
+)
+@pytest.mark.parametrize("tokens", [None, 5])
+def test_every_batched_path_equals_the_per_row_formula(slots, tokens):
+    """``W x + (x A_k^T) B_k^T s_k`` per row ``n`` with ``k = slots[n]``, whichever path the
+    batch takes (RowPlan.aligned, consecutive or gathered slots, padding)."""
+    from lorafleet_serving.engine.lora_batched import BatchedLoRA, LayerWeights
+    from lorafleet_serving.engine.row_plan import RowPlan
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(12, 7)})
+    lora = BatchedLoRA(3, dtype=torch.float32, device=torch.device("cpu"))
+    mats = {k: (torch.randn(k + 1, 12), torch.randn(7, k + 1)) for k in (1, 2, 3)}
+    for k, (a, b) in mats.items():
+        lora.add_layers(f"a{k}", model, [LayerWeights("proj", a=a, b=b * 0.5)])
+    x = torch.randn(len(slots), *([tokens] if tokens else []), 12)
+    with torch.inference_mode(), lora.rows(slots):
+        got = model["proj"](x)
+    want = model["proj"](x).detach().clone()
+    for n, k in enumerate(slots):
+        if k:
+            a, b = mats[k]
+            want[n] += (x[n] @ a.T) @ b.T * 0.5
+    torch.testing.assert_close(got, want)
+    grouped = sorted(slots) == slots and len({slots.count(s) for s in slots}) == 1
+    assert RowPlan.build(slots, torch.device("cpu")).aligned == grouped
+
+
+def test_generation_batches_lie_grouped_by_adapter(engine, tiny_lora_adapters):
+    """Rows are sorted by slot at prefill, so a uniformly mixed batch takes the copy-free path."""
+    for name in ("alpha", "beta"):
+        if name not in engine.adapters:
+            engine.load_adapter(name, tiny_lora_adapters[name])
+    names = ["alpha", "beta", None, "beta", "alpha", None]
+    ids = engine.encode_prompt(PROMPT)
+    rows = [GenerationRow(ids, slot=engine.slot(n), max_tokens=3) for n in names]
+    batch = engine.start_generation(rows)
+    batch.step()
+    assert [rows[i].slot for i in batch.active] == sorted(r.slot for r in rows)
+    plan = list(engine.lora._plans.values())[-1]  # the newest: this batch
+    assert plan.aligned

@@ -100,6 +100,11 @@ class GenerationBatch:
         self._drop([i for i in self.active if self.rows[i].cancelled])
         if not self.active:
             return []
+        if self._mask is None:
+            # Rows sorted by adapter lie grouped in the batch: the batched LoRA then regroups
+            # them by a view instead of two copies per layer (RowPlan.aligned). Events name
+            # rows by index, so the order in the batch is free.
+            self.active.sort(key=lambda i: self.rows[i].slot)
         engine = self.engine
         active_rows = [self.rows[i] for i in self.active]
         if self._mask is None:

@@ -547,7 +547,11 @@ class BatchedLoRA:
             )
         if layer.embedding:
             return out + self._embedding_delta(layer, plan, x).to(out.dtype)
-        x = x.to(self.dtype)
+        if x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        plain = layer.bias is None and layer.mag is None
+        if plain and out.dtype == self.dtype and out.is_contiguous():
+            return self._accumulate(layer, plan, x, out)
         if plan.single is not None:
             # Uniform batch: plain matmuls with one adapter's matrices, no grouping.
             k = plan.single
@@ -564,7 +568,53 @@ class BatchedLoRA:
         return out + delta.to(out.dtype)
 
     @staticmethod
-    def _grouped_delta(layer: _StackedLayer, plan: RowPlan, x: torch.Tensor) -> torch.Tensor:
+    def _stacks(layer: _StackedLayer, plan: RowPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's groups' ``A.T`` ``[G, in, r]`` and ``B.T`` ``[G, r, out]``: when the slots
+        are consecutive, a slice of the stacks (a view, kept in the plan for the next steps; a
+        plan is dropped whenever the stacks change), else gathered (a copy, made per step and
+        not kept: it would hold a second copy of those adapters)."""
+        assert layer.a is not None and layer.b is not None
+        if plan.first is None:
+            return layer.a.index_select(0, plan.groups), layer.b.index_select(0, plan.groups)
+        views = plan.operands.get(id(layer))
+        if views is None:
+            end = plan.first + plan.groups.shape[0]
+            views = plan.operands[id(layer)] = layer.a[plan.first : end], layer.b[plan.first : end]
+        return views
+
+    def _accumulate(
+        self, layer: _StackedLayer, plan: RowPlan, x: torch.Tensor, out: torch.Tensor
+    ) -> torch.Tensor:
+        """Plain LoRA added into the layer's own output, in place: ``out += (x A.T) B.T`` by
+        ``addmm_`` (one adapter) or ``baddbmm_`` per group when the rows lie grouped
+        (:attr:`RowPlan.aligned`), else the padded regrouping of :meth:`_grouped_delta`.
+
+        Args:
+            layer: The layer's stacks (allocated, no bias or DoRA slots).
+            plan: The batch's routing.
+            x: ``[N, T, in]`` or ``[N, in]`` activations in the stacks' dtype.
+            out: The layer's output ``[N, T, out]`` or ``[N, out]``, contiguous, in the stacks'
+                dtype (a fresh tensor of this forward pass: nothing else holds it).
+
+        Returns:
+            ``out``, with the delta added.
+        """
+        assert layer.a is not None and layer.b is not None
+        if plan.single is not None:
+            k = plan.single
+            flat = x.reshape(-1, x.shape[-1])
+            out.view(-1, layer.out_features).addmm_(flat @ layer.a[k], layer.b[k])
+            return out
+        if not plan.aligned:
+            return out.add_(self._grouped_delta(layer, plan, x))
+        a, b = self._stacks(layer, plan)
+        groups = a.shape[0]
+        grouped = x.reshape(groups, -1, x.shape[-1])  # rows lie grouped: a view
+        out.view(groups, -1, layer.out_features).baddbmm_(torch.bmm(grouped, a), b)
+        return out
+
+    @classmethod
+    def _grouped_delta(cls, layer: _StackedLayer, plan: RowPlan, x: torch.Tensor) -> torch.Tensor:
         """The LoRA delta of a mixed batch, adapter by adapter (see the module docstring).
 
         Args:
@@ -575,14 +625,8 @@ class BatchedLoRA:
         Returns:
             ``delta`` shaped like ``x`` with ``out_features`` last.
         """
-        assert layer.a is not None and layer.b is not None
-        groups = plan.groups.shape[0]
-        if plan.first is not None:  # consecutive slots: the stacks as they are
-            a = layer.a[plan.first : plan.first + groups]
-            b = layer.b[plan.first : plan.first + groups]
-        else:
-            a = layer.a.index_select(0, plan.groups)
-            b = layer.b.index_select(0, plan.groups)
+        a, b = cls._stacks(layer, plan)
+        groups = a.shape[0]
         tokens = x.shape[1] if x.dim() == 3 else 1
         grouped = x.index_select(0, plan.src).reshape(groups, plan.per_group * tokens, -1)
         out = torch.bmm(torch.bmm(grouped, a), b)  # [G, per_group * T, out]

@@ -8,7 +8,7 @@ rows by slot for the adapter-by-adapter matmuls (Punica's SGMV; see that module'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,12 @@ class RowPlan:
         src: ``[G * per_group]`` int64: the batch row each padded position reads (padding
             repeats a row of the group; its result is never read).
         dst: ``[N]`` int64: each row's position in the padded layout.
+        aligned: True when the rows already lie grouped (sorted by slot, every group the same
+            size): the padded layout is the batch itself, ``src`` and ``dst`` are the identity
+            and the activations are regrouped by a view, without a copy.
+        operands: Per adapted layer (by the id of its stacks' record), views of that layer's
+            ``A.T`` and ``B.T`` slices for this batch's groups (consecutive slots only), made by
+            :class:`~.lora_batched.BatchedLoRA` on the first step and reused by the next ones.
     """
 
     index: torch.Tensor
@@ -41,6 +47,8 @@ class RowPlan:
     per_group: int
     src: torch.Tensor
     dst: torch.Tensor
+    aligned: bool = False
+    operands: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, slots: list[int], device: torch.device) -> RowPlan:
@@ -71,4 +79,5 @@ class RowPlan:
             per_group=per_group,
             src=longs(src),
             dst=longs(dst),
+            aligned=src == list(range(len(slots))),
         )
