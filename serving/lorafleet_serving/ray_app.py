@@ -189,6 +189,8 @@ class Model:
     """
 
     def __init__(self, args: dict[str, Any]) -> None:
+        from ray.serve import metrics
+
         from .server.factory import build_model_server
 
         cfg = AppArgs.parse(args)
@@ -202,6 +204,8 @@ class Model:
             max_batch_size=cfg.max_batch_size,
             batch_wait_timeout_s=cfg.batch_wait_timeout_ms / 1000.0,
             max_tokens_limit=cfg.max_tokens_limit,
+            # Serve's metrics: each replica's figures on its Ray node's metrics endpoint.
+            metrics_factory=metrics,
         )
         self.backend = ModelServerBackend(self.server)
         self.max_adapters = DEFAULT_MAX_ADAPTERS

@@ -527,3 +527,116 @@ def test_lora_variants_over_serve_equal_peft_mixed_with_plain_and_base(
 def deployed_adapter(config: dict[str, Any], name: str, app: str = GEN_APP) -> Path:
     """The folder of adapter ``name`` in the serve config's registry of ``app``."""
     return Path(model_user_config(config, app)["adapters"][name]["path"])
+
+
+SOLO_APP = "solo"  # one replica, one adapter place: every switch loads and evicts
+
+
+def scrape(cluster: RayCluster, app: str) -> dict[tuple[str, frozenset], float]:
+    """The node's Prometheus endpoint: ``{(sample name, labels): value}`` of ``app``'s samples,
+    with only lorafleet's own labels (``adapter``, ``status``) and histograms' ``le`` (Serve
+    and Ray add deployment, replica, application, node and OpenTelemetry scope labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{cluster.head.metrics_port}/metrics"
+    text = requests.get(url, timeout=30).text
+    own = {"adapter", "status", "le"}
+    out: dict[tuple[str, frozenset], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("application") != app or not sample.name.startswith(
+                "ray_lorafleet_"
+            ):
+                continue
+            labels = frozenset((k, v) for k, v in sample.labels.items() if k in own)
+            out[sample.name, labels] = out.get((sample.name, labels), 0.0) + sample.value
+    return out
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _stream(cluster: RayCluster, model: str) -> None:
+    resp = requests.post(
+        f"{cluster.http_url}/{SOLO_APP}/v1/completions",
+        json={"model": model, "prompt": PROMPTS[0], "max_tokens": 6, "stream": True},
+        stream=True,
+        timeout=120,
+    )
+    assert resp.status_code == 200, resp.text
+    assert sse_events(resp.text)[-1] == "[DONE]"
+
+
+def _wait_for(cluster: RayCluster, check: Any, timeout: float = 90.0) -> dict:
+    """Scrape until ``check(samples)`` holds (Ray exports every few seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(cluster, SOLO_APP)
+        if check(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(2.0)
+
+
+def test_serving_metrics_on_the_ray_node_endpoint(
+    ray_cluster: RayCluster, deployed: dict, tiny_causal_lm: Path, ray_adapters: dict
+) -> None:
+    """Two adapters, one place on one replica: the node's metrics endpoint shows each load,
+    the eviction, the resident gauge flipping, the requests per adapter as sent and one time to
+    first token per streamed request."""
+    spec = BaseModelSpec.model_validate(
+        {
+            "source": {"uri": f"file://{tiny_causal_lm}"},
+            "task": "text-generation",
+            "serving": {"gpus": 0, "replicas": 1, "maxAdaptersPerReplica": 1},
+        }
+    )
+    solo = build_serve_config(
+        SOLO_APP,
+        str(tiny_causal_lm),
+        spec,
+        {n: {"path": str(ray_adapters[n]), "rank": 8} for n in ("alpha", "beta")},
+        num_cpus=MODEL_NUM_CPUS,
+        num_gpus=0,
+        route_prefix=f"/{SOLO_APP}",
+    )
+    config = copy.deepcopy(deployed)
+    config["applications"] += solo["applications"]
+    deploy_serve_config(ray_cluster.dashboard_url, config, timeout=300, token=ray_cluster.token)
+    resident = "ray_lorafleet_adapter_resident"
+    try:
+        _stream(ray_cluster, "alpha")
+        first = _wait_for(ray_cluster, lambda s: _value(s, resident, adapter="alpha") == 1)
+        assert _value(first, resident, adapter="alpha") == 1
+        for model in ("beta", "alpha", "beta", "beta"):
+            _stream(ray_cluster, model)
+        sent = {"alpha": 2, "beta": 3}
+
+        def settled(s: dict) -> bool:
+            return (
+                all(
+                    _value(s, "ray_lorafleet_requests_total", adapter=n, status="2xx") == k
+                    for n, k in sent.items()
+                )
+                and _value(s, resident, adapter="alpha") == 0
+            )
+
+        samples = _wait_for(ray_cluster, settled)
+    finally:
+        deploy_serve_config(
+            ray_cluster.dashboard_url, deployed, timeout=120, token=ray_cluster.token
+        )
+    for name, count in sent.items():
+        assert _value(samples, "ray_lorafleet_requests_total", adapter=name, status="2xx") == count
+        assert _value(samples, "ray_lorafleet_generation_tokens_total", adapter=name) == 6 * count
+    # alpha, beta, alpha, beta: four loads, three evictions; beta stays.
+    loads = "ray_lorafleet_adapter_load_seconds_count"
+    assert _value(samples, loads, adapter="alpha") == 2
+    assert _value(samples, loads, adapter="beta") == 2
+    assert _value(samples, "ray_lorafleet_adapter_evictions_total", adapter="alpha") == 2
+    assert _value(samples, "ray_lorafleet_adapter_evictions_total", adapter="beta") == 1
+    assert _value(samples, resident, adapter="alpha") == 0
+    assert _value(samples, resident, adapter="beta") == 1
+    ttft = "ray_lorafleet_time_to_first_token_seconds_count"
+    assert sum(_value(samples, ttft, adapter=n) for n in sent) == sum(sent.values())
+    assert _value(samples, "ray_lorafleet_step_rows_count") > 0

@@ -173,6 +173,8 @@ class LocalRayHead:
         pid: Process id of ``ray start --block`` (leader of its process group).
         token_file: The head's token file (0600 in a 0700 folder).
         client_port: Port of the Ray client server (``ray://127.0.0.1:<port>``; token needed).
+        metrics_port: Port of the node's Prometheus endpoint (``/metrics`` on 127.0.0.1): Ray's
+            own metrics and the serving metrics of every replica on this node.
     """
 
     dashboard_url: str
@@ -181,6 +183,7 @@ class LocalRayHead:
     pid: int
     token_file: Path
     client_port: int
+    metrics_port: int = 0
     _token: str = field(default="", repr=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -242,6 +245,7 @@ class LocalRayHead:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
         gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
+        metrics_port = free_port()
         cmd = [
             str(ray_bin),
             "start",
@@ -259,7 +263,7 @@ class LocalRayHead:
             # Ray 2.60 always starts the client server when grpc is installed; it checks the
             # token like every other gRPC service.
             f"--ray-client-server-port={client_port}",
-            f"--metrics-export-port={free_port()}",
+            f"--metrics-export-port={metrics_port}",
             f"--runtime-env-agent-port={free_port()}",
             "--min-worker-port=0",
             "--max-worker-port=0",
@@ -288,6 +292,7 @@ class LocalRayHead:
             pid=proc.pid,
             token_file=token_file,
             client_port=client_port,
+            metrics_port=metrics_port,
             _token=token,
             _proc=proc,
         )

@@ -22,10 +22,10 @@ from .pickles import leave_out_pickles
 from .progress import ProgressReporter, folder_bytes
 from .redaction import redact, uri_secrets
 from .request import InstallRequest
-from .sources import Listing, Source
+from .sources import Listing, RemoteFile, Source
 from .space import check_space, is_space_exhausted, space_exhausted_error
 from .staging import Target, promote
-from .verify import Digests, check_digests, file_digests, verify_file
+from .verify import Digests, check_digests, file_digests, in_parallel, verify_file
 
 if TYPE_CHECKING:  # the validators import torch: loaded when first used
     from .validate_adapter import AdapterFacts
@@ -149,11 +149,11 @@ def _install_staged(
             max(0, total - folder_bytes(staging)),
             what=f"{target.namespace}/{target.name}",
         )
-    fetched, ckpt_file = _download(req, plan, staging, target, total, deadline)
+    fetched, ckpt_file, ckpt_fetched = _download(req, plan, staging, target, total, deadline)
     shutil.rmtree(files_dir / ".cache", ignore_errors=True)
     deadline.check("verifying")
     digests = _verify_files(plan.listing, files_dir, fetched)
-    ckpt_digest = _verify_checkpoint(ckpt_file, plan.ckpt_listing)
+    ckpt_digest = _verify_checkpoint(ckpt_file, plan.ckpt_listing, ckpt_fetched)
 
     deadline.check("validating")
     report: dict = {
@@ -194,14 +194,15 @@ def _download(
     target: Target,
     total: int | None,
     deadline: Deadline,
-) -> tuple[dict, Path | None]:
+) -> tuple[dict, Path | None, Digests | None]:
     """Download the files and the checkpoint into ``staging``, with progress as ``req`` asks.
 
     The files go to ``<staging>/files``, the checkpoint to ``<staging>/checkpoint``.
 
     Returns:
         The digests the source computed while downloading (relative path -> digests; empty
-        when it computed none), and the downloaded checkpoint file or None.
+        when it computed none), the downloaded checkpoint file or None, and the checkpoint's
+        digests computed while downloading or None.
     """
     with ProgressReporter(
         lambda: folder_bytes(staging),
@@ -212,10 +213,11 @@ def _download(
     ):
         fetched = plan.src.download(plan.listing, staging / "files", deadline) or {}
         if plan.ckpt_src is None:
-            return fetched, None
+            return fetched, None, None
         ckpt_dir = staging / "checkpoint"
-        plan.ckpt_src.download(plan.ckpt_listing, ckpt_dir, deadline)
-        return fetched, ckpt_dir / plan.ckpt_listing.files[0].path
+        ckpt_name = plan.ckpt_listing.files[0].path
+        ckpt_fetched = plan.ckpt_src.download(plan.ckpt_listing, ckpt_dir, deadline) or {}
+        return fetched, ckpt_dir / ckpt_name, ckpt_fetched.get(ckpt_name)
 
 
 def _verify_files(
@@ -223,7 +225,9 @@ def _verify_files(
 ) -> dict[str, tuple[Digests, int]]:
     """Check every listed file is there with its expected size and digests (not for archives).
 
-    A file that fails is deleted: it is never promoted nor resumed from.
+    Files not hashed while downloading (complete from an earlier run, or from a source that
+    does not hash) are hashed several at once; the first failing file in listing order is
+    reported. A file that fails is deleted: it is never promoted nor resumed from.
 
     Returns:
         Relative path -> (its digests, its ``st_mtime_ns`` when checked), so the manifest
@@ -232,9 +236,8 @@ def _verify_files(
     Raises:
         InstallError: ``ChecksumMismatch`` (missing file, size or digest differs).
     """
-    digests: dict[str, tuple[Digests, int]] = {}
-    checked = [] if listing.archive else listing.files
-    for f in checked:
+
+    def verify(f: RemoteFile) -> tuple[Digests, int]:
         path = files_dir / f.path
         if not path.is_file():
             raise InstallError(CHECKSUM_MISMATCH, f"{f.path}: missing after download")
@@ -246,12 +249,21 @@ def _verify_files(
         except InstallError:
             path.unlink(missing_ok=True)  # never promoted, never resumed from
             raise
-        digests[f.path] = (d, path.stat().st_mtime_ns)
-    return digests
+        return d, path.stat().st_mtime_ns
+
+    checked = [] if listing.archive else listing.files
+    return {f.path: d for f, d in zip(checked, in_parallel(verify, checked), strict=True)}
 
 
-def _verify_checkpoint(ckpt_file: Path | None, ckpt_listing: Listing | None) -> Digests | None:
+def _verify_checkpoint(
+    ckpt_file: Path | None, ckpt_listing: Listing | None, fetched: Digests | None = None
+) -> Digests | None:
     """Check the downloaded checkpoint against its listing (deleted when it fails).
+
+    Args:
+        ckpt_file: The downloaded checkpoint, or None without one.
+        ckpt_listing: Its listing (one file).
+        fetched: Its digests computed while downloading, or None to hash the file now.
 
     Returns:
         Its digests, or None without a checkpoint.
@@ -261,10 +273,11 @@ def _verify_checkpoint(ckpt_file: Path | None, ckpt_listing: Listing | None) -> 
     """
     if ckpt_file is None:
         return None
+    f = ckpt_listing.files[0]
     try:
-        return verify_file(
-            ckpt_file, ckpt_listing.files[0].expected, name=ckpt_listing.files[0].path
-        )
+        if fetched is not None:  # hashed while downloading
+            return check_digests(fetched, f.expected, name=f.path)
+        return verify_file(ckpt_file, f.expected, name=f.path)
     except InstallError:
         ckpt_file.unlink(missing_ok=True)
         raise
@@ -322,15 +335,16 @@ def _file_entries(files_dir: Path, digests: dict[str, tuple[Digests, int]]) -> l
     """The manifest's ``files``: every staged file's relative path, size and sha256.
 
     Digests from verification are reused while the file is unchanged (same mtime); other
-    files (converted, unpacked from an archive) are hashed now.
+    files (converted, unpacked from an archive) are hashed now, several at once.
     """
-    entries = []
-    for path in sorted(p for p in files_dir.rglob("*") if p.is_file()):
+
+    def entry(path: Path) -> dict:
         rel = path.relative_to(files_dir).as_posix()
         known = digests.get(rel)
         d = known[0] if known and known[1] == path.stat().st_mtime_ns else file_digests(path)
-        entries.append({"path": rel, "size": d.size, "sha256": d.sha256})
-    return entries
+        return {"path": rel, "size": d.size, "sha256": d.sha256}
+
+    return in_parallel(entry, sorted(p for p in files_dir.rglob("*") if p.is_file()))
 
 
 def _installed_message(

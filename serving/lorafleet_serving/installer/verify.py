@@ -7,17 +7,26 @@
 - https: an optional ``sha256`` from the spec (``--sha256``).
 
 Every installed file's sha256 is computed for ``lorafleet.json`` in the same read pass.
+Several files are hashed at once (:func:`in_parallel`): hashlib and file reads release the
+GIL, so the threads use every core and keep the disk busy.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import CHECKSUM_MISMATCH, SIZE_MISMATCH, InstallError
 
 CHUNK_BYTES = 8 << 20
+HASH_WORKERS = 4
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -75,6 +84,36 @@ def file_digests(path: Path, *, md5: bool = False, git_blob: bool = False) -> Di
         md5=hmd5.hexdigest() if hmd5 else None,
         git_blob=hgit.hexdigest() if hgit else None,
     )
+
+
+def in_parallel(
+    fn: Callable[[_T], _R], items: Sequence[_T], *, workers: int = HASH_WORKERS
+) -> list[_R]:
+    """Call ``fn`` on every item, on up to ``workers`` threads (for hashing several files).
+
+    Failures are reported in the order of ``items``, as a loop would: the first item whose
+    call raised decides the error, whichever thread finished first.
+
+    Args:
+        fn: Called once per item.
+        items: The inputs.
+        workers: Most threads at once; 1 (or a single item) calls ``fn`` in this thread.
+
+    Returns:
+        ``fn(item)`` for every item, in the order of ``items``.
+
+    Raises:
+        Exception: What ``fn`` raised for the first failing item in ``items``; items not
+            started by then are not run.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    pool = ThreadPoolExecutor(max_workers=min(workers, len(items)), thread_name_prefix="hash")
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        return [fut.result() for fut in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def verify_file(path: Path, expected: Expected, *, name: str) -> Digests:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..engine.transformers_engine import TransformersEngine
+from .metrics import MetricsFactory
 from .model_server import ModelServer
 from .requests import check_server_limits
 
@@ -29,6 +30,7 @@ def build_model_server(
     batch_wait_timeout_s: float = 0.005,
     max_tokens_limit: int = 2048,
     max_concurrent_batches: int = 1,
+    metrics_factory: MetricsFactory | None = None,
 ) -> ModelServer:
     """Load a base model folder and serve it (with its adapters) through a :class:`ModelServer`.
 
@@ -45,6 +47,7 @@ def build_model_server(
         batch_wait_timeout_s: Longest wait for more requests after the first, seconds.
         max_tokens_limit: Upper bound on ``max_tokens`` per request.
         max_concurrent_batches: Batches in flight at once (see :class:`ModelServer`).
+        metrics_factory: Builds the serving metrics' instruments (see :class:`ModelServer`).
 
     Returns:
         The model server (its base model loaded).
@@ -64,4 +67,5 @@ def build_model_server(
         batch_wait_timeout_s=batch_wait_timeout_s,
         max_tokens_limit=max_tokens_limit,
         max_concurrent_batches=max_concurrent_batches,
+        metrics_factory=metrics_factory,
     )

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ class GenerationItem:
             exception that failed it) are put.
         row: Its row once it is in a batch.
         cancelled: Set when the caller went away (the row leaves the batch at the next step).
+        batched_at: ``time.monotonic()`` when a batch took it (its row was made), or ``None``.
     """
 
     request: GenerateRequest
@@ -45,6 +48,7 @@ class GenerationItem:
     queue: asyncio.Queue[StepEvent | BaseException] = field(default_factory=asyncio.Queue)
     row: GenerationRow | None = None
     cancelled: bool = False
+    batched_at: float | None = None
 
 
 class GenerationRuns(EngineRuns[GenerationItem]):
@@ -57,6 +61,8 @@ class GenerationRuns(EngineRuns[GenerationItem]):
         batch_wait_timeout_s: Longest wait for more requests after the first, seconds.
         max_concurrent_batches: Batches in flight at once (their steps interleave on the worker
             thread).
+        on_step: Called after each decode step with its number of rows and of distinct
+            adapters (the bare base counts as one).
 
     Attributes:
         batcher: Where requests are submitted (:class:`GenerationItem`).
@@ -65,8 +71,11 @@ class GenerationRuns(EngineRuns[GenerationItem]):
         row_steps: Rows decoded over all those steps.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, on_step: Callable[[int, int], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self._on_step = on_step
         # A list, compared by identity: an engine's batch need not be hashable.
         self.running: list[RunningBatch] = []
         self.steps = 0
@@ -83,6 +92,7 @@ class GenerationRuns(EngineRuns[GenerationItem]):
             stop=req.stop,
             seed=req.seed,
         )
+        item.batched_at = time.monotonic()
         return item.row
 
     async def run(self, items: list[GenerationItem]) -> None:
@@ -129,6 +139,8 @@ class GenerationRuns(EngineRuns[GenerationItem]):
                 events = await self._call(batch.step)
                 self.steps += 1
                 self.row_steps += len(events)
+                if self._on_step is not None and events:
+                    self._on_step(len(events), len({live[e.row].adapter for e in events}))
                 self._dispatch(live, events)
         finally:
             self.running = [b for b in self.running if b is not batch]

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from .adapter_cache import AdapterCache, AdapterSpec, parse_user_config
 from .chat import render_chat_prompt
 from .classification_runs import ClassificationRuns, ClassifyItem
 from .generation_runs import GenerationItem, GenerationRuns
+from .metrics import DiscardingFactory, MetricsFactory, ServingMetrics
 from .requests import (
     adapter_name,
     check_classify_texts,
@@ -58,10 +60,40 @@ logger = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
+#: The status recorded for a request whose caller went away before it finished (nginx's
+#: "client closed request"; counted as 4xx).
+CLIENT_CLOSED = 499
+
 #: Threads that tokenize. The tokenizers library releases the GIL while it works, so a long
 #: input costs CPU time on one of these threads, not latency on the event loop; two let a short
 #: input be tokenized while a long one is.
 TOKENIZER_THREADS = 2
+
+
+class _TokenTiming:
+    """When a request arrived and its tokens came, ``time.monotonic()`` seconds."""
+
+    def __init__(self, arrival: float) -> None:
+        self.arrival = arrival
+        self.first: float | None = None  # seconds from arrival to the first token
+        self.gaps: list[float] = []  # seconds between consecutive tokens
+        self._last: float | None = None
+
+    def token(self, now: float) -> None:
+        """A token came at ``now``."""
+        if self._last is None:
+            self.first = now - self.arrival
+        else:
+            self.gaps.append(now - self._last)
+        self._last = now
+
+
+def _adapter_or_none(name: str | None) -> str | None:
+    """The adapter a request names (``None`` for the bare base), without raising."""
+    try:
+        return adapter_name(name)
+    except ServingError:
+        return ""  # never registered: counted as unknown
 
 
 class ModelServer:
@@ -77,6 +109,9 @@ class ModelServer:
         max_concurrent_batches: Batches in flight at once (their steps interleave on the
             worker thread). With 1, requests arriving while a generation batch runs join it
             between steps (continuous batching) as long as it has room.
+        metrics_factory: Builds the instruments requests, tokens, adapter loads and decode
+            steps are recorded in (``ray.serve.metrics`` in a Serve replica; see
+            :mod:`.metrics`); default: recorded nowhere.
 
     Raises:
         InvalidRequestError: Bad limits (``param`` names the argument).
@@ -91,6 +126,7 @@ class ModelServer:
         batch_wait_timeout_s: float = 0.005,
         max_tokens_limit: int = 2048,
         max_concurrent_batches: int = 1,
+        metrics_factory: MetricsFactory | None = None,
     ) -> None:
         check_server_limits(max_adapters, max_batch_size, max_tokens_limit, batch_wait_timeout_s)
         self.engine = engine
@@ -109,12 +145,17 @@ class ModelServer:
             self.engine.encode_prompt("warm up")
         self._loop: asyncio.AbstractEventLoop | None = None
         self.cache = AdapterCache(self._load_adapter, self._unload_adapter, max_adapters)
+        self.metrics = ServingMetrics(
+            metrics_factory or DiscardingFactory(), self.cache.is_registered
+        )
+        self._adapter_bytes: dict[str, int] = {}
         self._generation = GenerationRuns(
             engine,
             self._call,
             max_batch_size=max_batch_size,
             batch_wait_timeout_s=batch_wait_timeout_s,
             max_concurrent_batches=max_concurrent_batches,
+            on_step=self.metrics.step,
         )
         self._classification = ClassificationRuns(
             engine,
@@ -166,19 +207,30 @@ class ModelServer:
         self._loop = loop
         return await loop.run_in_executor(self._tokenizer_pool, functools.partial(fn, *args))
 
-    def _measured(self, fn: Callable[..., Any], *args: Any) -> None:
+    def _measured(self, fn: Callable[..., R], *args: Any) -> R:
         try:
-            fn(*args)
+            return fn(*args)
         finally:
             self._tensor_bytes = self.engine.tensor_bytes()
 
     async def _load_adapter(self, spec: AdapterSpec) -> None:
-        await self._call(
-            self._measured, self.engine.load_adapter, spec.name, spec.path, spec.labels
-        )
+        started = time.monotonic()
+        try:
+            info = await self._call(
+                self._measured, self.engine.load_adapter, spec.name, spec.path, spec.labels
+            )
+        except Exception:
+            self.metrics.adapter_load_failed(spec.name)
+            raise
+        self.metrics.adapter_loaded(spec.name, time.monotonic() - started)
+        self._adapter_bytes[spec.name] = int(getattr(info, "nbytes", 0))
+        self.metrics.memory(self._tensor_bytes, sum(self._adapter_bytes.values()))
 
     async def _unload_adapter(self, name: str) -> None:
         await self._call(self._measured, self.engine.unload_adapter, name)
+        self._adapter_bytes.pop(name, None)
+        self.metrics.adapter_unloaded(name)
+        self.metrics.memory(self._tensor_bytes, sum(self._adapter_bytes.values()))
         for listener in list(self.unload_listeners):
             listener(name)
 
@@ -382,13 +434,12 @@ class ModelServer:
             InvalidRequestError, UnknownModelError, AdapterLoadError, ServingError.
         """
         self.requests += 1
+        arrival = time.monotonic()
+        timing = _TokenTiming(arrival)
+        status = CLIENT_CLOSED
+        item: GenerationItem | None = None
         try:
             item = await self._prepare_generation(req)
-        except ServingError:
-            self.failed_requests += 1
-            raise
-        finished = False
-        try:
             async with self._lease(item.adapter):
                 self._gen_batcher.submit(item, group)
                 while True:
@@ -396,8 +447,9 @@ class ModelServer:
                     if isinstance(event, BaseException):
                         raise event
                     assert item.row is not None
+                    timing.token(time.monotonic())
                     if event.finish_reason is not None:
-                        finished = True
+                        status = 200
                         yield StreamDelta(
                             text=event.text,
                             token_id=event.token_id,
@@ -407,14 +459,35 @@ class ModelServer:
                         )
                         return
                     yield StreamDelta(text=event.text, token_id=event.token_id, finish_reason=None)
-        except ServingError:
+        except ServingError as exc:
             self.failed_requests += 1
+            status = exc.status_code
+            raise
+        except Exception:
+            status = 500
             raise
         finally:
-            if not finished:
+            if item is not None and status != 200:
                 item.cancelled = True
                 if item.row is not None:
                     item.row.cancelled = True
+            self._record_generation(req, item, status, timing)
+
+    def _record_generation(
+        self, req: GenerateRequest, item: GenerationItem | None, status: int, timing: _TokenTiming
+    ) -> None:
+        """Record a finished generation request's outcome, tokens and timing."""
+        adapter = item.adapter if item is not None else _adapter_or_none(req.adapter)
+        row = item.row if item is not None else None
+        self.metrics.request_finished(
+            adapter,
+            status,
+            len(item.prompt_ids) if item is not None and row is not None else 0,
+            len(row.token_ids) if row is not None else 0,
+        )
+        if item is not None and item.batched_at is not None:
+            self.metrics.waited(adapter, item.batched_at - timing.arrival)
+        self.metrics.token_times(adapter, timing.first, timing.gaps)
 
     async def generate_many(self, reqs: Sequence[GenerateRequest]) -> list[GenerateResult]:
         """Generate one completion per request: the prompts of one HTTP request.
@@ -494,6 +567,7 @@ class ModelServer:
             AdapterLoadError: The adapter's files failed to load.
         """
         self.requests += 1
+        status, tokens = CLIENT_CLOSED, 0
         try:
             if self.task != "text-classification":
                 raise InvalidRequestError(
@@ -509,10 +583,20 @@ class ModelServer:
             async with self._lease(adapter):
                 item = ClassifyItem(features, adapter, loop.create_future(), tokens)
                 self._cls_batcher.submit(item)
-                return await item.future
-        except ServingError:
+                result = await item.future
+            status = 200
+            return result
+        except ServingError as exc:
             self.failed_requests += 1
+            status = exc.status_code
             raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.metrics.request_finished(
+                _adapter_or_none(req.adapter), status, tokens if status == 200 else 0, 0
+            )
 
     # ----------------------------------------------------------------- lifecycle
 

@@ -18,7 +18,7 @@ from ..deadline import Deadline
 from ..errors import INVALID_SOURCE, SOURCE_NOT_FOUND, UNAUTHORIZED, InstallError
 from ..pathsafety import inside, safe_relpath
 from ..redaction import public_url
-from ..verify import Digests, Expected, file_digests, refuse_past_size
+from ..verify import Digests, Expected, file_digests, in_parallel, refuse_past_size
 from .common import Listing, RemoteFile
 
 DEFAULT_PVC_ROOT = "/mnt/pvc"
@@ -108,19 +108,19 @@ class LocalSource:
         )
         if not items:
             raise InstallError(SOURCE_NOT_FOUND, f"{self.uri}: no files")
-        files = []
-        for rel, full in sorted(items):
+
+        def listed(item: tuple[str, Path]) -> RemoteFile:
+            rel, full = item
             deadline.check(f"reading {full}")
             digests = file_digests(full)
-            files.append(
-                RemoteFile(
-                    path=safe_relpath(rel, where=self.uri),
-                    expected=Expected(size=digests.size, sha256=digests.sha256),
-                    fingerprint=digests.sha256,
-                    remote=str(full),
-                )
+            return RemoteFile(
+                path=safe_relpath(rel, where=self.uri),
+                expected=Expected(size=digests.size, sha256=digests.sha256),
+                fingerprint=digests.sha256,
+                remote=str(full),
             )
-        return Listing(files=files)
+
+        return Listing(files=in_parallel(listed, sorted(items)))  # several files hashed at once
 
     def download(self, listing: Listing, dest: Path, deadline: Deadline) -> dict[str, Digests]:
         """Copy each file into ``dest`` (via ``<name>.part`` + rename), hashing while copying.
