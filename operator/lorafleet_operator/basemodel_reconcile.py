@@ -15,8 +15,8 @@ from typing import Any
 
 import kopf
 
-from lorafleet_operator import basemodel, metrics
-from lorafleet_operator.indexes import desired_registry
+from lorafleet_operator import basemodel, metrics, serving_status
+from lorafleet_operator.indexes import AdapterFacts, desired_registry
 from lorafleet_operator.install_job import is_installed
 from lorafleet_operator.jobs import (
     KIND_LABEL,
@@ -42,7 +42,8 @@ from lorafleet_operator.rayservice import (
 )
 from lorafleet_operator.reconciler import Reconciler
 from lorafleet_operator.serveconfig import build_serve_config, dump_serve_config
-from lorafleet_operator.serveprobe import probe_serve
+from lorafleet_operator.serveprobe import ServeAnswer, probe_serve
+from lorafleet_operator.serving_status import desired_replicas
 from lorafleet_operator.status_update import StatusUpdate
 from lorafleet_operator.status_writer import StatusWriter
 from lorafleet_operator.volumes import build_claim, claim_name_for
@@ -141,7 +142,7 @@ class BaseModelReconciler(Reconciler):
             rs = await self._patch(rs, plan)
         metrics.ADAPTERS_SERVED.labels(self.namespace, self.name).set(len(registry))
         self.state.deploy_started.setdefault(self.key, time.monotonic())
-        return await self.mirror_readiness(rs, path, registry, claim)
+        return await self.mirror_readiness(rs, path, registry, claim, desired_replicas(spec))
 
     async def _ensure_network_policy(self) -> None:
         """Once per operator run (so an upgrade or a failed create is retried): create the
@@ -187,16 +188,24 @@ class BaseModelReconciler(Reconciler):
         return rs
 
     async def mirror_readiness(
-        self, rs: Mapping[str, Any], path: str, registry: Mapping[str, Any], claim: str
+        self,
+        rs: Mapping[str, Any],
+        path: str,
+        registry: Mapping[str, Any],
+        claim: str,
+        desired: int | None = None,
     ) -> float | None:
         """Write Ready (the app answers) or Deploying with why not; after Ready, mark the
-        adapters the app lists Ready and remove the previous revision's files."""
+        adapters the app lists Ready, remove the previous revision's files and write where
+        adapters are resident (``status.serving``; ``desired``: the replicas asked for)."""
         rs_name = rayservice_name(self.name)
         endpoint = serve_endpoint(self.name, self.namespace, self.settings)
         readiness = basemodel.rayservice_state(rs, path, registry)
         probed = self.settings.serving_probe
+        answer: ServeAnswer | None = None
         if readiness.ready and probed:
-            readiness = basemodel.with_answer(readiness, await probe_serve(endpoint), path)
+            answer = await probe_serve(endpoint)
+            readiness = basemodel.with_answer(readiness, answer, path)
         if not readiness.ready:
             waited = time.monotonic() - self.state.deploy_started[self.key]
             pods = await self.api.list_pods(
@@ -212,6 +221,7 @@ class BaseModelReconciler(Reconciler):
                 rayservice=rs_name,
             )
             await self.writer.apply(update)
+            await self.writer.write({"serving": None})  # nothing is known to serve
             return self.settings.poll_interval_s
         self.state.deploy_started.pop(self.key, None)
         previous_path = self.status.get("servedPath")
@@ -226,10 +236,73 @@ class BaseModelReconciler(Reconciler):
                 probed=probed,
             )
         )
-        if readiness.applied:
-            await self.mark_adapters_ready(registry, readiness.answered)
-            await self.remove_old_revision(previous_path, path, claim)
-        return basemodel.requeue_after_ready(readiness, registry, self.settings.poll_interval_s)
+        requeue = basemodel.requeue_after_ready(readiness, registry, self.settings.poll_interval_s)
+        if not readiness.applied:
+            return requeue
+        await self.mark_adapters_ready(registry, readiness.answered)
+        await self.remove_old_revision(previous_path, path, claim)
+        if answer is None:
+            return requeue
+        poll = await self.write_serving(answer, registry, desired)
+        return poll if requeue is None else min(requeue, poll)
+
+    async def write_serving(
+        self, answer: ServeAnswer, registry: Mapping[str, Any], desired: int | None
+    ) -> float:
+        """Write ``status.serving`` on the BaseModel and each served adapter where it changed
+        (:mod:`~lorafleet_operator.serving_status`).
+
+        Returns:
+            Seconds until the residency should be read again.
+        """
+        before = self.status.get("serving")
+        now = serving_status.base_serving(answer, desired)
+        await self.writer.write({"serving": now})
+        for adapter in self.indexes.adapters(self.namespace, self.name):
+            if adapter.deleting or adapter.served_name not in registry:
+                continue
+            written = self.state.statuses.get((LORAADAPTER_KIND, self.namespace, adapter.name))
+            fields = serving_status.adapter_serving(answer, adapter.served_name)
+            status = written or adapter.status or {}
+            if status.get("serving") == fields:
+                continue
+            # observedGeneration stays as written: this says nothing about the spec.
+            generation = status.get("observedGeneration", adapter.generation)
+            writer = self._adapter_writer(adapter, status, generation)
+            slow_s = self.settings.slow_load_s
+            for event in serving_status.adapter_events(status.get("serving"), fields, slow_s):
+                post = writer.warn if event.warning else writer.info
+                post(reason=event.reason, message=event.message)
+            await writer.write({"serving": fields})
+        return serving_status.next_poll_s(
+            before,
+            now,
+            self.settings.serving_status_interval_s,
+            self.settings.serving_status_idle_s,
+        )
+
+    def _adapter_writer(
+        self, adapter: AdapterFacts, status: Mapping[str, Any] | None, generation: int | None
+    ) -> StatusWriter:
+        """A status writer for one of this BaseModel's adapters.
+
+        Args:
+            adapter: The adapter (index facts).
+            status: Its status as last written here, or ``None`` for the index's.
+            generation: The ``observedGeneration`` its writes carry.
+        """
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": LORAADAPTER_KIND,
+            "metadata": {
+                "name": adapter.name,
+                "namespace": self.namespace,
+                "uid": adapter.uid or "",
+                "generation": generation,
+            },
+            "status": dict(status or adapter.status or {}),
+        }
+        return StatusWriter(LORAADAPTER_KIND, body, self.state, self.logger)
 
     async def remove_old_revision(self, old_path: str | None, new_path: str, claim: str) -> None:
         """Once a new revision serves, remove the files of the one served before it.
@@ -269,18 +342,7 @@ class BaseModelReconciler(Reconciler):
             for a in adapters
         }
         for adapter in basemodel.adapters_to_mark_ready(adapters, registry, answered, written):
-            body = {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": LORAADAPTER_KIND,
-                "metadata": {
-                    "name": adapter.name,
-                    "namespace": self.namespace,
-                    "uid": adapter.uid or "",
-                    "generation": adapter.generation,
-                },
-                "status": written[adapter.name] or adapter.status,
-            }
-            writer = StatusWriter(LORAADAPTER_KIND, body, self.state, self.logger)
+            writer = self._adapter_writer(adapter, written[adapter.name], adapter.generation)
             await writer.apply(basemodel.adapter_served(self.name))
 
     async def delete(self) -> None:

@@ -128,6 +128,7 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
         {"name": "Adapters", "type": "integer", "jsonPath": ".status.adapters"},
+        {"name": "Replicas", "type": "string", "jsonPath": ".status.serving.replicas"},
         {"name": "Revision", "type": "string", "jsonPath": ".status.resolvedRevision"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
@@ -135,6 +136,7 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, Any]]] = {
         {"name": "Base", "type": "string", "jsonPath": ".spec.baseModel"},
         {"name": "Rank", "type": "integer", "jsonPath": ".status.rank"},
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Resident", "type": "string", "jsonPath": ".status.serving.resident"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ],
 }

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel as PydanticModel
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+
+from lorafleet_operator.wire import StatusWire as _StatusWire
+from lorafleet_operator.wire import Wire as _Wire
 
 #: API group, version and ``apiVersion`` string of both resources.
 GROUP = "lorafleet.io"
@@ -39,33 +41,6 @@ SERVED_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 #: A Kubernetes resource quantity such as ``500m``, ``2``, ``16Gi`` (apimachinery quantity grammar).
 QUANTITY_PATTERN = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
-
-
-class _Wire(PydanticModel):
-    """Base of spec models: camelCase aliases, unknown fields rejected, names accepted too."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        use_enum_values=True,
-    )
-
-    def to_wire(self) -> dict[str, Any]:
-        """Return the object as it appears in a manifest: camelCase keys, unset fields left out.
-
-        Returns:
-            A JSON-compatible dict.
-        """
-        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-class _StatusWire(_Wire):
-    """Base of status models: unknown fields (for example kopf's own) are kept, not rejected."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="allow", use_enum_values=True
-    )
 
 
 class Task(StrEnum):
@@ -495,6 +470,36 @@ class _CommonStatus(_StatusWire):
     )
 
 
+class BaseModelServing(_StatusWire):
+    """What the Serve application's replicas report (``status.serving`` of a BaseModel)."""
+
+    replicas: str = Field(description="Replicas reporting / desired, e.g. 2/3 (kubectl REPLICAS).")
+    ready_replicas: int = Field(ge=0, description="Model replicas reporting residency.")
+    desired_replicas: int | None = Field(
+        default=None, ge=0, description="spec.serving.replicas (unset when autoscaling)."
+    )
+    resident_by_replica: dict[str, list[str]] = Field(
+        default_factory=dict, description="Replica id -> adapters resident on it."
+    )
+    requests_per_minute: int = Field(default=0, ge=0, description="Requests in the last minute.")
+
+
+class AdapterServing(_StatusWire):
+    """Where an adapter is resident and how it is used (``status.serving`` of a LoraAdapter)."""
+
+    resident: str = Field(
+        description="Replicas holding it / replicas, e.g. 2/3 (kubectl RESIDENT)."
+    )
+    replicas: list[str] = Field(default_factory=list, description="Replica ids holding it.")
+    last_load_seconds: float | None = Field(
+        default=None, ge=0, description="Seconds its latest load on a replica took."
+    )
+    requests_per_minute: int = Field(default=0, ge=0, description="Requests in the last minute.")
+    load_failures: int = Field(
+        default=0, ge=0, description="Failed loads on the replicas reporting (since they started)."
+    )
+
+
 class BaseModelStatus(_CommonStatus):
     """Observed state of a BaseModel."""
 
@@ -518,6 +523,9 @@ class BaseModelStatus(_CommonStatus):
     blocked_by: list[str] | None = Field(
         default=None, description="LoraAdapters that keep this BaseModel from being deleted."
     )
+    serving: BaseModelServing | None = Field(
+        default=None, description="Replicas and the adapters resident on each (while Ready)."
+    )
 
 
 class LoraAdapterStatus(_CommonStatus):
@@ -537,6 +545,9 @@ class LoraAdapterStatus(_CommonStatus):
     served_name: str | None = Field(default=None, description='The "model" name clients send.')
     base_path: str | None = Field(
         default=None, description="Install folder of the base it was validated against."
+    )
+    serving: AdapterServing | None = Field(
+        default=None, description="Replicas holding it, its last load time and request rate."
     )
 
 

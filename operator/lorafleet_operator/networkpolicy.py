@@ -22,6 +22,8 @@ from lorafleet_operator.settings import Settings
 
 #: Ray's dashboard port (KubeRay's RayService controller talks to it).
 RAY_DASHBOARD_PORT = 8265
+#: Ray's metrics export port on KubeRay's Pods (the "metrics" container port).
+RAY_METRICS_PORT = 8080
 
 
 def network_policy_name(basemodel_name: str) -> str:
@@ -40,7 +42,8 @@ def build_network_policy(body: Mapping[str, Any], settings: Settings) -> dict[st
         A ``networking.k8s.io/v1`` NetworkPolicy selecting the BaseModel's Ray Pods
         (:func:`lorafleet_operator.rayservice.ray_pod_labels`; not its Job Pods), with three
         ingress rules: from those Pods (any port), from the KubeRay namespace (dashboard port),
-        from anywhere (Serve port).
+        from anywhere (Serve port); and with ``settings.metrics_scraper_namespace`` a fourth,
+        from that namespace (Ray's metrics port).
     """
     meta = body["metadata"]
     labels = ray_pod_labels(meta["name"])
@@ -71,6 +74,20 @@ def build_network_policy(body: Mapping[str, Any], settings: Settings) -> dict[st
                     "ports": [{"protocol": "TCP", "port": RAY_DASHBOARD_PORT}],
                 },
                 {"ports": [{"protocol": "TCP", "port": settings.serve_port}]},
+                *_scraper_rule(settings),
             ],
         },
     }
+
+
+def _scraper_rule(settings: Settings) -> list[dict[str, Any]]:
+    """The rule admitting Prometheus's namespace to Ray's metrics port, if one is named."""
+    if not settings.metrics_scraper_namespace:
+        return []
+    namespace = {"kubernetes.io/metadata.name": settings.metrics_scraper_namespace}
+    return [
+        {
+            "from": [{"namespaceSelector": {"matchLabels": namespace}}],
+            "ports": [{"protocol": "TCP", "port": RAY_METRICS_PORT}],
+        }
+    ]

@@ -12,7 +12,10 @@ answer names the new folder.
 
 With several ``Model`` replicas one answer comes from one replica; the operator also waits for
 KubeRay to report every application ``RUNNING`` (Serve marks an application ``DEPLOYING``
-until every replica has applied a new ``user_config``), see :func:`applications_running`.
+until every replica has applied a new ``user_config``), see :func:`applications_running`. The
+answer also carries every live replica's residency facts (``replicas``, from the application's
+residency board, ``lorafleet_serving.residency_board``), which become ``status.serving``
+(:mod:`lorafleet_operator.serving_status`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,24 @@ STATS_ROUTE = "/stats"
 
 
 @dataclass(frozen=True)
+class ReplicaFacts:
+    """What one ``Model`` replica reported to its application's residency board.
+
+    Attributes:
+        resident: Adapters loaded on it now.
+        requests_per_minute: Requests it finished in the last minute, per adapter name
+            (``__base__`` for the bare base, ``__unknown__`` for names not registered).
+        last_load_seconds: Seconds the latest load of each adapter took on it.
+        load_failures: Failed loads of each adapter on it since it started.
+    """
+
+    resident: frozenset[str] = frozenset()
+    requests_per_minute: Mapping[str, int] = field(default_factory=dict)
+    last_load_seconds: Mapping[str, float] = field(default_factory=dict)
+    load_failures: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ServeAnswer:
     """What the Serve application answered (or why it did not).
 
@@ -38,12 +59,15 @@ class ServeAnswer:
         adapters: Adapter names in the answering replica's registry.
         error: Why it did not answer, for a status message (no secrets: the URL is the
             in-cluster Service address); ``None`` when ``ok``.
+        replicas: Replica id -> its residency facts (empty from a serving image that does
+            not report them).
     """
 
     ok: bool
     base_path: str | None = None
     adapters: frozenset[str] = field(default_factory=frozenset)
     error: str | None = None
+    replicas: Mapping[str, ReplicaFacts] = field(default_factory=dict)
 
 
 def parse_stats(payload: Any) -> ServeAnswer:
@@ -63,7 +87,44 @@ def parse_stats(payload: Any) -> ServeAnswer:
         ok=True,
         base_path=base_path if isinstance(base_path, str) else None,
         adapters=frozenset(str(n) for n in payload["registered"]),
+        replicas=parse_replicas(payload.get("replicas")),
     )
+
+
+def parse_replicas(value: Any) -> dict[str, ReplicaFacts]:
+    """Read the ``replicas`` map of a ``GET /stats`` body; anything malformed is left out
+    (status only shows what was reported well)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out: dict[str, ReplicaFacts] = {}
+    for replica, facts in value.items():
+        if not isinstance(facts, Mapping) or not isinstance(facts.get("resident"), list):
+            continue
+        out[str(replica)] = ReplicaFacts(
+            resident=frozenset(str(n) for n in facts["resident"]),
+            requests_per_minute=_counts(facts.get("requests_per_minute")),
+            last_load_seconds={
+                k: float(v) for k, v in _numbers(facts.get("last_load_seconds")).items()
+            },
+            load_failures=_counts(facts.get("load_failures")),
+        )
+    return out
+
+
+def _numbers(value: Any) -> dict[str, int | float]:
+    """The entries of a name -> non-negative number map (others left out)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): v
+        for k, v in value.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+    }
+
+
+def _counts(value: Any) -> dict[str, int]:
+    """The entries of a name -> non-negative integer map (others left out)."""
+    return {k: v for k, v in _numbers(value).items() if isinstance(v, int)}
 
 
 async def probe_serve(

@@ -34,6 +34,10 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
 | ``LORAFLEET_NETWORK_POLICY`` | ``true`` | make a NetworkPolicy per BaseModel that admits to its Ray Pods only their own cluster, KubeRay (dashboard) and clients of the Serve port |
 | ``LORAFLEET_SERVING_PROBE`` | ``true`` | before Ready, ask each Serve application through its Service (``GET /stats``) that it answers and lists the adapter; ``false`` only where the operator cannot reach the Serve Services (Ready then follows KubeRay's condition alone) |
+| ``LORAFLEET_SERVING_STATUS_INTERVAL_S`` | ``15`` | while a Ready BaseModel's residency changes or requests flow, seconds between reads of its replicas' residency into ``status.serving`` |
+| ``LORAFLEET_SERVING_STATUS_IDLE_S`` | ``120`` | the same once two reads in a row saw nothing move |
+| ``LORAFLEET_SLOW_LOAD_S`` | ``30`` | an adapter load on a replica slower than this many seconds is a ``SlowLoad`` Warning Event on the LoraAdapter |
+| ``LORAFLEET_METRICS_SCRAPER_NAMESPACE`` | unset | namespace of the Prometheus that scrapes the Ray Pods: each BaseModel's NetworkPolicy admits it to Ray's metrics port (8080) |
 | ``LORAFLEET_KUBERAY_NAMESPACE`` | ``kuberay-system`` | namespace of the KubeRay operator (admitted to Ray's dashboard port) |
 """
 
@@ -58,6 +62,10 @@ ENV_HF_ENDPOINT = "LORAFLEET_HF_ENDPOINT"
 ENV_AWS_ENDPOINT_URL = "LORAFLEET_AWS_ENDPOINT_URL"
 ENV_JOB_BACKOFF_LIMIT = "LORAFLEET_JOB_BACKOFF_LIMIT"
 ENV_JOB_DEADLINE_S = "LORAFLEET_JOB_DEADLINE_S"
+ENV_SERVING_STATUS_INTERVAL_S = "LORAFLEET_SERVING_STATUS_INTERVAL_S"
+ENV_METRICS_SCRAPER_NAMESPACE = "LORAFLEET_METRICS_SCRAPER_NAMESPACE"
+ENV_SLOW_LOAD_S = "LORAFLEET_SLOW_LOAD_S"
+ENV_SERVING_STATUS_IDLE_S = "LORAFLEET_SERVING_STATUS_IDLE_S"
 ENV_JOB_TTL_S = "LORAFLEET_JOB_TTL_S"
 ENV_INSTALLER_RESOURCES = "LORAFLEET_INSTALLER_RESOURCES"
 ENV_GPU_RESOURCE_NAME = "LORAFLEET_GPU_RESOURCE_NAME"
@@ -141,6 +149,12 @@ class Settings:
             port by that NetworkPolicy.
         serving_probe: Whether Ready waits for the Serve application to answer through its
             Service and list the adapter (:mod:`lorafleet_operator.serveprobe`).
+        serving_status_interval_s: Seconds between reads of a Ready BaseModel's residency
+            (``status.serving``) while it changes or requests flow.
+        serving_status_idle_s: The same once nothing moves.
+        metrics_scraper_namespace: Namespace whose Pods (Prometheus) the NetworkPolicy admits
+            to Ray's metrics port, or ``None``.
+        slow_load_s: Adapter load seconds above which a ``SlowLoad`` Warning is posted.
     """
 
     installer_image: str = DEFAULT_IMAGE
@@ -173,6 +187,10 @@ class Settings:
     network_policy: bool = True
     kuberay_namespace: str = "kuberay-system"
     serving_probe: bool = True
+    serving_status_interval_s: float = 15.0
+    serving_status_idle_s: float = 120.0
+    metrics_scraper_namespace: str | None = None
+    slow_load_s: float = 30.0
 
     @property
     def ray_image(self) -> str:
@@ -223,6 +241,10 @@ _ENV_FIELDS: dict[str, str] = {
     "network_policy": ENV_NETWORK_POLICY,
     "kuberay_namespace": ENV_KUBERAY_NAMESPACE,
     "serving_probe": ENV_SERVING_PROBE,
+    "serving_status_interval_s": ENV_SERVING_STATUS_INTERVAL_S,
+    "serving_status_idle_s": ENV_SERVING_STATUS_IDLE_S,
+    "metrics_scraper_namespace": ENV_METRICS_SCRAPER_NAMESPACE,
+    "slow_load_s": ENV_SLOW_LOAD_S,
 }
 
 
@@ -236,7 +258,15 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "job_deadline_s": (1, None),  # activeDeadlineSeconds must be positive
 }
 #: Float settings that must be above zero (intervals the operator sleeps).
-_POSITIVE_FLOATS = frozenset({"poll_interval_s", "ready_timeout_s"})
+_POSITIVE_FLOATS = frozenset(
+    {
+        "poll_interval_s",
+        "ready_timeout_s",
+        "serving_status_interval_s",
+        "serving_status_idle_s",
+        "slow_load_s",
+    }
+)
 
 
 def parse_resources(raw: str) -> dict[str, dict[str, str]]:

@@ -42,6 +42,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .errors import ServingError, UnknownModelError
 from .http.app import DEFAULT_MAX_REQUEST_BYTES, create_app
 from .ray_backend import PortableServingError, RayModelBackend
+from .residency_board import BoardClient
 from .serve_multiplex import MultiplexLRU
 from .server.backend import ModelServerBackend
 from .types import (
@@ -55,6 +56,8 @@ from .types import (
 
 logger = logging.getLogger(__name__)
 
+#: Longest wait for a residency report inside Serve's health check, seconds.
+REPORT_TIMEOUT_S = 5.0
 #: The adapter cache's capacity before the first ``reconfigure`` sets ``max_adapters``.
 DEFAULT_MAX_ADAPTERS = 8
 #: Serve's multiplex LRU limit: unlimited (Serve's public value), the adapter cache evicts.
@@ -211,8 +214,42 @@ class Model:
         self.max_adapters = DEFAULT_MAX_ADAPTERS
         self.reconfigures = 0
         self.server.unload_listeners.append(self._stop_routing)
+        self.server.unload_listeners.append(self._report_soon)
+        self.board = _board_client()
+        self._reports: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- adapter residency
+
+    def facts(self) -> dict[str, Any]:
+        """What this replica reports to its application's residency board."""
+        stats = self.server.stats()
+        return {
+            "pid": os.getpid(),
+            "resident": list(self.server.resident_adapters()),
+            "max_adapters": self.max_adapters,
+            "requests_per_minute": stats["requests_per_minute"],
+            "last_load_seconds": stats["last_load_seconds"],
+            "load_failures": stats["load_failures"],
+        }
+
+    async def _report(self) -> None:
+        if self.board is not None:
+            await self.board.report(self.facts())
+
+    def _report_soon(self, _name: str | None = None) -> None:
+        """Report in the background (an adapter was loaded or unloaded)."""
+        task = asyncio.get_running_loop().create_task(self._report())
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def check_health(self) -> None:
+        """Serve's periodic health check (every ``health_check_period_s``, 10 s by default):
+        also this replica's residency heartbeat. Never raises for the report, and gives it at
+        most :data:`REPORT_TIMEOUT_S` (a slow board must not fail the health check)."""
+        try:
+            await asyncio.wait_for(self._report(), REPORT_TIMEOUT_S)
+        except TimeoutError:
+            logger.warning("residency report took over %.0f s; skipped", REPORT_TIMEOUT_S)
 
     def _multiplex(self) -> MultiplexLRU | None:
         return MultiplexLRU.of(self)
@@ -232,6 +269,7 @@ class Model:
             AdapterLoadError: Its files failed to load (503); nothing is cached.
         """
         await self.server.ensure_adapter(name)
+        self._report_soon()
         return _ResidentAdapter(self.server, name, asyncio.get_running_loop())
 
     def _stop_routing(self, name: str) -> None:
@@ -369,13 +407,17 @@ class Model:
         return self.server.registered_adapters()
 
     async def info(self) -> dict[str, Any]:
-        """Replica facts: pid, base folder, registered and resident adapters, multiplexed ids, stats.
+        """Replica facts: pid, base folder, registered and resident adapters, multiplexed ids,
+        stats, and every live replica's residency facts (``replicas``, from the board).
 
         The operator reads ``base_path`` and ``registered`` (``GET /stats``) before it calls a
-        BaseModel or an adapter Ready (``lorafleet_operator.serveprobe``).
+        BaseModel or an adapter Ready (``lorafleet_operator.serveprobe``), and ``replicas`` for
+        ``status.serving``.
         """
         lru = self._multiplex()
+        replicas = await self.board.view() if self.board is not None else {}
         return {
+            "replicas": replicas,
             "pid": os.getpid(),
             "task": self.args.task,
             "base_path": self.args.base_path,
@@ -390,6 +432,15 @@ class Model:
     async def ready(self) -> bool:
         """True once the base model is loaded (the constructor has returned)."""
         return True
+
+
+def _board_client() -> BoardClient | None:
+    """This replica's link to its application's residency board (``None`` outside Serve)."""
+    try:
+        ctx = serve.get_replica_context()
+    except Exception:  # not in a Serve replica (tests building Model directly)
+        return None
+    return BoardClient(ctx.app_name or "default", ctx.replica_tag)
 
 
 #: Concurrent requests one Ingress replica forwards. Serve's default (5) would cap what the

@@ -114,6 +114,7 @@ def test_default_render(helm_bin: Path) -> None:
     # Ray Pods get a NetworkPolicy admitting KubeRay from its usual namespace.
     assert env["LORAFLEET_NETWORK_POLICY"] == "true"
     assert env["LORAFLEET_KUBERAY_NAMESPACE"] == "kuberay-system"
+    assert "LORAFLEET_METRICS_SCRAPER_NAMESPACE" not in env  # Prometheus not admitted
     assert env["LORAFLEET_SERVING_PROBE"] == "true"
     assert "LORAFLEET_INSTALLER_RESOURCES" not in env
     assert "LORAFLEET_IMAGE_PULL_SECRETS" not in env
@@ -198,6 +199,7 @@ def test_full_render_maps_every_option(helm_bin: Path) -> None:
     assert env["LORAFLEET_GPU_RESOURCE_NAME"] == "amd.com/gpu"
     assert env["LORAFLEET_NETWORK_POLICY"] == "false"
     assert env["LORAFLEET_KUBERAY_NAMESPACE"] == "ray-operators"
+    assert env["LORAFLEET_METRICS_SCRAPER_NAMESPACE"] == "monitoring"
     assert env["LORAFLEET_IMAGE_PULL_SECRETS"] == "regcred,mirror-cred"
     # The operator reads the chart's env exactly as it will in the cluster.
     settings = settings_from_env({k: v for k, v in env.items() if isinstance(v, str)})
@@ -283,6 +285,11 @@ BAD_VALUES = [
     ({"imagePullSecrets": '[{"name": "Bad_Name"}]'}, "name"),
     ({"operator.registryWriteIntervalSeconds": "-1"}, "registryWriteIntervalSeconds"),
     ({"operator.listenHost": '""'}, "listenHost"),
+    ({"monitoring.podMonitor.interval": '"30 seconds"'}, "interval"),
+    ({"monitoring.podMonitor.enable": "true"}, "enable"),
+    ({"monitoring.grafanaDashboard.label": '"grafana dashboard"'}, "label"),
+    ({"monitoring.grafanaDashboard.labelValue": "1"}, "labelValue"),
+    ({"monitoring.grafanaDashboard.namespace": '"Monitoring"'}, "namespace"),
 ]
 
 

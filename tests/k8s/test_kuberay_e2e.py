@@ -300,6 +300,22 @@ def test_helm_install_apply_and_classify_through_the_serve_service(
         for name in ("sentiment", "topic"):
             _assert_equals_peft(_classify(url, name), weights["minilm"], weights[name])
 
+        # Where each adapter lives (status.serving, from every replica's residency report):
+        # both were just used on the one replica, so both are resident there.
+        def resident(name: str) -> str | None:
+            status = (_get(custom, "loraadapters", name) or {}).get("status") or {}
+            return (status.get("serving") or {}).get("resident")
+
+        for name in ("sentiment", "topic"):
+            wait_for(f"{name} RESIDENT 1/1", lambda n=name: resident(n) == "1/1", timeout=120)
+        listed = kube_cluster.kubectl_run("get", "lora", "-n", NAMESPACE, check=False).stdout
+        assert "RESIDENT" in listed.splitlines()[0], listed
+        assert all("1/1" in line for line in listed.splitlines()[1:] if line), listed
+        base_serving = _get(custom, "basemodels", "minilm")["status"]["serving"]
+        assert base_serving["replicas"] == "1/1", base_serving
+        (on_replica,) = base_serving["residentByReplica"].values()
+        assert set(on_replica) == {"sentiment", "topic"}, base_serving
+
         def ray_pods() -> dict[str, str]:
             pods = core.list_namespaced_pod(NAMESPACE, label_selector="ray.io/node-type").items
             return {p.metadata.name: p.metadata.uid for p in pods}

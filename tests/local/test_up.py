@@ -265,6 +265,22 @@ class TestUp:
         assert "basemodels.lorafleet.io" in out and "loraadapters.lorafleet.io" in out
         for word in (APP, "sentiment", "topic", "Ready", "text-classification"):
             assert word in out
+        assert "REPLICAS" in out and "RESIDENT" in out
+        # Both adapters were used on the one replica: the app's residency report says so, as
+        # status.serving does on a cluster (reports are asynchronous: a few seconds at most).
+        deadline = time.monotonic() + 60
+        while True:
+            assert lorafleet_main(["status", "--home", str(fleet["home"]), "-o", "json"]) == 0
+            objects = json.loads(capsys.readouterr().out)["objects"]
+            resident = {
+                name: (objects[f"LoraAdapter/default/{name}"].get("serving") or {}).get("resident")
+                for name in ("sentiment", "topic")
+            }
+            if resident == {"sentiment": "1/1", "topic": "1/1"}:
+                break
+            assert time.monotonic() < deadline, resident
+            time.sleep(1.0)
+        assert objects[f"BaseModel/default/{APP}"]["serving"]["replicas"] == "1"
 
     def test_added_manifest_is_served_in_place(self, fleet: dict) -> None:
         pids_before = self._model_pids(fleet)

@@ -585,3 +585,19 @@ def test_install_job_and_local_mode_pass_the_installer_the_same_arguments(source
     )
     for pattern in source.get("allowPatterns", []) + source.get("ignorePatterns", []):
         assert pattern in on_cluster
+
+
+def test_network_policy_admits_a_named_prometheus_namespace_to_the_metrics_port_only():
+    from lorafleet_operator.networkpolicy import build_network_policy
+
+    policy = build_network_policy(
+        BM_BODY, SETTINGS.with_overrides(metrics_scraper_namespace="monitoring")
+    )
+    *_, scraper = policy["spec"]["ingress"]
+    assert scraper == {
+        "from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }
+    assert len(build_network_policy(BM_BODY, SETTINGS)["spec"]["ingress"]) == 3  # unset: none

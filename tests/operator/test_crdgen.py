@@ -63,7 +63,7 @@ def test_names_columns_and_validation_rules():
     assert bm["metadata"]["name"] == "basemodels.lorafleet.io"
     assert bm["spec"]["names"]["shortNames"] == ["bm"]
     cols = [c["name"] for c in bm["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Task", "Phase", "Progress", "Adapters", "Revision", "Age"]
+    assert cols == ["Task", "Phase", "Progress", "Adapters", "Replicas", "Revision", "Age"]
     spec = bm["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     storage = spec["properties"]["storage"]
     assert any("claimName" in r["rule"] for r in storage["x-kubernetes-validations"])
@@ -73,7 +73,7 @@ def test_names_columns_and_validation_rules():
     lora = crdgen.build_crd("LoraAdapter")
     assert lora["spec"]["names"]["shortNames"] == ["lora"]
     cols = [c["name"] for c in lora["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert cols == ["Base", "Rank", "Phase", "Age"]
+    assert cols == ["Base", "Rank", "Phase", "Resident", "Age"]
     lspec = lora["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert lspec["properties"]["deletionPolicy"]["enum"] == ["Delete", "Retain"]
     assert lspec["required"] == ["baseModel", "source"]

@@ -622,6 +622,7 @@ def test_serving_metrics_on_the_ray_node_endpoint(
             )
 
         samples = _wait_for(ray_cluster, settled)
+        board = requests.get(f"{ray_cluster.http_url}/{SOLO_APP}/stats", timeout=30).json()
     finally:
         deploy_serve_config(
             ray_cluster.dashboard_url, deployed, timeout=120, token=ray_cluster.token
@@ -640,3 +641,9 @@ def test_serving_metrics_on_the_ray_node_endpoint(
     ttft = "ray_lorafleet_time_to_first_token_seconds_count"
     assert sum(_value(samples, ttft, adapter=n) for n in sent) == sum(sent.values())
     assert _value(samples, "ray_lorafleet_step_rows_count") > 0
+    # The residency board (GET /stats -> replicas): the one replica holds beta, with its
+    # requests of the last minute and each adapter's last load time.
+    (facts,) = board["replicas"].values()
+    assert facts["resident"] == ["beta"]
+    assert facts["requests_per_minute"] == sent
+    assert set(facts["last_load_seconds"]) == {"alpha", "beta"}

@@ -55,6 +55,10 @@ install Jobs read tokens and keys from each BaseModel's secretRef via secretKeyR
   value: {{ .Values.networkPolicy.enabled | quote }}
 - name: LORAFLEET_KUBERAY_NAMESPACE
   value: {{ .Values.kuberay.namespace | quote }}
+{{- with .Values.monitoring.podMonitor.scraperNamespace }}
+- name: LORAFLEET_METRICS_SCRAPER_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
 - name: LORAFLEET_SERVING_PROBE
   value: {{ .Values.operator.servingProbe | quote }}
 {{- with .Values.installer.resources }}

@@ -1,14 +1,17 @@
 """``lorafleet status``: what local mode installed and serves, like ``kubectl get bm,lora``.
 
 Reads ``HOME/state.json`` (written by ``lorafleet up``) and prints one table per kind:
-BaseModels (NAME, TASK, PHASE, REASON, REVISION, SIZE, ADAPTERS, ENDPOINT) and LoraAdapters
-(NAME, BASE, RANK, PHASE, REASON, REVISION, SIZE). ``--wait SECONDS`` waits until every object
+BaseModels (NAME, TASK, PHASE, REASON, REVISION, SIZE, ADAPTERS, REPLICAS, AGE) and LoraAdapters
+(NAME, BASE, RANK, PHASE, REASON, REVISION, SIZE, RESIDENT, AGE). REPLICAS and RESIDENT are
+asked of the running Serve applications, as the operator asks them for ``status.serving`` on
+a cluster (:func:`live_serving`). ``--wait SECONDS`` waits until every object
 is Ready (exit 0) or one Failed (exit 1) -- handy in scripts that run ``up`` in the background.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import time
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet_operator.local.state import STATE_FILE
+from lorafleet_operator.serveprobe import probe_serve
+from lorafleet_operator.serving_status import adapter_serving, base_serving
 
 
 def add_parser(
@@ -140,14 +145,58 @@ def _revision(record: dict[str, Any]) -> str:
     return rev[:12] if len(rev) > 16 else rev
 
 
-def render(state: dict[str, Any], console: Any) -> None:
+def live_serving(state: dict[str, Any], timeout_s: float = 3.0) -> dict[str, dict[str, Any]]:
+    """``status.serving`` of each Ready object, asked of the running Serve apps as the operator
+    asks them on a cluster (``GET <endpoint>/stats``; :mod:`lorafleet_operator.serving_status`).
+
+    Args:
+        state: A :func:`load_state` result.
+        timeout_s: Seconds for each app's answer.
+
+    Returns:
+        Object key -> its ``serving`` object; empty when ``lorafleet up`` is not running, and
+        nothing for an app that does not answer.
+    """
+    if not _running(state):
+        return {}
+    objects = state.get("objects") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, record in objects.items():
+        if not key.startswith("BaseModel/") or record.get("phase") != "Ready":
+            continue
+        if not record.get("endpoint"):
+            continue
+        answer = asyncio.run(probe_serve(record["endpoint"], timeout_s=timeout_s, attempts=1))
+        base = base_serving(answer, None)
+        if base is None:
+            continue
+        out[key] = base
+        _, namespace, name = key.split("/", 2)
+        for akey, adapter in objects.items():
+            if not akey.startswith(f"LoraAdapter/{namespace}/") or adapter.get("baseModel") != name:
+                continue
+            served = adapter_serving(answer, str(adapter.get("servedName") or akey.split("/")[-1]))
+            if served is not None and adapter.get("phase") == "Ready":
+                out[akey] = served
+    return out
+
+
+def render(
+    state: dict[str, Any], console: Any, serving: dict[str, dict[str, Any]] | None = None
+) -> None:
     """Print the BaseModel and LoraAdapter tables of a state.
 
     Args:
         state: A :func:`load_state` result.
         console: A ``rich.console.Console``.
+        serving: :func:`live_serving` (REPLICAS and RESIDENT columns; ``-`` when unknown).
     """
     from rich.table import Table
+
+    serving = serving or {}
+
+    def live(key: str, field: str) -> str:
+        return str((serving.get(key) or {}).get(field) or "-")
 
     objects = state.get("objects") or {}
     bases = {k: r for k, r in objects.items() if k.startswith("BaseModel/")}
@@ -161,7 +210,8 @@ def render(state: dict[str, Any], console: Any) -> None:
         return f"[{colour}]{value}[/]"
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("NAME", "TASK", "PHASE", "REASON", "REVISION", "SIZE", "ADAPTERS", "AGE"):
+    columns = ("NAME", "TASK", "PHASE", "REASON", "REVISION", "SIZE", "ADAPTERS", "REPLICAS", "AGE")
+    for col in columns:
         table.add_column(col, no_wrap=True)
     for key in sorted(bases):
         r = bases[key]
@@ -179,13 +229,14 @@ def render(state: dict[str, Any], console: Any) -> None:
             _revision(r),
             _size(r.get("sizeBytes")),
             str(n_adapters),
+            live(key, "replicas"),
             _age(r),
         )
     console.print("[bold]basemodels.lorafleet.io[/]")
     console.print(table if bases else "  (none)")
 
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("NAME", "BASE", "RANK", "PHASE", "REASON", "REVISION", "SIZE", "AGE"):
+    for col in ("NAME", "BASE", "RANK", "PHASE", "REASON", "REVISION", "SIZE", "RESIDENT", "AGE"):
         table.add_column(col, no_wrap=True)
     for key in sorted(adapters):
         r = adapters[key]
@@ -198,6 +249,7 @@ def render(state: dict[str, Any], console: Any) -> None:
             str(r.get("reason") or ""),
             _revision(r),
             _size(r.get("sizeBytes")),
+            live(key, "resident"),
             _age(r),
         )
     console.print("[bold]loraadapters.lorafleet.io[/]")
@@ -251,8 +303,11 @@ def run(args: argparse.Namespace) -> int:
     if state is None:
         console.print(f"no local state in {home} (run `lorafleet up -f DIR --home {args.home}`)")
         return 3
+    serving = live_serving(state)
     if args.output == "json":
+        for key, fields in serving.items():
+            state["objects"][key]["serving"] = fields
         console.print_json(json.dumps(state))
     else:
-        render(state, console)
+        render(state, console, serving)
     return code

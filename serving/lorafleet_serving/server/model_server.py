@@ -44,11 +44,12 @@ from ..types import (
     GenerateResult,
     StreamDelta,
 )
+from .activity import AdapterActivity
 from .adapter_cache import AdapterCache, AdapterSpec, parse_user_config
 from .chat import render_chat_prompt
 from .classification_runs import ClassificationRuns, ClassifyItem
 from .generation_runs import GenerationItem, GenerationRuns
-from .metrics import DiscardingFactory, MetricsFactory, ServingMetrics
+from .metrics import BASE_LABEL, UNKNOWN_LABEL, DiscardingFactory, MetricsFactory, ServingMetrics
 from .requests import (
     adapter_name,
     check_classify_texts,
@@ -149,6 +150,7 @@ class ModelServer:
             metrics_factory or DiscardingFactory(), self.cache.is_registered
         )
         self._adapter_bytes: dict[str, int] = {}
+        self.activity = AdapterActivity()
         self._generation = GenerationRuns(
             engine,
             self._call,
@@ -222,7 +224,9 @@ class ModelServer:
         except Exception:
             self.metrics.adapter_load_failed(spec.name)
             raise
-        self.metrics.adapter_loaded(spec.name, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.metrics.adapter_loaded(spec.name, seconds)
+        self.activity.loaded(spec.name, seconds)
         self._adapter_bytes[spec.name] = int(getattr(info, "nbytes", 0))
         self.metrics.memory(self._tensor_bytes, sum(self._adapter_bytes.values()))
 
@@ -297,6 +301,7 @@ class ModelServer:
                 await self._call(self.engine.set_capacity, max(max_adapters, highest))
         for name in stale:
             await self.cache.evict(name)
+        self.activity.forget({*self.cache.registry, BASE_LABEL, UNKNOWN_LABEL})
 
     def registered_adapters(self) -> dict[str, dict[str, Any]]:
         """The registry: adapter name -> ``{"path", "rank"?, "labels"?, ...}``."""
@@ -337,7 +342,9 @@ class ModelServer:
             ``batches``, ``mean_batch_size``, ``generation_batches``,
             ``classification_batches``, ``joined`` (requests that joined a running generation
             batch), ``generation_steps``, ``mean_rows_per_step`` (decode rows per forward pass),
-            ``requests``, ``failed_requests``, ``resident``, ``registered``, ``tensor_bytes``.
+            ``requests``, ``failed_requests``, ``resident``, ``registered``, ``tensor_bytes``,
+            ``requests_per_minute`` (per adapter label, last 60 s) and ``last_load_seconds``
+            (per adapter).
         """
         gen, cls = self._gen_batcher, self._cls_batcher
         batches = gen.batches + cls.batches
@@ -363,6 +370,8 @@ class ModelServer:
             # Measured on the worker thread after each load/unload: walking the model here
             # could race with peft injecting modules on that thread.
             "tensor_bytes": self._tensor_bytes,
+            "requests_per_minute": self.activity.requests_per_minute(),
+            "last_load_seconds": self.activity.last_load_seconds(),
         }
 
     @contextlib.asynccontextmanager
@@ -478,6 +487,7 @@ class ModelServer:
     ) -> None:
         """Record a finished generation request's outcome, tokens and timing."""
         adapter = item.adapter if item is not None else _adapter_or_none(req.adapter)
+        self.activity.request(self.metrics.label(adapter))
         row = item.row if item is not None else None
         self.metrics.request_finished(
             adapter,
@@ -594,9 +604,9 @@ class ModelServer:
             status = 500
             raise
         finally:
-            self.metrics.request_finished(
-                _adapter_or_none(req.adapter), status, tokens if status == 200 else 0, 0
-            )
+            named = _adapter_or_none(req.adapter)
+            self.activity.request(self.metrics.label(named))
+            self.metrics.request_finished(named, status, tokens if status == 200 else 0, 0)
 
     # ----------------------------------------------------------------- lifecycle
 
