@@ -293,11 +293,21 @@ class Model:
                     token.released = True  # already gone from the server
 
     async def _use_adapter(self, adapter: str | None) -> None:
+        """Make ``adapter`` resident through Serve's multiplexed loader.
+
+        Raises:
+            UnknownModelError: Not registered.
+            AdapterLoadError: It failed to load. Either way the request is counted as refused.
+        """
         if adapter is None or adapter == BASE_ADAPTER:
             return
-        if adapter not in self.server.registered_adapters():
-            raise UnknownModelError(adapter)
-        await self.load_adapter(adapter)
+        try:
+            if adapter not in self.server.registered_adapters():
+                raise UnknownModelError(adapter)
+            await self.load_adapter(adapter)
+        except ServingError as exc:
+            self.server.count_refused(adapter, exc)
+            raise
         self._sync_multiplex()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:

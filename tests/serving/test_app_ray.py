@@ -595,7 +595,7 @@ def test_serving_metrics_on_the_ray_node_endpoint(
         SOLO_APP,
         str(tiny_causal_lm),
         spec,
-        {n: {"path": str(ray_adapters[n]), "rank": 8} for n in ("alpha", "beta")},
+        {n: {"path": str(ray_adapters[n]), "rank": 8} for n in ("alpha", "beta", "broken")},
         num_cpus=MODEL_NUM_CPUS,
         num_gpus=0,
         route_prefix=f"/{SOLO_APP}",
@@ -605,12 +605,22 @@ def test_serving_metrics_on_the_ray_node_endpoint(
     deploy_serve_config(ray_cluster.dashboard_url, config, timeout=300, token=ray_cluster.token)
     resident = "ray_lorafleet_adapter_resident"
     try:
+        # First a load that fails (nothing resident yet, so nothing is evicted for it).
+        broken = requests.post(
+            f"{ray_cluster.http_url}/{SOLO_APP}/v1/completions",
+            json={"model": "broken", "prompt": PROMPTS[0], "max_tokens": 2},
+            timeout=120,
+        )
+        assert broken.status_code == 503, broken.text
         _stream(ray_cluster, "alpha")
         first = _wait_for(ray_cluster, lambda s: _value(s, resident, adapter="alpha") == 1)
         assert _value(first, resident, adapter="alpha") == 1
         for model in ("beta", "alpha", "beta", "beta"):
             _stream(ray_cluster, model)
         sent = {"alpha": 2, "beta": 3}
+
+        def failed(s: dict) -> float:
+            return _value(s, "ray_lorafleet_adapter_load_failures_total", adapter="broken")
 
         def settled(s: dict) -> bool:
             return (
@@ -619,6 +629,7 @@ def test_serving_metrics_on_the_ray_node_endpoint(
                     for n, k in sent.items()
                 )
                 and _value(s, resident, adapter="alpha") == 0
+                and failed(s) == 1
             )
 
         samples = _wait_for(ray_cluster, settled)
@@ -641,9 +652,20 @@ def test_serving_metrics_on_the_ray_node_endpoint(
     ttft = "ray_lorafleet_time_to_first_token_seconds_count"
     assert sum(_value(samples, ttft, adapter=n) for n in sent) == sum(sent.values())
     assert _value(samples, "ray_lorafleet_step_rows_count") > 0
+    assert failed(samples) == 1
+    assert _value(samples, "ray_lorafleet_requests_total", adapter="broken", status="5xx") == 1
+    # Every metric the dashboard may query (EXPORTED; tests/chart/test_dashboard.py checks the
+    # dashboard against it) is on the real endpoint.
+    from lorafleet_serving.server.metrics import EXPORTED
+
+    scraped = {name for name, _ in samples}
+    suffixes = ("", "_bucket", "_count", "_sum")
+    assert all(any(m + x in scraped for x in suffixes) for m in EXPORTED), set(EXPORTED) - {
+        n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum") for n in scraped
+    }
     # The residency board (GET /stats -> replicas): the one replica holds beta, with its
     # requests of the last minute and each adapter's last load time.
     (facts,) = board["replicas"].values()
     assert facts["resident"] == ["beta"]
-    assert facts["requests_per_minute"] == sent
+    assert facts["requests_per_minute"] == {**sent, "broken": 1}
     assert set(facts["last_load_seconds"]) == {"alpha", "beta"}

@@ -482,6 +482,19 @@ class ModelServer:
                     item.row.cancelled = True
             self._record_generation(req, item, status, timing)
 
+    def count_refused(self, adapter: str | None, exc: ServingError) -> None:
+        """Count a request refused before it reached this server (in the Ray Serve
+        deployment: its adapter is unknown or failed to load), as a failed request would be.
+
+        Args:
+            adapter: The adapter it named.
+            exc: Why it was refused (its ``status_code`` is recorded).
+        """
+        self.requests += 1
+        self.failed_requests += 1
+        self.activity.request(self.metrics.label(adapter))
+        self.metrics.request_finished(adapter, exc.status_code, 0, 0)
+
     def _record_generation(
         self, req: GenerateRequest, item: GenerationItem | None, status: int, timing: _TokenTiming
     ) -> None:
