@@ -16,7 +16,9 @@ operator rather than torch start-up, the Jobs' ``lorafleet-install`` resolves (t
 to a *benchmark installer* written by this script, which lays out the install folder and writes
 an install report exactly as the real installer does (docs/interfaces.md sections 1-2) for a
 trivial source. RayService readiness is written by a thread standing in for KubeRay's status
-writer. Last line (exactly): ``adapters_ready_s=<s> serve_config_writes=<n> per_adapter_ms=<ms>``.
+writer, and ``GET /stats`` of the Serve application (the operator's probe, and the residency
+report it writes into ``status.serving``) is answered by a stand-in on 127.0.0.1
+(``LORAFLEET_SERVING_PROBE_URL``): status feedback is on, as in a cluster. Last line (exactly): ``adapters_ready_s=<s> serve_config_writes=<n> per_adapter_ms=<ms>``.
 
 Usage: ``python benchmarks/operator.py [--quick] [--adapters N] [--kubeconfig PATH]``
 (without ``--kubeconfig`` a control plane is started with ``scripts/cluster.sh up`` and stopped).
@@ -132,6 +134,61 @@ def _readiness_writer(namespace: str, stop: threading.Event) -> None:
                 )
 
 
+def _serve_stub(namespace: str, resident: int) -> tuple[Any, int]:
+    """A stand-in for the Serve application's ``GET /stats`` on 127.0.0.1 (there are no Ray
+    Pods): it lists the adapter registry the RayService's serve config holds, as the real app
+    does, and reports two replicas holding ``resident`` of them each (the residency report
+    ``status.serving`` is written from), with some requests per minute.
+
+    Returns:
+        (the running ``ThreadingHTTPServer``, its port).
+    """
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import yaml
+    from kubernetes import client
+
+    api = client.CustomObjectsApi()
+
+    def registry() -> list[str]:
+        rs = api.get_namespaced_custom_object("ray.io", "v1", namespace, "rayservices", "base")
+        config = yaml.safe_load(rs["spec"].get("serveConfigV2") or "{}") or {}
+        names: list[str] = []
+        for app in config.get("applications", []):
+            for dep in app.get("deployments", []):
+                names += list((dep.get("user_config") or {}).get("adapters") or {})
+        return sorted(names)
+
+    class Stats(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            names = registry()
+            body = {
+                "registered": names,
+                "replicas": {
+                    f"replica-{k}": {
+                        "resident": names[k * resident : (k + 1) * resident],
+                        "requests_per_minute": {n: 3 for n in names[:resident]},
+                        "last_load_seconds": {n: 0.012 for n in names[: 2 * resident]},
+                    }
+                    for k in range(2)
+                },
+            }
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stats)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
 def _cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -185,8 +242,14 @@ def run(args: argparse.Namespace) -> int:
         volume.mkdir()
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ['PATH']}"
 
+        stub, stub_port = _serve_stub(ns, resident=8)
+        stack.callback(stub.shutdown)
         env = dict(os.environ)
         env.update(
+            # The operator's Serve probe (Ready means served) and status.serving feedback ask
+            # the stub instead of the in-cluster Service name this host cannot resolve.
+            LORAFLEET_SERVING_PROBE="true",
+            LORAFLEET_SERVING_PROBE_URL=f"http://127.0.0.1:{stub_port}",
             LORAFLEET_DEFAULT_CLAIM=CLAIM,
             LORAFLEET_POLL_INTERVAL_S="1",
             LORAFLEET_DEBOUNCE_S="1",
@@ -238,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
                 "apiVersion": f"{GROUP}/{VERSION}",
                 "kind": "BaseModel",
                 "metadata": {"name": "base"},
-                "spec": {"source": {"uri": "file:///bench/base"}, "serving": {"gpus": 0}},
+                "spec": {"source": {"uri": f"pvc://{CLAIM}/bench/base"}, "serving": {"gpus": 0}},
             },
         )
         deadline = time.monotonic() + 300
@@ -269,7 +332,10 @@ def run(args: argparse.Namespace) -> int:
                     "apiVersion": f"{GROUP}/{VERSION}",
                     "kind": "LoraAdapter",
                     "metadata": {"name": f"a{i:04d}"},
-                    "spec": {"baseModel": "base", "source": {"uri": f"file:///bench/a{i}"}},
+                    "spec": {
+                        "baseModel": "base",
+                        "source": {"uri": f"pvc://{CLAIM}/bench/a{i}"},
+                    },
                 },
             )
         deadline = started + args.timeout
@@ -286,6 +352,19 @@ def run(args: argparse.Namespace) -> int:
         rs = custom.get_namespaced_custom_object("ray.io", "v1", ns, "rayservices", "base")
         writes = rs["metadata"]["generation"] - gen0
         print(f"ready={ready}/{n} registry_writes={writes}", flush=True)
+        deadline = time.monotonic() + 120
+        while True:  # status feedback: every adapter's RESIDENT written
+            items = custom.list_namespaced_custom_object(GROUP, VERSION, ns, "loraadapters")[
+                "items"
+            ]
+            fed = sum(1 for o in items if ((o.get("status") or {}).get("serving") or {}))
+            if fed == n or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        resident = sum(
+            1 for o in items if (o["status"].get("serving") or {}).get("resident", "0/2") != "0/2"
+        )
+        print(f"status.serving written on {fed}/{n} adapters ({resident} resident)", flush=True)
         time.sleep(5)  # let the last status writes settle
         cpu0, t0 = _cpu_seconds(operator.pid), time.monotonic()
         time.sleep(args.idle_s)
@@ -293,7 +372,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"operator_idle_cpu_percent={idle_pct:.2f} over {args.idle_s:.0f}s", flush=True)
         core.delete_namespace(ns)
         per_ms = 1000.0 * elapsed / n
-        ok = ready == n and writes <= 20 and idle_pct < 2.0
+        ok = ready == n and fed == n and writes <= 20 and idle_pct < 2.0
         if not ok:
             print(
                 f"targets missed: ready {ready}/{n}, writes {writes} (<=20), idle {idle_pct:.2f}% (<2)"

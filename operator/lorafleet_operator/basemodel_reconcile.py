@@ -35,6 +35,7 @@ from lorafleet_operator.models import (
 from lorafleet_operator.networkpolicy import build_network_policy
 from lorafleet_operator.rayservice import (
     build_rayservice,
+    probe_endpoint,
     ray_pod_labels,
     ray_pod_problems,
     rayservice_name,
@@ -204,7 +205,7 @@ class BaseModelReconciler(Reconciler):
         probed = self.settings.serving_probe
         answer: ServeAnswer | None = None
         if readiness.ready and probed:
-            answer = await probe_serve(endpoint)
+            answer = await probe_serve(probe_endpoint(self.name, self.namespace, self.settings))
             readiness = basemodel.with_answer(readiness, answer, path)
         if not readiness.ready:
             waited = time.monotonic() - self.state.deploy_started[self.key]

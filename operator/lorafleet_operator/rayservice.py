@@ -104,6 +104,28 @@ def serve_endpoint(basemodel_name: str, namespace: str, settings: Settings) -> s
     )
 
 
+def probe_endpoint(basemodel_name: str, namespace: str, settings: Settings) -> str:
+    """Where the operator asks the Serve application (``GET /stats``): the in-cluster Serve
+    URL (:func:`serve_endpoint`), or ``settings.serving_probe_url`` with ``{service}``,
+    ``{namespace}`` and ``{port}`` filled in, for an operator that cannot resolve cluster DNS
+    (run outside the cluster, behind a port-forward or a proxy).
+
+    Raises:
+        ValueError: The template names another placeholder.
+    """
+    template = settings.serving_probe_url
+    if not template:
+        return serve_endpoint(basemodel_name, namespace, settings)
+    service = f"{rayservice_name(basemodel_name)}-serve-svc"
+    try:
+        return template.format(service=service, namespace=namespace, port=settings.serve_port)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            f"LORAFLEET_SERVING_PROBE_URL {template!r}: use only {{service}}, {{namespace}}, "
+            f"{{port}} ({exc})"
+        ) from exc
+
+
 def _pod_template(
     *,
     container_name: str,

@@ -34,6 +34,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
 | ``LORAFLEET_NETWORK_POLICY`` | ``true`` | make a NetworkPolicy per BaseModel that admits to its Ray Pods only their own cluster, KubeRay (dashboard) and clients of the Serve port |
 | ``LORAFLEET_SERVING_PROBE`` | ``true`` | before Ready, ask each Serve application through its Service (``GET /stats``) that it answers and lists the adapter; ``false`` only where the operator cannot reach the Serve Services (Ready then follows KubeRay's condition alone) |
+| ``LORAFLEET_SERVING_PROBE_URL`` | unset | where the probe asks instead of ``http://<name>-serve-svc.<namespace>.svc:<port>``, a template with ``{service}``, ``{namespace}``, ``{port}``: for an operator outside the cluster (port-forward, proxy) |
 | ``LORAFLEET_SERVING_STATUS_INTERVAL_S`` | ``15`` | while a Ready BaseModel's residency changes or requests flow, seconds between reads of its replicas' residency into ``status.serving`` |
 | ``LORAFLEET_SERVING_STATUS_IDLE_S`` | ``120`` | the same once two reads in a row saw nothing move |
 | ``LORAFLEET_SLOW_LOAD_S`` | ``30`` | an adapter load on a replica slower than this many seconds is a ``SlowLoad`` Warning Event on the LoraAdapter |
@@ -65,6 +66,7 @@ ENV_JOB_DEADLINE_S = "LORAFLEET_JOB_DEADLINE_S"
 ENV_SERVING_STATUS_INTERVAL_S = "LORAFLEET_SERVING_STATUS_INTERVAL_S"
 ENV_METRICS_SCRAPER_NAMESPACE = "LORAFLEET_METRICS_SCRAPER_NAMESPACE"
 ENV_SLOW_LOAD_S = "LORAFLEET_SLOW_LOAD_S"
+ENV_SERVING_PROBE_URL = "LORAFLEET_SERVING_PROBE_URL"
 ENV_SERVING_STATUS_IDLE_S = "LORAFLEET_SERVING_STATUS_IDLE_S"
 ENV_JOB_TTL_S = "LORAFLEET_JOB_TTL_S"
 ENV_INSTALLER_RESOURCES = "LORAFLEET_INSTALLER_RESOURCES"
@@ -155,6 +157,8 @@ class Settings:
         metrics_scraper_namespace: Namespace whose Pods (Prometheus) the NetworkPolicy admits
             to Ray's metrics port, or ``None``.
         slow_load_s: Adapter load seconds above which a ``SlowLoad`` Warning is posted.
+        serving_probe_url: Template of the URL the probe asks (``{service}``, ``{namespace}``,
+            ``{port}``), or ``None`` for the in-cluster Serve Service URL.
     """
 
     installer_image: str = DEFAULT_IMAGE
@@ -191,6 +195,7 @@ class Settings:
     serving_status_idle_s: float = 120.0
     metrics_scraper_namespace: str | None = None
     slow_load_s: float = 30.0
+    serving_probe_url: str | None = None
 
     @property
     def ray_image(self) -> str:
@@ -245,6 +250,7 @@ _ENV_FIELDS: dict[str, str] = {
     "serving_status_idle_s": ENV_SERVING_STATUS_IDLE_S,
     "metrics_scraper_namespace": ENV_METRICS_SCRAPER_NAMESPACE,
     "slow_load_s": ENV_SLOW_LOAD_S,
+    "serving_probe_url": ENV_SERVING_PROBE_URL,
 }
 
 
@@ -364,6 +370,16 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 value = _parse_names(raw)
             elif name == "installer_resources":
                 value = parse_resources(raw)
+            elif name == "serving_probe_url":
+                try:
+                    raw.format(service="s", namespace="n", port=1)
+                except (KeyError, IndexError, ValueError) as exc:
+                    raise ValueError(
+                        f"a URL template may use only {{service}}, {{namespace}}, {{port}} ({exc})"
+                    ) from exc
+                if not raw.startswith(("http://", "https://")):
+                    raise ValueError("must start with http:// or https://")
+                value = raw
             elif name == "gpu_resource_name":
                 if not _QUALIFIED_NAME.match(raw):
                     raise ValueError("not a Kubernetes resource name such as nvidia.com/gpu")

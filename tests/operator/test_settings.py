@@ -101,3 +101,15 @@ def test_bad_new_settings_name_the_variable_and_the_fault(var, value, detail):
 def test_values_that_would_make_invalid_objects_or_a_busy_loop_are_refused(env, says):
     with pytest.raises(SettingsError, match=re.escape(says)):
         settings_from_env(env)
+
+
+def test_serving_probe_url_template() -> None:
+    from lorafleet_operator.rayservice import probe_endpoint
+    from lorafleet_operator.settings import SettingsError, settings_from_env
+
+    settings = settings_from_env({"LORAFLEET_SERVING_PROBE_URL": "http://127.0.0.1:8001/{service}"})
+    assert probe_endpoint("m", "ns", settings) == "http://127.0.0.1:8001/m-serve-svc"
+    assert probe_endpoint("m", "ns", settings_from_env({})) == "http://m-serve-svc.ns.svc:8000"
+    for bad, said in (("http://{host}", "only {service}"), ("127.0.0.1:{port}", "http://")):
+        with pytest.raises(SettingsError, match=re.escape(said)):
+            settings_from_env({"LORAFLEET_SERVING_PROBE_URL": bad})

@@ -191,3 +191,36 @@ async def test_steady_traffic_to_resident_adapters_does_not_starve_a_load():
     stop = True
     await asyncio.gather(*workers)
     assert cache.loads["b"] == 1 and cache.loads["a"] >= 2
+
+
+async def test_a_waiting_load_drains_one_adapter_while_the_others_keep_serving():
+    """Two places, both in use: a load for "c" stops new requests to one adapter only (the one
+    with the fewest in flight); requests to the other are admitted meanwhile, so the batch stays
+    full while the place empties."""
+    engine = FakeEngine(delay_s=0.0)
+    cache = make_cache(engine, 2)
+    release = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def hold(name: str) -> None:
+        async with cache.lease(name):
+            await release[name].wait()
+
+    holders = [asyncio.create_task(hold(n)) for n in ("a", "a", "b")]  # b: fewest in flight
+    await asyncio.sleep(0.01)
+    load_c = asyncio.create_task(cache.ensure("c"))
+    await asyncio.sleep(0.01)
+    assert not load_c.done()
+    async with asyncio.timeout(0.5):  # "a" is not draining: admitted at once
+        async with cache.lease("a"):
+            pass
+    blocked_b = asyncio.create_task(hold("b"))  # "b" drains: a new request waits
+    await asyncio.sleep(0.05)
+    assert cache._pins["b"] == 1, "a new request to the draining adapter was admitted"
+    release["b"].set()  # b's last request ends: evicted, c loads
+    async with asyncio.timeout(5):
+        await load_c
+    assert engine.loaded == {"a", "c"}
+    release["a"].set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(*holders, blocked_b)  # b's waiting request reloads b later
+    assert cache.loads["b"] == 2

@@ -155,7 +155,9 @@ class AdapterCache:
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._evicting: set[str] = set()
         self._reserved: set[str] = set()  # loads that have room and are running
-        self._starving = 0  # loads waiting because every resident adapter is pinned
+        #: Resident adapters chosen to make room for a load that found every resident adapter
+        #: in use: new leases on them wait until they are evicted (others go on).
+        self._draining: set[str] = set()
         self._wanted: Counter[str] = Counter()  # leases waiting for a load of the adapter
         self._room_queue: deque[str] = deque()  # loads waiting for a place, first come first
         self._changed: asyncio.Condition | None = None
@@ -230,10 +232,10 @@ class AdapterCache:
                 self._wanted[name] -= 1
                 if self._wanted[name] <= 0:
                     del self._wanted[name]
-            if self._starving and not waited_for_load:
-                # A load is waiting because every resident adapter is in use: new pins on
-                # resident adapters wait until it has its room, or steady traffic to them
-                # would starve it forever.
+            if name in self._draining and not waited_for_load:
+                # A load waits for this adapter's place (every resident adapter was in use):
+                # new pins on it wait until it is evicted, or steady traffic to it would
+                # starve the load forever. Leases on the other resident adapters go on.
                 await self._wait_change()
                 continue
             if name in self._resident and name not in self._evicting:
@@ -320,13 +322,14 @@ class AdapterCache:
     async def _make_room(self, name: str) -> None:
         """Wait for ``name``'s turn, evict LRU idle adapters until it fits, reserve its place.
 
-        Loads take places first come, first served (``_room_queue``). While the load at the head
-        finds every resident adapter in use, new leases on resident adapters wait
-        (``_starving``), so steady traffic to them cannot starve it. There is no await between
-        the capacity check and the reservation, so two loads never take the same place.
+        Loads take places first come, first served (``_room_queue``). When the load at the head
+        finds every resident adapter in use, it picks one to drain (:meth:`_drain_candidate`):
+        new leases on that one wait (``_draining``) while the others keep running, so steady
+        traffic cannot starve the load and the batch stays full meanwhile. There is no await
+        between the capacity check and the reservation, so two loads never take the same place.
         """
         self._room_queue.append(name)
-        starving = False
+        draining: str | None = None
         try:
             while True:
                 if self._room_queue[0] != name:
@@ -344,17 +347,28 @@ class AdapterCache:
                     None,
                 )
                 if victim is None:
-                    if not starving:
-                        starving = True
-                        self._starving += 1
+                    if draining not in self._resident:
+                        self._draining.discard(draining or "")
+                        draining = self._drain_candidate()
+                        if draining is not None:
+                            self._draining.add(draining)
                     await self._wait_change()
                     continue
                 await self.evict(victim)
         finally:
             self._room_queue.remove(name)
-            if starving:
-                self._starving -= 1
+            if draining is not None:
+                self._draining.discard(draining)
             await self._notify()
+
+    def _drain_candidate(self) -> str | None:
+        """The resident adapter to stop admitting new requests to, so it empties soonest: the
+        fewest requests in flight, then least recently used (``None`` if none can go)."""
+        order = {n: i for i, n in enumerate(self._resident)}
+        candidates = [n for n in self._resident if n not in self._evicting]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda n: (self._pins[n], order[n]))
 
     async def evict(self, name: str) -> bool:
         """Unload ``name`` now if it is resident and not pinned; else when its last lease ends.
