@@ -304,6 +304,11 @@ class Model:
         try:
             if adapter not in self.server.registered_adapters():
                 raise UnknownModelError(adapter)
+            # The adapter cache loads first, concurrently with other loads (each waits for its
+            # own place); Serve's multiplexed loader, which holds one lock over every load of
+            # the replica, then finds it resident and only records the id for routing. Loading
+            # under Serve's lock made every load wait for the slowest one to find a place.
+            await self.server.ensure_adapter(adapter)
             await self.load_adapter(adapter)
         except ServingError as exc:
             self.server.count_refused(adapter, exc)
