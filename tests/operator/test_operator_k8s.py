@@ -256,7 +256,9 @@ def test_install_serve_add_and_delete_adapters(
         # What a user sees: printer columns and field docs.
         table = kube_cluster.kubectl_run("get", "bm,lora", "-n", namespace).stdout
         header = table.splitlines()[0].split()
-        assert header == ["NAME", "TASK", "PHASE", "PROGRESS", "ADAPTERS", "REVISION", "AGE"]
+        assert header == [
+            "NAME", "TASK", "PHASE", "PROGRESS", "ADAPTERS", "REPLICAS", "REVISION", "AGE"
+        ]  # fmt: skip
         rows = [
             line.split()
             for line in table.splitlines()
