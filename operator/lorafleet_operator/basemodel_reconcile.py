@@ -146,12 +146,12 @@ class BaseModelReconciler(Reconciler):
         return await self.mirror_readiness(rs, path, registry, claim, desired_replicas(spec))
 
     async def _ensure_network_policy(self) -> None:
-        """Once per operator run (so an upgrade or a failed create is retried): create the
-        BaseModel's NetworkPolicy, or find it there. One deleted by hand comes back at the
-        next restart."""
+        """Once per operator run (so an upgrade, a settings change or a failed create takes
+        effect): create the BaseModel's NetworkPolicy, or bring an existing one's rules up to
+        date. One deleted by hand comes back at the next restart."""
         if not self.settings.network_policy or self.key in self.state.network_policies:
             return
-        await self.api.create_network_policy(
+        await self.api.apply_network_policy(
             self.namespace, build_network_policy(self.writer.body, self.settings)
         )
         self.state.network_policies.add(self.key)
@@ -258,6 +258,10 @@ class BaseModelReconciler(Reconciler):
         """
         before = self.status.get("serving")
         now = serving_status.base_serving(answer, desired)
+        if now is None:
+            # No replica reported (the residency board is being made again, or an older
+            # serving image): keep what status says rather than flap it, and post nothing.
+            return self.settings.serving_status_interval_s
         await self.writer.write({"serving": now})
         for adapter in self.indexes.adapters(self.namespace, self.name):
             if adapter.deleting or adapter.served_name not in registry:
@@ -265,7 +269,7 @@ class BaseModelReconciler(Reconciler):
             written = self.state.statuses.get((LORAADAPTER_KIND, self.namespace, adapter.name))
             fields = serving_status.adapter_serving(answer, adapter.served_name)
             status = written or adapter.status or {}
-            if status.get("serving") == fields:
+            if fields is None or status.get("serving") == fields:
                 continue
             # observedGeneration stays as written: this says nothing about the spec.
             generation = status.get("observedGeneration", adapter.generation)

@@ -226,11 +226,27 @@ class KubeApi:
             self.core.create_namespaced_persistent_volume_claim, namespace, body
         )
 
-    async def create_network_policy(self, namespace: str, body: Mapping[str, Any]) -> bool:
-        """Create a NetworkPolicy; ``False`` when it exists already."""
-        return await self.create_ignoring_conflict(
+    async def apply_network_policy(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a NetworkPolicy, or set an existing one's ``spec`` to ``body``'s (a policy made
+        by an older operator or other settings gets today's rules).
+
+        Returns:
+            True if it was created, False if it existed (and was patched).
+
+        Raises:
+            ApiException: The create (but for 409) or the patch failed.
+        """
+        if await self.create_ignoring_conflict(
             self.networking.create_namespaced_network_policy, namespace, body
+        ):
+            return True
+        await self.call(
+            self.networking.patch_namespaced_network_policy,
+            body["metadata"]["name"],
+            namespace,
+            {"spec": body["spec"]},
         )
+        return False
 
     async def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A Job as a plain dict, or ``None`` when it does not exist."""

@@ -108,7 +108,7 @@ def probe_endpoint(basemodel_name: str, namespace: str, settings: Settings) -> s
     """Where the operator asks the Serve application (``GET /stats``): the in-cluster Serve
     URL (:func:`serve_endpoint`), or ``settings.serving_probe_url`` with ``{service}``,
     ``{namespace}`` and ``{port}`` filled in, for an operator that cannot resolve cluster DNS
-    (run outside the cluster, behind a port-forward or a proxy).
+    (run outside the cluster, through a port-forward or an ingress).
 
     Raises:
         ValueError: The template names another placeholder.

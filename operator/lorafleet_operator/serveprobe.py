@@ -21,6 +21,7 @@ residency board, ``lorafleet_serving.residency_board``), which become ``status.s
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,14 +92,26 @@ def parse_stats(payload: Any) -> ServeAnswer:
     )
 
 
+#: At most this many replicas, and adapters per replica, are read from one answer (status
+#: stays far below etcd's object size limit whatever the app says).
+MAX_REPLICAS = 256
+MAX_NAMES = 4096
+#: Counts and seconds above this are not believed (the API server takes int64 and finite JSON).
+MAX_NUMBER = 10**12
+
+
 def parse_replicas(value: Any) -> dict[str, ReplicaFacts]:
     """Read the ``replicas`` map of a ``GET /stats`` body; anything malformed is left out
-    (status only shows what was reported well)."""
+    (status only shows what was reported well), and at most :data:`MAX_REPLICAS` replicas
+    (by id) of :data:`MAX_NAMES` adapters each are read."""
     if not isinstance(value, Mapping):
         return {}
     out: dict[str, ReplicaFacts] = {}
-    for replica, facts in value.items():
+    for replica in sorted(str(k) for k in value)[:MAX_REPLICAS]:
+        facts = value.get(replica)
         if not isinstance(facts, Mapping) or not isinstance(facts.get("resident"), list):
+            continue
+        if len(facts["resident"]) > MAX_NAMES:
             continue
         out[str(replica)] = ReplicaFacts(
             resident=frozenset(str(n) for n in facts["resident"]),
@@ -112,13 +125,17 @@ def parse_replicas(value: Any) -> dict[str, ReplicaFacts]:
 
 
 def _numbers(value: Any) -> dict[str, int | float]:
-    """The entries of a name -> non-negative number map (others left out)."""
-    if not isinstance(value, Mapping):
+    """The entries of a name -> finite number in ``[0, MAX_NUMBER]`` map (others, and any
+    beyond :data:`MAX_NAMES` entries, left out)."""
+    if not isinstance(value, Mapping) or len(value) > MAX_NAMES:
         return {}
     return {
         str(k): v
         for k, v in value.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and (isinstance(v, int) or math.isfinite(v))
+        and 0 <= v <= MAX_NUMBER
     }
 
 

@@ -34,7 +34,7 @@ constants). ``lorafleet operator`` flags override the environment.
 | ``LORAFLEET_LOG_FORMAT`` | ``json`` | ``json`` or ``plain`` logs |
 | ``LORAFLEET_NETWORK_POLICY`` | ``true`` | make a NetworkPolicy per BaseModel that admits to its Ray Pods only their own cluster, KubeRay (dashboard) and clients of the Serve port |
 | ``LORAFLEET_SERVING_PROBE`` | ``true`` | before Ready, ask each Serve application through its Service (``GET /stats``) that it answers and lists the adapter; ``false`` only where the operator cannot reach the Serve Services (Ready then follows KubeRay's condition alone) |
-| ``LORAFLEET_SERVING_PROBE_URL`` | unset | where the probe asks instead of ``http://<name>-serve-svc.<namespace>.svc:<port>``, a template with ``{service}``, ``{namespace}``, ``{port}``: for an operator outside the cluster (port-forward, proxy) |
+| ``LORAFLEET_SERVING_PROBE_URL`` | unset | where the probe asks instead of ``http://<name>-serve-svc.<namespace>.svc:<port>``, a template with ``{service}``, ``{namespace}``, ``{port}`` (no credentials, query or fragment): for an operator outside the cluster reaching the Serve Services through a port-forward or an ingress |
 | ``LORAFLEET_SERVING_STATUS_INTERVAL_S`` | ``15`` | while a Ready BaseModel's residency changes or requests flow, seconds between reads of its replicas' residency into ``status.serving`` |
 | ``LORAFLEET_SERVING_STATUS_IDLE_S`` | ``120`` | the same once two reads in a row saw nothing move |
 | ``LORAFLEET_SLOW_LOAD_S`` | ``30`` | an adapter load on a replica slower than this many seconds is a ``SlowLoad`` Warning Event on the LoraAdapter |
@@ -270,9 +270,57 @@ _POSITIVE_FLOATS = frozenset(
         "ready_timeout_s",
         "serving_status_interval_s",
         "serving_status_idle_s",
-        "slow_load_s",
     }
 )
+
+
+#: Float settings with a floor, and why.
+_FLOAT_MINIMA: dict[str, tuple[float, str]] = {
+    "serving_status_interval_s": (1.0, "each read asks every Serve application"),
+    "serving_status_idle_s": (1.0, "each read asks every Serve application"),
+    "slow_load_s": (0.001, "a threshold in seconds"),
+}
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_PROBE_FIELDS = frozenset({"service", "namespace", "port"})
+
+
+def check_probe_url(raw: str) -> str:
+    """Check a ``LORAFLEET_SERVING_PROBE_URL`` template.
+
+    Args:
+        raw: ``http(s)://host[:port][/path]`` with ``{service}``, ``{namespace}`` and ``{port}``
+            placeholders (plain, no format spec or conversion).
+
+    Returns:
+        ``raw``.
+
+    Raises:
+        ValueError: Another placeholder or a format spec, not http(s), credentials in the URL
+            (they would be shown in status messages), a query or fragment (``/stats`` is
+            appended to the path), or whitespace.
+    """
+    import string
+    from urllib.parse import urlsplit
+
+    try:
+        parts = list(string.Formatter().parse(raw))
+    except ValueError as exc:
+        raise ValueError(f"not a URL template: {exc}") from exc
+    for _, field_name, spec, conversion in parts:
+        if field_name is not None and (field_name not in _PROBE_FIELDS or spec or conversion):
+            raise ValueError(
+                f"placeholder {{{field_name}}}: use only {{service}}, {{namespace}}, {{port}}"
+            )
+    url = urlsplit(raw.format(service="s", namespace="n", port=1))
+    if any(c.isspace() for c in raw):
+        raise ValueError("must not contain whitespace")
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if url.username is not None or url.password is not None:
+        raise ValueError("must not hold credentials (status messages quote the URL)")
+    if url.query or url.fragment:
+        raise ValueError("must not have a query or fragment (/stats is appended to it)")
+    return raw
 
 
 def parse_resources(raw: str) -> dict[str, dict[str, str]]:
@@ -360,6 +408,9 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                     raise ValueError("must be a finite number, not negative")
                 if name in _POSITIVE_FLOATS and value == 0:
                     raise ValueError("must be above 0 (0 would make the operator spin)")
+                least = _FLOAT_MINIMA.get(name)
+                if least is not None and value < least[0]:
+                    raise ValueError(f"must be at least {least[0]:g} ({least[1]})")
             elif kind == "bool":
                 if raw.lower() not in ("true", "false"):
                     raise ValueError("must be true or false")
@@ -371,14 +422,10 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
             elif name == "installer_resources":
                 value = parse_resources(raw)
             elif name == "serving_probe_url":
-                try:
-                    raw.format(service="s", namespace="n", port=1)
-                except (KeyError, IndexError, ValueError) as exc:
-                    raise ValueError(
-                        f"a URL template may use only {{service}}, {{namespace}}, {{port}} ({exc})"
-                    ) from exc
-                if not raw.startswith(("http://", "https://")):
-                    raise ValueError("must start with http:// or https://")
+                value = check_probe_url(raw)
+            elif name == "metrics_scraper_namespace":
+                if not _DNS1123_LABEL.fullmatch(raw):
+                    raise ValueError("not a namespace name (a DNS-1123 label, at most 63 chars)")
                 value = raw
             elif name == "gpu_resource_name":
                 if not _QUALIFIED_NAME.match(raw):

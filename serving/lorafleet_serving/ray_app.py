@@ -45,6 +45,7 @@ from .ray_backend import PortableServingError, RayModelBackend
 from .residency_board import BoardClient
 from .serve_multiplex import MultiplexLRU
 from .server.backend import ModelServerBackend
+from .server.model_server import CLIENT_CLOSED
 from .types import (
     BASE_ADAPTER,
     ClassifyRequest,
@@ -311,7 +312,10 @@ class Model:
             await self.server.ensure_adapter(adapter)
             await self.load_adapter(adapter)
         except ServingError as exc:
-            self.server.count_refused(adapter, exc)
+            self.server.count_refused(adapter, exc.status_code)
+            raise
+        except asyncio.CancelledError:  # the caller went away while the adapter loaded
+            self.server.count_refused(adapter, CLIENT_CLOSED)
             raise
         self._sync_multiplex()
 

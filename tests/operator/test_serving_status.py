@@ -118,3 +118,21 @@ def test_events_on_first_residency_failed_and_slow_loads() -> None:
     slow = adapter_events(held, {**held, "lastLoadSeconds": 42.0}, 30.0)
     assert [(e.warning, e.reason) for e in slow] == [(True, "SlowLoad")]
     assert adapter_events(held, None, 30.0) == []
+
+
+def test_hostile_numbers_and_sizes_are_left_out() -> None:
+    import json
+
+    huge, big = "9" * 400, 10**30
+    payload = json.loads(
+        '{"registered": [], "replicas": {"r": {"resident": ["a"],'
+        f' "last_load_seconds": {{"a": 1e999, "b": NaN, "c": 0.5, "d": {huge}}},'
+        f' "requests_per_minute": {{"a": {big}, "b": 3}}}}}}}}'
+    )
+    facts = parse_stats(payload).replicas["r"]
+    assert facts.last_load_seconds == {"c": 0.5}
+    assert facts.requests_per_minute == {"b": 3}
+    many = {"registered": [], "replicas": {f"r{i:05d}": {"resident": ["a"]} for i in range(10_000)}}
+    answer = parse_stats(many)
+    assert len(answer.replicas) == 256
+    status_patch("BaseModel", {"serving": base_serving(answer, None)})

@@ -110,6 +110,33 @@ def test_serving_probe_url_template() -> None:
     settings = settings_from_env({"LORAFLEET_SERVING_PROBE_URL": "http://127.0.0.1:8001/{service}"})
     assert probe_endpoint("m", "ns", settings) == "http://127.0.0.1:8001/m-serve-svc"
     assert probe_endpoint("m", "ns", settings_from_env({})) == "http://m-serve-svc.ns.svc:8000"
-    for bad, said in (("http://{host}", "only {service}"), ("127.0.0.1:{port}", "http://")):
+    for bad, said in (
+        ("http://{host}", "only {service}"),
+        ("127.0.0.1:{port}", "http://"),
+        ("http://admin:s3cr3t@127.0.0.1:{port}", "credentials"),
+        ("http://127.0.0.1/?token=x&s={service}", "query"),
+        ("http://127.0.0.1/{service.__class__}", "only {service}"),
+        ("http://127.0.0.1/{port:>20}", "only {service}"),
+        ("http://127.0.0.1/a b", "whitespace"),
+        ("http://", "with a host"),
+    ):
         with pytest.raises(SettingsError, match=re.escape(said)):
             settings_from_env({"LORAFLEET_SERVING_PROBE_URL": bad})
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "said"),
+    [
+        ("LORAFLEET_METRICS_SCRAPER_NAMESPACE", "a b", "namespace name"),
+        ("LORAFLEET_METRICS_SCRAPER_NAMESPACE", "monitoring/x", "namespace name"),
+        ("LORAFLEET_METRICS_SCRAPER_NAMESPACE", "m" * 64, "namespace name"),
+        ("LORAFLEET_SERVING_STATUS_INTERVAL_S", "1e-9", "at least 1"),
+        ("LORAFLEET_SERVING_STATUS_IDLE_S", "0.5", "at least 1"),
+        ("LORAFLEET_SLOW_LOAD_S", "0", "a threshold in seconds"),
+    ],
+)
+def test_monitoring_settings_are_checked(var: str, raw: str, said: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(var)) as err:
+        settings_from_env({var: raw})
+    assert said in str(err.value)
+    assert settings_from_env({"LORAFLEET_METRICS_SCRAPER_NAMESPACE": "monitoring"})

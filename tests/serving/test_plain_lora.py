@@ -228,3 +228,43 @@ def test_generation_batches_lie_grouped_by_adapter(engine, tiny_lora_adapters):
     assert [rows[i].slot for i in batch.active] == sorted(r.slot for r in rows)
     plan = list(engine.lora._plans.values())[-1]  # the newest: this batch
     assert plan.aligned
+
+
+def _unprefixed_copy(sd):
+    key = PREFIX + "q_proj.lora_A.weight"
+    sd[key.removeprefix("base_model.model.")] = torch.randn_like(sd[key])
+
+
+def _only_unprefixed(sd):
+    for key in list(sd):
+        sd[key.removeprefix("base_model.model.")] = sd.pop(key)
+
+
+@pytest.mark.parametrize(
+    ("case", "tensors", "config"),
+    [
+        ("a module under two key forms", _unprefixed_copy, None),
+        ("keys without peft's prefix", _only_unprefixed, None),
+        ("a float r", None, lambda c: c.update(r=8.0)),
+        ("a float rank_pattern value", None, lambda c: c.update(rank_pattern={"q_proj": 8.0})),
+    ],
+)
+def test_ambiguous_keys_and_non_integer_ranks_go_to_peft(
+    engine, tiny_lora_adapters, tmp_path, case, tensors, config
+):
+    folder = _edited(tiny_lora_adapters["alpha"], tmp_path / "a", tensors=tensors, config=config)
+    files = read_adapter_files("x", folder, engine.device)
+    weights = select_weights("x", files, engine.model, engine.task)
+    config_ = peft_load_config(files.config, weights.saved_entries)
+    # select_weights may drop keys naming no base weight; hand the direct path all of them.
+    lora = {k: v for k, v in files.weights.items() if "lora_" in k}
+    assert plain_lora_layers(config_, files.raw, lora, engine.model) is None, case
+
+
+def test_half_precision_b_times_a_large_scaling_does_not_overflow(engine, tiny_lora_adapters):
+    files = read_adapter_files("x", tiny_lora_adapters["alpha"], engine.device)
+    lora = {k: (v * 1000).half() for k, v in files.weights.items()}
+    files.config.lora_alpha = 16000  # scaling 2000: B * scaling overflows float16
+    layers = plain_lora_layers(files.config, files.raw, lora, engine.model)
+    assert layers is not None
+    assert all(torch.isfinite(item.b).all() for item in layers)

@@ -78,3 +78,26 @@ async def test_classification_requests_are_counted_with_their_tokens(tiny_classi
     assert recorded.counter("lorafleet_requests", adapter="__base__", status="2xx") == 1
     assert recorded.counter("lorafleet_requests", adapter="__base__", status="4xx") == 1
     assert recorded.counter("lorafleet_prompt_tokens", adapter="__base__") > 2
+
+
+async def test_a_multi_prompt_request_counts_once_and_a_chat_refusal_counts(tiny_causal_lm):
+    from lorafleet_serving.server.backend import ModelServerBackend
+
+    recorded = RecordingFactory()
+    server = build_model_server(tiny_causal_lm, "text-generation", metrics_factory=recorded)
+    try:
+        reqs = [GenerateRequest(p, None, max_tokens=2) for p in ("a", "b", "c")]
+        await server.generate_many(reqs)
+        reqs[1] = GenerateRequest("x", None, max_tokens=10**6)  # over max_tokens_limit
+        with pytest.raises(InvalidRequestError):
+            await server.generate_many(reqs)
+        backend = ModelServerBackend(server)
+        huge = [{"role": "user", "content": "w " * 10**6}]
+        with pytest.raises(InvalidRequestError):
+            await backend.generate(GenerateRequest("", None, max_tokens=2), huge)
+    finally:
+        await server.close()
+    base = {"adapter": "__base__"}
+    assert recorded.counter("lorafleet_requests", status="2xx", **base) == 1
+    assert recorded.counter("lorafleet_requests", status="4xx", **base) == 2  # no 499s
+    assert recorded.counter("lorafleet_generation_tokens", **base) == 6

@@ -39,10 +39,11 @@ resolves with its own identity.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# One NetworkPolicy per BaseModel closes its Ray Pods to the namespace (networkPolicy.enabled).
+# One NetworkPolicy per BaseModel closes its Ray Pods to the namespace (networkPolicy.enabled);
+# patch brings a policy an older operator made up to date.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 # Events on every phase change (kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lorafleet_operator.local.state import STATE_FILE
-from lorafleet_operator.serveprobe import probe_serve
+from lorafleet_operator.serveprobe import ServeAnswer, probe_serve
 from lorafleet_operator.serving_status import adapter_serving, base_serving
 
 
@@ -159,26 +159,41 @@ def live_serving(state: dict[str, Any], timeout_s: float = 3.0) -> dict[str, dic
     """
     if not _running(state):
         return {}
-    objects = state.get("objects") or {}
+    objects = state.get("objects")
+    if not isinstance(objects, dict):
+        return {}
+    records = {k: r for k, r in objects.items() if isinstance(r, dict) and k.count("/") == 2}
     out: dict[str, dict[str, Any]] = {}
-    for key, record in objects.items():
+    for key, record in records.items():
+        endpoint = record.get("endpoint")
         if not key.startswith("BaseModel/") or record.get("phase") != "Ready":
             continue
-        if not record.get("endpoint"):
+        if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
             continue
-        answer = asyncio.run(probe_serve(record["endpoint"], timeout_s=timeout_s, attempts=1))
+        answer = asyncio.run(_ask(endpoint, timeout_s))
         base = base_serving(answer, None)
         if base is None:
             continue
         out[key] = base
         _, namespace, name = key.split("/", 2)
-        for akey, adapter in objects.items():
+        for akey, adapter in records.items():
             if not akey.startswith(f"LoraAdapter/{namespace}/") or adapter.get("baseModel") != name:
                 continue
             served = adapter_serving(answer, str(adapter.get("servedName") or akey.split("/")[-1]))
             if served is not None and adapter.get("phase") == "Ready":
                 out[akey] = served
     return out
+
+
+async def _ask(endpoint: str, timeout_s: float) -> ServeAnswer:
+    """The app's answer within ``timeout_s`` seconds in all (a server trickling bytes cannot
+    hold ``lorafleet status``)."""
+    try:
+        return await asyncio.wait_for(
+            probe_serve(endpoint, timeout_s=timeout_s, attempts=1), timeout_s
+        )
+    except TimeoutError:
+        return ServeAnswer(ok=False, error=f"no answer within {timeout_s:g} s")
 
 
 def render(

@@ -69,13 +69,16 @@ def plain_lora_layers(
     out: list[LayerWeights] = []
     for qualname, (a, b) in sorted(matrices.items()):
         linear = _plain_linear(modules[qualname])
-        r, alpha = _rank_and_alpha(config, qualname)
-        if linear is None or a.shape != (r, linear.in_features):
+        resolved = _rank_and_alpha(config, qualname)
+        if linear is None or resolved is None:
             return None
-        if b.shape != (linear.out_features, r):
+        r, alpha = resolved
+        if a.shape != (r, linear.in_features) or b.shape != (linear.out_features, r):
             return None
         scaling = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        out.append(LayerWeights(qualname, a=a, b=b * scaling))
+        # In float32: a half-precision B times a large scaling would overflow before the
+        # stacks take it in their own dtype.
+        out.append(LayerWeights(qualname, a=a, b=b.float() * scaling))
     return out
 
 
@@ -96,9 +99,13 @@ def _matrices_by_module(
     lora: dict[str, torch.Tensor],
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
     """``{module: (A, B)}`` from peft keys, or ``None`` if any tensor is not one of the two
-    matrices or a module lacks one of them."""
+    matrices under peft's ``base_model.model.`` prefix (peft's own loader would not take an
+    unprefixed key, and a file holding both forms of one module is ambiguous) or a module lacks
+    one of them."""
     halves: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in lora.items():
+        if not key.startswith(PEFT_PREFIX):
+            return None
         inner = key.removeprefix(PEFT_PREFIX)
         suffix = next((s for s in _MATRICES if inner.endswith(s)), None)
         if suffix is None:
@@ -133,13 +140,18 @@ def _plain_linear(module: nn.Module) -> nn.Linear | None:
     return module if type(module) is nn.Linear else None
 
 
-def _rank_and_alpha(config: Any, qualname: str) -> tuple[int, float]:
+def _rank_and_alpha(config: Any, qualname: str) -> tuple[int, float] | None:
     """A module's ``r`` and ``lora_alpha`` as peft resolves them (``rank_pattern``,
-    ``alpha_pattern``; ``LoraModel._create_and_replace``)."""
+    ``alpha_pattern``; ``LoraModel._create_and_replace``), or ``None`` when ``r`` is not a
+    positive integer (peft's layers would refuse it) or ``lora_alpha`` not a number."""
     from peft.utils.other import get_pattern_key
 
     rank_pattern = config.rank_pattern or {}
     alpha_pattern = config.alpha_pattern or {}
     r = rank_pattern.get(get_pattern_key(rank_pattern.keys(), qualname), config.r)
     alpha = alpha_pattern.get(get_pattern_key(alpha_pattern.keys(), qualname), config.lora_alpha)
-    return int(r), float(alpha)
+    if type(r) is not int or r < 1 or isinstance(alpha, bool):
+        return None
+    if not isinstance(alpha, (int, float)):
+        return None
+    return r, float(alpha)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from ..errors import ServingError
 from ..types import (
     ClassifyRequest,
     ClassifyResult,
@@ -21,7 +22,7 @@ from ..types import (
     GenerateResult,
     StreamDelta,
 )
-from .model_server import ModelServer
+from .model_server import ModelServer, adapter_or_none
 
 
 class ModelServerBackend:
@@ -39,7 +40,11 @@ class ModelServerBackend:
     ) -> GenerateRequest:
         if messages is None:
             return req
-        return replace(req, prompt=await self.server.render_chat(messages))
+        try:
+            return replace(req, prompt=await self.server.render_chat(messages))
+        except ServingError as exc:  # refused before generation: counted here
+            self.server.count_refused(adapter_or_none(req.adapter), exc.status_code)
+            raise
 
     async def generate(
         self, req: GenerateRequest, messages: list[dict[str, Any]] | None = None

@@ -89,8 +89,9 @@ class _TokenTiming:
         self._last = now
 
 
-def _adapter_or_none(name: str | None) -> str | None:
-    """The adapter a request names (``None`` for the bare base), without raising."""
+def adapter_or_none(name: Any) -> str | None:
+    """The adapter a request names (``None`` for the bare base; ``""``, never registered,
+    for a name that is not a non-empty string), without raising."""
     try:
         return adapter_name(name)
     except ServingError:
@@ -423,7 +424,7 @@ class ModelServer:
         return await self._tokenize(render_chat_prompt, self.tokenizer, list(messages))
 
     async def generate_stream(
-        self, req: GenerateRequest, *, group: Any = None
+        self, req: GenerateRequest, *, group: Any = None, count: bool = True
     ) -> AsyncIterator[StreamDelta]:
         """Generate, yielding one :class:`StreamDelta` per token (the last one is final).
 
@@ -435,6 +436,8 @@ class ModelServer:
             req: The request.
             group: Requests of one group (a hashable key) share one turn when queued requests
                 are taken into batches round-robin; ``None``: a group of its own.
+            count: Count it as a request in the metrics and stats (``False``: a prompt of a
+                multi-prompt request, which :meth:`generate_many` counts once).
 
         Yields:
             Deltas; the last has ``finish_reason``, ``prompt_tokens`` and ``completion_tokens``.
@@ -442,7 +445,7 @@ class ModelServer:
         Raises:
             InvalidRequestError, UnknownModelError, AdapterLoadError, ServingError.
         """
-        self.requests += 1
+        self.requests += count
         arrival = time.monotonic()
         timing = _TokenTiming(arrival)
         status = CLIENT_CLOSED
@@ -469,10 +472,11 @@ class ModelServer:
                         return
                     yield StreamDelta(text=event.text, token_id=event.token_id, finish_reason=None)
         except ServingError as exc:
-            self.failed_requests += 1
+            self.failed_requests += count
             status = exc.status_code
             raise
         except Exception:
+            self.failed_requests += count
             status = 500
             raise
         finally:
@@ -480,34 +484,42 @@ class ModelServer:
                 item.cancelled = True
                 if item.row is not None:
                     item.row.cancelled = True
-            self._record_generation(req, item, status, timing)
+            self._record_generation(req, item, status, timing, count=count)
 
-    def count_refused(self, adapter: str | None, exc: ServingError) -> None:
-        """Count a request refused before it reached this server (in the Ray Serve
-        deployment: its adapter is unknown or failed to load), as a failed request would be.
+    def count_refused(self, adapter: str | None, status: int) -> None:
+        """Count a request that ended before it reached this server (in the Ray Serve
+        deployment: its adapter is unknown or failed to load, or its caller went away while it
+        waited for the load), as such a request would be counted here.
 
         Args:
             adapter: The adapter it named.
-            exc: Why it was refused (its ``status_code`` is recorded).
+            status: The HTTP status it ended with (:data:`CLIENT_CLOSED` for a caller gone).
         """
         self.requests += 1
-        self.failed_requests += 1
+        self.failed_requests += status != CLIENT_CLOSED
         self.activity.request(self.metrics.label(adapter))
-        self.metrics.request_finished(adapter, exc.status_code, 0, 0)
+        self.metrics.request_finished(adapter, status, 0, 0)
 
     def _record_generation(
-        self, req: GenerateRequest, item: GenerationItem | None, status: int, timing: _TokenTiming
+        self,
+        req: GenerateRequest,
+        item: GenerationItem | None,
+        status: int,
+        timing: _TokenTiming,
+        *,
+        count: bool = True,
     ) -> None:
-        """Record a finished generation request's outcome, tokens and timing."""
-        adapter = item.adapter if item is not None else _adapter_or_none(req.adapter)
-        self.activity.request(self.metrics.label(adapter))
+        """Record a finished generation's timing and, with ``count``, its outcome and tokens."""
+        adapter = item.adapter if item is not None else adapter_or_none(req.adapter)
         row = item.row if item is not None else None
-        self.metrics.request_finished(
-            adapter,
-            status,
-            len(item.prompt_ids) if item is not None and row is not None else 0,
-            len(row.token_ids) if row is not None else 0,
-        )
+        if count:
+            self.activity.request(self.metrics.label(adapter))
+            self.metrics.request_finished(
+                adapter,
+                status,
+                len(item.prompt_ids) if item is not None and row is not None else 0,
+                len(row.token_ids) if row is not None else 0,
+            )
         if item is not None and item.batched_at is not None:
             self.metrics.waited(adapter, item.batched_at - timing.arrival)
         self.metrics.token_times(adapter, timing.first, timing.gaps)
@@ -530,20 +542,39 @@ class ModelServer:
                 :meth:`generate`, from the first request that failed.
         """
         group = object()
-        tasks = [asyncio.ensure_future(self.generate(r, group=group)) for r in reqs]
+        tasks = [asyncio.ensure_future(self.generate(r, group=group, count=False)) for r in reqs]
+        status, prompt_tokens, generated = CLIENT_CLOSED, 0, 0
         try:
-            return list(await asyncio.gather(*tasks))
-        except BaseException:
+            results = list(await asyncio.gather(*tasks))
+            status = 200
+            prompt_tokens = sum(r.prompt_tokens for r in results)
+            generated = sum(r.completion_tokens for r in results)
+            return results
+        except ServingError as exc:
+            status = exc.status_code
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
             for task in tasks:
                 task.cancel()
-            raise
+            # One HTTP request: counted once, with the first failure's status.
+            adapter = adapter_or_none(reqs[0].adapter) if reqs else None
+            self.requests += 1
+            self.failed_requests += status not in (200, CLIENT_CLOSED)
+            self.activity.request(self.metrics.label(adapter))
+            self.metrics.request_finished(adapter, status, prompt_tokens, generated)
 
-    async def generate(self, req: GenerateRequest, *, group: Any = None) -> GenerateResult:
+    async def generate(
+        self, req: GenerateRequest, *, group: Any = None, count: bool = True
+    ) -> GenerateResult:
         """Generate a completion for one request (batched with concurrent requests).
 
         Args:
             req: The request.
             group: See :meth:`generate_stream`.
+            count: See :meth:`generate_stream`.
 
         Returns:
             The :class:`GenerateResult`.
@@ -557,7 +588,7 @@ class ModelServer:
         text_parts: list[str] = []
         token_ids: list[int] = []
         final: StreamDelta | None = None
-        async for delta in self.generate_stream(req, group=group):
+        async for delta in self.generate_stream(req, group=group, count=count):
             text_parts.append(delta.text)
             if delta.token_id is not None:
                 token_ids.append(delta.token_id)
@@ -617,7 +648,7 @@ class ModelServer:
             status = 500
             raise
         finally:
-            named = _adapter_or_none(req.adapter)
+            named = adapter_or_none(req.adapter)
             self.activity.request(self.metrics.label(named))
             self.metrics.request_finished(named, status, tokens if status == 200 else 0, 0)
 
