@@ -557,15 +557,25 @@ def _value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def _stream(cluster: RayCluster, model: str) -> None:
+def _stream(cluster: RayCluster, model: str) -> int:
+    """Stream one completion; its generated tokens as the final usage says (sampling may
+    stop it before ``max_tokens``)."""
     resp = requests.post(
         f"{cluster.http_url}/{SOLO_APP}/v1/completions",
-        json={"model": model, "prompt": PROMPTS[0], "max_tokens": 6, "stream": True},
+        json={
+            "model": model,
+            "prompt": PROMPTS[0],
+            "max_tokens": 6,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
         stream=True,
         timeout=120,
     )
     assert resp.status_code == 200, resp.text
-    assert sse_events(resp.text)[-1] == "[DONE]"
+    events = sse_events(resp.text)
+    assert events[-1] == "[DONE]"
+    return int(events[-2]["usage"]["completion_tokens"])
 
 
 def _wait_for(cluster: RayCluster, check: Any, timeout: float = 90.0) -> dict:
@@ -612,11 +622,11 @@ def test_serving_metrics_on_the_ray_node_endpoint(
             timeout=120,
         )
         assert broken.status_code == 503, broken.text
-        _stream(ray_cluster, "alpha")
+        tokens = {"alpha": _stream(ray_cluster, "alpha"), "beta": 0}
         first = _wait_for(ray_cluster, lambda s: _value(s, resident, adapter="alpha") == 1)
         assert _value(first, resident, adapter="alpha") == 1
         for model in ("beta", "alpha", "beta", "beta"):
-            _stream(ray_cluster, model)
+            tokens[model] += _stream(ray_cluster, model)
         sent = {"alpha": 2, "beta": 3}
 
         def failed(s: dict) -> float:
@@ -627,6 +637,10 @@ def test_serving_metrics_on_the_ray_node_endpoint(
                 all(
                     _value(s, "ray_lorafleet_requests_total", adapter=n, status="2xx") == k
                     for n, k in sent.items()
+                )
+                and all(
+                    _value(s, "ray_lorafleet_generation_tokens_total", adapter=n) == tokens[n]
+                    for n in sent
                 )
                 and _value(s, resident, adapter="alpha") == 0
                 and failed(s) == 1
@@ -640,7 +654,9 @@ def test_serving_metrics_on_the_ray_node_endpoint(
         )
     for name, count in sent.items():
         assert _value(samples, "ray_lorafleet_requests_total", adapter=name, status="2xx") == count
-        assert _value(samples, "ray_lorafleet_generation_tokens_total", adapter=name) == 6 * count
+        assert (
+            _value(samples, "ray_lorafleet_generation_tokens_total", adapter=name) == tokens[name]
+        )
     # alpha, beta, alpha, beta: four loads, three evictions; beta stays.
     loads = "ray_lorafleet_adapter_load_seconds_count"
     assert _value(samples, loads, adapter="alpha") == 2
