@@ -89,6 +89,17 @@ class _TokenTiming:
         self._last = now
 
 
+def status_of(exc: BaseException) -> int:
+    """The HTTP status a request that ended with ``exc`` is counted with: a serving error's
+    own, :data:`CLIENT_CLOSED` when its caller went away (cancelled, generator closed), else
+    500."""
+    if isinstance(exc, ServingError):
+        return exc.status_code
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return CLIENT_CLOSED
+    return 500
+
+
 def adapter_or_none(name: Any) -> str | None:
     """The adapter a request names (``None`` for the bare base; ``""``, never registered,
     for a name that is not a non-empty string), without raising."""
@@ -471,13 +482,10 @@ class ModelServer:
                         )
                         return
                     yield StreamDelta(text=event.text, token_id=event.token_id, finish_reason=None)
-        except ServingError as exc:
-            self.failed_requests += count
-            status = exc.status_code
-            raise
-        except Exception:
-            self.failed_requests += count
-            status = 500
+        except BaseException as exc:
+            if status != 200:  # closed after its last delta: it was answered
+                status = status_of(exc)
+            self.failed_requests += count and isinstance(exc, Exception)
             raise
         finally:
             if item is not None and status != 200:
@@ -497,8 +505,12 @@ class ModelServer:
         """
         self.requests += 1
         self.failed_requests += status != CLIENT_CLOSED
+        self._count(adapter, status, 0, 0)
+
+    def _count(self, adapter: str | None, status: int, prompt: int, generated: int) -> None:
+        """Record one finished request in the metrics and the adapter's activity."""
         self.activity.request(self.metrics.label(adapter))
-        self.metrics.request_finished(adapter, status, 0, 0)
+        self.metrics.request_finished(adapter, status, prompt, generated)
 
     def _record_generation(
         self,
@@ -513,13 +525,8 @@ class ModelServer:
         adapter = item.adapter if item is not None else adapter_or_none(req.adapter)
         row = item.row if item is not None else None
         if count:
-            self.activity.request(self.metrics.label(adapter))
-            self.metrics.request_finished(
-                adapter,
-                status,
-                len(item.prompt_ids) if item is not None and row is not None else 0,
-                len(row.token_ids) if row is not None else 0,
-            )
+            prompt = len(item.prompt_ids) if item is not None and row is not None else 0
+            self._count(adapter, status, prompt, len(row.token_ids) if row is not None else 0)
         if item is not None and item.batched_at is not None:
             self.metrics.waited(adapter, item.batched_at - timing.arrival)
         self.metrics.token_times(adapter, timing.first, timing.gaps)
@@ -550,11 +557,8 @@ class ModelServer:
             prompt_tokens = sum(r.prompt_tokens for r in results)
             generated = sum(r.completion_tokens for r in results)
             return results
-        except ServingError as exc:
-            status = exc.status_code
-            raise
-        except Exception:
-            status = 500
+        except BaseException as exc:
+            status = status_of(exc)
             raise
         finally:
             for task in tasks:
@@ -563,8 +567,7 @@ class ModelServer:
             adapter = adapter_or_none(reqs[0].adapter) if reqs else None
             self.requests += 1
             self.failed_requests += status not in (200, CLIENT_CLOSED)
-            self.activity.request(self.metrics.label(adapter))
-            self.metrics.request_finished(adapter, status, prompt_tokens, generated)
+            self._count(adapter, status, prompt_tokens, generated)
 
     async def generate(
         self, req: GenerateRequest, *, group: Any = None, count: bool = True
@@ -640,17 +643,12 @@ class ModelServer:
                 result = await item.future
             status = 200
             return result
-        except ServingError as exc:
-            self.failed_requests += 1
-            status = exc.status_code
-            raise
-        except Exception:
-            status = 500
+        except BaseException as exc:
+            status = status_of(exc)
+            self.failed_requests += isinstance(exc, ServingError)
             raise
         finally:
-            named = adapter_or_none(req.adapter)
-            self.activity.request(self.metrics.label(named))
-            self.metrics.request_finished(named, status, tokens if status == 200 else 0, 0)
+            self._count(adapter_or_none(req.adapter), status, tokens if status == 200 else 0, 0)
 
     # ----------------------------------------------------------------- lifecycle
 
